@@ -1,0 +1,154 @@
+"""
+Use a trained model: generate text from a GPT, or fill [MASK] tokens with a masked-LM encoder.
+
+    python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3
+    python sample.py --out_dir=out-mlm-shakespeare-char --start="to be or not to [MASK]"
+    python sample.py --start=FILE:prompt.txt --top_p=0.9 --temperature=0.7
+
+Samples are generated together as one batch through the KV cache; the first is streamed to the
+terminal as it is produced.
+"""
+
+import codecs
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from configurator import configure
+from model import CheckpointError, load_checkpoint, model_from_checkpoint
+from tokenizer import EOT, TokenizerError, tokenizer_from_spec
+
+DEFAULTS = dict(
+    out_dir="out-shakespeare-char",  # the checkpoint to load (out_dir/ckpt.pt), or a path to a .pt file
+    start="\n",                 # the prompt, or FILE:path to read it from a file
+    num_samples=3,              # generated together as one batch
+    max_new_tokens=500,
+    temperature=0.8,            # 0 = greedy; <1 sharper, >1 more random
+    top_k=200,                  # keep the k most likely tokens (0 = all)
+    top_p=1.0,                  # nucleus sampling: keep the smallest set with this much probability (1 = off)
+    stop="",                    # a token that ends a sample, e.g. <|endoftext|> (empty = none)
+    seed=1337,
+    use_kv_cache=True,
+    fill_order="left_to_right",  # masked LM: fill several [MASK]s left_to_right or most_confident first
+    device="auto",
+    dtype="auto",
+)
+
+
+class SampleError(ValueError):
+    """A prompt or option that cannot be used; the message says what to do."""
+
+
+def load_model(out_dir, device):
+    """Model and tokenizer from a checkpoint, ready for inference."""
+    checkpoint = load_checkpoint(out_dir, map_location="cpu")
+    model = model_from_checkpoint(checkpoint, device).eval()
+    tok = tokenizer_from_spec(checkpoint["tokenizer"])
+    return model, tok, checkpoint
+
+
+def read_prompt(start):
+    if start.startswith("FILE:"):
+        path = start[5:]
+        if not os.path.exists(path):
+            raise SampleError(f"prompt file {path} not found")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    return start
+
+
+def crop_prompt(ids, block_size):
+    if len(ids) > block_size:
+        print(f"note: the prompt has {len(ids)} tokens, more than the context of {block_size}; "
+              f"keeping its last {block_size}", file=sys.stderr)
+        return ids[-block_size:]
+    return ids
+
+
+def generate_samples(model, tok, prompt_ids, num_samples, max_new_tokens, temperature, top_k, top_p,
+                     stop_token, use_kv_cache, generator, autocast, stream=None):
+    """Generate num_samples continuations of prompt_ids as one batch; stream sample 0's text to
+    `stream` as it is produced. Returns the generated token lists, cut at stop_token."""
+    device = model.lm_head.weight.device
+    idx = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
+    rows, finished = [[] for _ in range(num_samples)], [False] * num_samples
+    with autocast:
+        for nxt in model.generate_tokens(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
+                                         top_p=top_p, stop_token=stop_token, use_kv_cache=use_kv_cache,
+                                         generator=generator):
+            for i, t in enumerate(nxt.tolist()):
+                if finished[i] or t == stop_token:
+                    finished[i] = True
+                    continue
+                rows[i].append(t)
+                if i == 0 and stream:
+                    stream.write(decoder.decode(tok.decode_bytes([t])))
+                    stream.flush()
+    return rows
+
+
+@torch.no_grad()
+def fill_mask(model, tok, ids, device, top_k=5, order="left_to_right", out=sys.stdout):
+    """
+    Fill every [MASK] in ids, one at a time: pick the leftmost mask (left_to_right) or the one the
+    model is most sure of (most_confident), print its top_k candidates, put the best one in, and
+    run the encoder again so later choices see earlier ones. Returns (filled ids, candidates).
+    """
+    mask_id = tok.special_ids["[MASK]"]
+    if order not in ("left_to_right", "most_confident"):
+        raise SampleError(f"fill_order={order!r} is not left_to_right or most_confident")
+    ids = list(ids)
+    found = []
+    while mask_id in ids:
+        x = torch.tensor([ids], dtype=torch.long, device=device)
+        logits, _ = model(x)
+        probs = F.softmax(logits[0, :, :tok.vocab_size].float(), dim=-1)  # (T, V)
+        probs[:, list(tok.special_ids.values())] = 0  # a mask is filled with an ordinary token
+        positions = [i for i, t in enumerate(ids) if t == mask_id]
+        pos = positions[0] if order == "left_to_right" else max(positions, key=lambda i: probs[i].max().item())
+        p, cand = probs[pos].topk(top_k)
+        candidates = [(tok.decode([c]), float(q)) for c, q in zip(cand.tolist(), p.tolist())]
+        found.append((pos, candidates))
+        print(f"[MASK] at token {pos}: " + ", ".join(f"{s!r} {q:.3f}" for s, q in candidates), file=out)
+        ids[pos] = int(cand[0])
+    print("filled: " + tok.decode(ids), file=out)
+    return ids, found
+
+
+def main(argv=None):
+    cfg = configure(DEFAULTS, argv)
+    from train import setup_system  # the same device and precision choices as training
+    system = setup_system(cfg)
+    try:
+        model, tok, checkpoint = load_model(cfg.out_dir, system.device)
+        prompt = read_prompt(cfg.start)
+        ids = crop_prompt(tok.encode(prompt, allow_special=True), model.config.block_size)
+        if not model.config.causal:
+            if tok.special_ids["[MASK]"] not in ids:
+                raise SampleError(f"{cfg.out_dir} is a masked-LM encoder: put [MASK] where a token should be predicted, "
+                                  f'e.g. --start="to be or not to [MASK]"')
+            with system.autocast:
+                fill_mask(model, tok, ids, system.device, cfg.top_k if 0 < cfg.top_k <= 20 else 5, cfg.fill_order)
+            return
+        stop_token = None
+        if cfg.stop:
+            stop_ids = tok.encode(cfg.stop, allow_special=True)
+            if len(stop_ids) != 1:
+                raise SampleError(f"stop={cfg.stop!r} is {len(stop_ids)} tokens; give a single token such as {EOT}")
+            stop_token = stop_ids[0]
+        generator = torch.Generator(device=system.device).manual_seed(cfg.seed)
+        print(prompt, end="", flush=True)
+        samples = generate_samples(model, tok, ids, cfg.num_samples, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                                   cfg.top_p, stop_token, cfg.use_kv_cache, generator, system.autocast, stream=sys.stdout)
+        print("\n" + "-" * 40)
+        for row in samples[1:]:
+            print(prompt + tok.decode(row) + "\n" + "-" * 40)
+    except (CheckpointError, TokenizerError, SampleError) as e:
+        raise SystemExit(f"sample.py: {e}")
+
+
+if __name__ == "__main__":
+    main()

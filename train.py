@@ -1,0 +1,682 @@
+"""
+Pretraining: a GPT (objective='clm', next-token prediction) or a BERT-style encoder
+(objective='mlm', masked-token prediction) on a prepared dataset.
+
+    python train.py                                   # config/shakespeare_char.py, ~2 minutes on a CPU
+    python train.py config/mlm_shakespeare_char.py
+    torchrun --standalone --nproc_per_node=8 train.py config/gpt2.py
+    python train.py --init_from=resume --out_dir=out-shakespeare-char
+
+One process or many: under torchrun every rank trains on its own batches and gradients are
+averaged by DDP (or the model is sharded with FSDP when fsdp=True). Checkpoints hold everything
+needed to continue exactly where a run stopped: weights, optimizer, loss scaler, RNG states and
+the data position. finetune.py reuses this file's system setup and training loop.
+"""
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from configurator import configure
+from model import GPT, GPTConfig, CheckpointError, clean_state_dict, load_checkpoint, save_checkpoint, model_from_checkpoint
+from tokenizer import EOT, load_tokenizer, tokenizer_from_spec
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+DEFAULTS = dict(
+    # I/O
+    out_dir="out",
+    eval_interval=2000,
+    log_interval=1,
+    eval_iters=200,
+    eval_only=False,              # evaluate the initial/loaded model and exit
+    always_save_checkpoint=True,  # else only when val loss improves
+    init_from="scratch",          # scratch | resume | path to a checkpoint or out_dir
+    keep_last=1,                  # numbered checkpoints to keep besides ckpt.pt
+    sample_every=0,               # print a short sample every this many iters (0 = only at the end)
+    sample_tokens=300,            # length of the samples printed during and after training
+    plot_log_scale=False,         # loss.png with a log-scale loss axis
+    wandb_log=False,              # also log to Weights & Biases (pip install wandb)
+    wandb_project="nanoroots",
+    # data
+    dataset="openwebtext",        # data/<dataset>/ written by prepare.py
+    gradient_accumulation_steps=40,  # global: divided among the ranks under torchrun
+    batch_size=12,                # sequences per micro-step per rank
+    block_size=1024,
+    # model (see model.GPTConfig)
+    n_layer=12,
+    n_head=12,
+    n_kv_head=0,
+    n_embd=768,
+    dropout=0.0,
+    bias=False,
+    causal=True,                  # set from objective: mlm trains a bidirectional encoder
+    pos="learned",
+    rope_theta=10000.0,
+    norm="layernorm",
+    norm_eps=1e-5,
+    mlp="gelu",
+    mlp_hidden=0,
+    tie_embeddings=True,
+    mlm_transform=False,
+    # objective
+    objective="clm",              # clm (GPT) | mlm (BERT-style masked LM)
+    mask_prob=0.15,               # mlm: share of tokens chosen for prediction (BERT); 80% [MASK], 10% random, 10% kept
+    # AdamW optimizer
+    learning_rate=6e-4,
+    max_iters=600000,
+    weight_decay=1e-1,
+    beta1=0.9,
+    beta2=0.95,
+    grad_clip=1.0,                # 0 = no clipping
+    # learning rate schedule: linear warmup, cosine decay to min_lr
+    decay_lr=True,
+    warmup_iters=2000,
+    lr_decay_iters=600000,
+    min_lr=6e-5,
+    # system
+    device="auto",                # auto | cpu | cuda | cuda:N | mps
+    dtype="auto",                 # auto | float32 | bfloat16 | float16
+    compile=False,                # torch.compile the model
+    backend="auto",               # distributed backend: auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    fsdp=False,                   # shard parameters, gradients and optimizer state with FSDP instead of DDP
+    grad_checkpoint=False,        # recompute activations in backward: less memory, ~30% more compute
+    seed=1337,
+    max_time=0.0,                 # seconds of training (evals included) before stopping cleanly; 0 = no limit
+    nan_policy="stop",            # stop | skip: what a NaN/inf loss does
+    threads=0,                    # CPU threads per process (0 = torch's default)
+)
+
+MODEL_KEYS = ["block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "dropout", "bias", "causal", "pos",
+              "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "mlm_transform"]
+
+
+class TrainError(RuntimeError):
+    """A configuration or data problem; the message says what to do."""
+
+
+# -----------------------------------------------------------------------------
+# system: device, precision, processes
+
+def setup_system(cfg):
+    """Device, dtype, autocast context and process group for this rank (a namespace)."""
+    s = type("System", (), {})()
+    s.rank = int(os.environ.get("RANK", 0))
+    s.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    s.world_size = int(os.environ.get("WORLD_SIZE", 1))
+    s.distributed = "RANK" in os.environ and s.world_size > 1
+    s.master = s.rank == 0
+    if cfg.device == "auto":
+        cfg.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if cfg.device == "cuda" and s.distributed:
+        cfg.device = f"cuda:{s.local_rank}"
+    s.device, s.device_type = cfg.device, cfg.device.split(":")[0]
+    if s.device_type == "cuda":
+        torch.cuda.set_device(s.device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for float32 matmuls: ~8x on Ampere+, 10-bit mantissa
+        torch.backends.cudnn.allow_tf32 = True
+    if cfg.dtype == "auto":  # measured on CPUs without AMX, bf16 matmuls are slower than float32: keep float32
+        cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if s.device_type == "cuda" else "float32"
+    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+        raise TrainError(f"dtype={cfg.dtype!r} is not one of auto, float32, bfloat16, float16")
+    s.dtype = cfg.dtype
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+    s.autocast = (contextlib.nullcontext() if cfg.dtype == "float32"
+                  else torch.amp.autocast(device_type=s.device_type, dtype=ptdtype))
+    if getattr(cfg, "threads", 0):
+        torch.set_num_threads(cfg.threads)
+    elif s.distributed and s.device_type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", s.world_size))))
+    if s.distributed and not dist.is_initialized():
+        backend = cfg.backend if getattr(cfg, "backend", "auto") != "auto" else ("nccl" if s.device_type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend)
+    return s
+
+
+def teardown(system):
+    if system.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(values, system):
+    """Average a list of floats over the ranks (identity in one process)."""
+    if not system.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=system.device if system.device_type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return (t / system.world_size).tolist()
+
+
+def wrap_model(model, cfg, system):
+    """The model to call: compiled then wrapped in DDP (torch.compile's DDPOptimizer splits the
+    graph at DDP's bucket boundaries), or sharded with FSDP per block and at the root, then compiled."""
+    model.grad_checkpoint = cfg.grad_checkpoint
+    if cfg.fsdp:
+        if not system.distributed:
+            raise TrainError("fsdp=True needs several processes: launch with torchrun --nproc_per_node=N")
+        if cfg.dtype == "float16":
+            raise TrainError("fsdp=True with float16 needs a sharded loss scaler; use dtype=bfloat16")
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        half = {"bfloat16": torch.bfloat16}.get(cfg.dtype)
+        mp = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32) if half else MixedPrecisionPolicy()
+        for block in model.transformer.h:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return torch.compile(model) if cfg.compile else model
+    if cfg.compile:
+        model = torch.compile(model)
+    if system.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[system.local_rank] if system.device_type == "cuda" else None)
+    return model
+
+
+def gradient_sync(model, sync):
+    """DDP/FSDP all-reduce gradients only on the last micro-step of an accumulation."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(sync)
+    elif hasattr(model, "no_sync") and not sync:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def full_state(model, optimizer, system):
+    """Unsharded model and optimizer state dicts (collective under FSDP; every rank must call)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=system.distributed)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=opts)
+    return clean_state_dict(model_sd), optim_sd
+
+
+def load_full_state(model, optimizer, model_sd, optim_sd):
+    """Load unsharded state dicts into a (possibly sharded) model and its optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
+                   options=StateDictOptions(full_state_dict=True))
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate()}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def batch_generator(*key):
+    """A torch.Generator seeded from a key such as (seed, "train", batch index): batches are a pure
+    function of their index, so resume and any number of ranks see exactly the same data."""
+    from prepare import stable_hash  # the data stage owns stable hashing
+    return torch.Generator().manual_seed(stable_hash(*key) % 2**63)
+
+
+# -----------------------------------------------------------------------------
+# data
+
+def load_meta(data_dir):
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(path):
+        raise TrainError(f"{path} not found: prepare the dataset first (python prepare.py {os.path.basename(data_dir)})")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def ensure_dataset(dataset, master):
+    """data/<dataset>/, prepared on the fly when it is a built-in recipe that has not been run yet."""
+    import prepare
+    data_dir = dataset if os.path.isdir(dataset) and not os.path.isdir(os.path.join(HERE, "data", dataset)) \
+        else os.path.join(HERE, "data", dataset)
+    if not os.path.exists(os.path.join(data_dir, "meta.json")) and dataset in prepare.RECIPES:
+        if master:
+            print(f"data/{dataset} is missing: preparing it first")
+            prepare.main([dataset])
+        if dist.is_initialized():
+            dist.barrier()
+    return data_dir
+
+
+def read_bin(data_dir, split, meta):
+    path = os.path.join(data_dir, f"{split}.bin")
+    if not os.path.exists(path):
+        raise TrainError(f"{path} not found: prepare the dataset first (python prepare.py ...)")
+    # a new memmap per batch avoids the memory leak of a long-lived one (nanoGPT's note)
+    return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+
+
+def get_batch(data, batch_size, block_size, generator, shift=True):
+    """batch_size random windows of the token stream: x (B, T) and the next tokens y (B, T)."""
+    ix = torch.randint(len(data) - block_size - int(shift) + 1, (batch_size,), generator=generator)
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix.tolist()])
+    if not shift:
+        return x, None
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix.tolist()])
+    return x, y
+
+
+def mask_tokens(x, special_ids, n_normal, mask_id, mask_prob, generator):
+    """
+    BERT/RoBERTa dynamic masking of x (B, T): choose mask_prob of the non-special positions; of
+    those 80% become [MASK], 10% a random ordinary token and 10% stay. Labels are the original ids
+    at chosen positions and -100 elsewhere.
+    """
+    special = torch.isin(x, torch.tensor(sorted(special_ids), dtype=x.dtype))
+    chosen = (torch.rand(x.shape, generator=generator) < mask_prob) & ~special
+    labels = torch.where(chosen, x, torch.full_like(x, -100))
+    r = torch.rand(x.shape, generator=generator)
+    random_ids = torch.randint(n_normal, x.shape, generator=generator, dtype=x.dtype)
+    x = torch.where(chosen & (r < 0.8), torch.full_like(x, mask_id), x)
+    x = torch.where(chosen & (r >= 0.8) & (r < 0.9), random_ids, x)
+    return x, labels
+
+
+def to_device(tensors, system):
+    if system.device_type == "cuda":  # pinned host memory lets the copy overlap with compute
+        return [t.pin_memory().to(system.device, non_blocking=True) for t in tensors]
+    return [t.to(system.device) for t in tensors]
+
+
+def make_batch_fn(cfg, data_dir, meta, tok, system, split="train"):
+    """batch(index) -> (x, y) on the device for micro-batch number `index` of `split`."""
+    special = set(tok.special_ids.values())
+    n_normal = min(special)  # ordinary tokens come first, the specials are appended after them
+
+    def batch(index, split=split, kind="train"):
+        g = batch_generator(cfg.seed, kind, split, index)
+        data = read_bin(data_dir, split, meta)
+        if cfg.objective == "clm":
+            return to_device(get_batch(data, cfg.batch_size, cfg.block_size, g), system)
+        x, _ = get_batch(data, cfg.batch_size, cfg.block_size, g, shift=False)
+        return to_device(mask_tokens(x, special, n_normal, tok.special_ids["[MASK]"], cfg.mask_prob, g), system)
+
+    return batch
+
+
+def lm_loss(model, batch, autocast):
+    x, y = batch
+    with autocast:
+        _, loss = model(x, y)
+    return loss
+
+
+@torch.no_grad()
+def evaluate_lm(model, batch_fn, cfg, system):
+    """Mean loss (and masked-token accuracy for mlm) on eval_iters fixed batches per split, averaged
+    over the ranks, which each evaluate their own share."""
+    model.eval()
+    out = {}
+    for split in ("train", "val"):
+        losses, correct, total = [], 0, 0
+        for k in range(cfg.eval_iters):
+            x, y = batch_fn(k * system.world_size + system.rank, split=split, kind="eval")
+            with system.autocast:
+                logits, loss = model(x, y)
+            losses.append(loss.item())
+            if cfg.objective == "mlm":
+                target = y[y != -100]
+                correct += (logits.argmax(-1) == target).sum().item()
+                total += target.numel()
+        mean_loss, acc = all_reduce_mean([sum(losses) / len(losses), correct / max(total, 1)], system)
+        out[f"{split}_loss"] = mean_loss
+        if cfg.objective == "mlm":
+            out[f"{split}_mlm_acc"] = acc
+    out["val_ppl"] = math.exp(min(out["val_loss"], 50))  # for mlm this is the pseudo-perplexity
+    model.train()
+    return out
+
+
+def get_lr(it, cfg):
+    """Linear warmup (non-zero from step 0), then cosine decay to min_lr at lr_decay_iters."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it > cfg.lr_decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+# -----------------------------------------------------------------------------
+# logs and plots
+
+def append_log(out_dir, record):
+    with open(os.path.join(out_dir, "log.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_log(out_dir, iter_num):
+    """On resume: forget log lines a crashed run wrote after its last checkpoint."""
+    path = os.path.join(out_dir, "log.jsonl")
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        keep = [line for line in f if line.strip() and json.loads(line).get("iter", 0) < iter_num]
+    from prepare import atomic_write_text
+    atomic_write_text(path, "".join(keep))
+
+
+def plot_training(out_dir, log_scale=False):
+    """loss.png from log.jsonl: loss vs step and vs tokens, learning rate on a second axis, and
+    accuracy curves when the log has them. Drawn only at eval time."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(os.path.join(out_dir, "log.jsonl"), encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "val_loss" in r]
+    acc_keys = sorted({k for r in evals for k in r if k.startswith("val_") and k.endswith(("acc", "f1"))})
+    fig, axes = plt.subplots(1, 3 if acc_keys else 2, figsize=(15 if acc_keys else 11, 4))
+    for ax, x in zip(axes, ("iter", "tokens")):
+        ax.plot([r[x] for r in steps if x in r], [r["loss"] for r in steps if x in r], lw=0.8, alpha=0.6, label="train (step)")
+        ax.plot([r[x] for r in evals if x in r], [r["train_loss"] for r in evals if x in r], "o-", label="train (eval)")
+        ax.plot([r[x] for r in evals if x in r], [r["val_loss"] for r in evals if x in r], "o-", label="val")
+        ax.set_xlabel("step" if x == "iter" else "tokens")
+        ax.set_ylabel("loss")
+        if log_scale:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right")
+        lr_ax = ax.twinx()
+        lr_ax.plot([r[x] for r in steps if x in r], [r["lr"] for r in steps if x in r], color="gray", lw=0.8, ls="--")
+        lr_ax.set_ylabel("learning rate", color="gray")
+    if acc_keys:
+        for key in acc_keys:
+            axes[2].plot([r["iter"] for r in evals if key in r], [r[key] for r in evals if key in r], "o-", label=key)
+        axes[2].set_xlabel("step")
+        axes[2].set_ylabel("accuracy / F1")
+        axes[2].grid(alpha=0.3)
+        axes[2].legend()
+    fig.suptitle(os.path.basename(os.path.abspath(out_dir)))
+    fig.tight_layout()
+    tmp = os.path.join(out_dir, "loss.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, os.path.join(out_dir, "loss.png"))
+
+
+# -----------------------------------------------------------------------------
+# the training loop, shared with finetune.py
+
+def train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_fn, eval_fn,
+               checkpoint_extra, state, sample_fn=None, tokens_per_micro_batch=None):
+    """
+    Optimise until max_iters or max_time; evaluate every eval_interval, checkpoint on improvement
+    (or always), log to log.jsonl and loss.png. `state` carries iter_num, best_val_loss and
+    counters across resumes. Returns the last eval metrics.
+
+    batch_fn(index) -> batch for global micro-batch `index`; loss_fn(model, batch) -> scalar loss;
+    eval_fn(model) -> metrics with 'val_loss'; checkpoint_extra() -> entries added to checkpoints.
+    """
+    accum = cfg.gradient_accumulation_steps // system.world_size
+    tokens_per_iter = (tokens_per_micro_batch or cfg.batch_size * cfg.block_size) * accum * system.world_size
+    params = [p for p in model.parameters() if p.requires_grad]
+    stop = {"signal": None}
+    if system.master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+    if cfg.wandb_log and system.master:
+        import wandb
+        wandb.init(project=cfg.wandb_project, name=os.path.basename(cfg.out_dir), config=vars(cfg))
+
+    def save(metrics=None):
+        model_sd, optim_sd = full_state(raw_model, optimizer, system)
+        rngs = [rng_state()]
+        if system.distributed:  # each rank's dropout RNG, so a resumed DDP run continues exactly
+            rngs = [None] * system.world_size
+            dist.all_gather_object(rngs, rng_state())
+        if system.master:
+            path = save_checkpoint({
+                "model": model_sd, "optimizer": optim_sd, "scaler": scaler.state_dict(),
+                "model_args": {k: getattr(raw_model.config, k) for k in raw_model.config.__dataclass_fields__},
+                "iter_num": state["iter_num"], "best_val_loss": state["best_val_loss"], "config": dict(vars(cfg)),
+                "rng": rngs, "world_size": system.world_size, "metrics": metrics or {},
+                "data_position": {"next_batch_index": state["iter_num"] * cfg.gradient_accumulation_steps},
+                "counters": {k: v for k, v in state.items() if k not in ("iter_num", "best_val_loss")},
+                **checkpoint_extra()}, cfg.out_dir, cfg.keep_last)
+            return path
+
+    def on_signal(signum, frame):  # finish the current step, save, exit; a second Ctrl-C is immediate
+        stop["signal"] = signum
+        signal.signal(signum, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, on_signal)
+    t_start, t_last, metrics = time.time(), time.time(), {}
+    elapsed0 = state.get("train_time", 0.0)
+    try:
+        while True:
+            it = state["iter_num"]
+            lr = get_lr(it, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            out_of_time = cfg.max_time and time.time() - t_start + elapsed0 >= cfg.max_time
+            last = it >= cfg.max_iters or out_of_time
+            if it % cfg.eval_interval == 0 or last or cfg.eval_only:
+                metrics = eval_fn(model)
+                state["train_time"] = elapsed0 + time.time() - t_start
+                record = {"iter": it, **metrics, "lr": lr, "tokens": it * tokens_per_iter, "time": round(state["train_time"], 2)}
+                improved = metrics["val_loss"] < state["best_val_loss"]
+                if system.master:
+                    print(f"step {it}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+                    append_log(cfg.out_dir, record)
+                    plot_training(cfg.out_dir, cfg.plot_log_scale)
+                    if cfg.wandb_log:
+                        wandb.log(record)
+                if improved:
+                    state["best_val_loss"] = metrics["val_loss"]
+                if (improved or cfg.always_save_checkpoint) and it > state.get("start_iter", 0) and not cfg.eval_only:
+                    path = save(metrics)
+                    if system.master:
+                        print(f"saved checkpoint to {path}", flush=True)
+                if cfg.eval_only or last:
+                    if out_of_time and system.master:
+                        print(f"max_time={cfg.max_time:g}s reached at step {it}")
+                    break
+            if sample_fn and cfg.sample_every and it % cfg.sample_every == 0 and it > 0 and system.master:
+                sample_fn(raw_model)
+
+            # one optimisation step: accum micro-steps, gradients synchronised on the last one
+            total = torch.zeros((), device=system.device)
+            for micro in range(accum):
+                batch = batch_fn(it * cfg.gradient_accumulation_steps + system.rank * accum + micro)
+                with gradient_sync(model, micro == accum - 1):
+                    loss = loss_fn(model, batch) / accum
+                    scaler.scale(loss).backward()
+                total += loss.detach()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            # every rank learns the mean loss and whether any rank was asked to stop
+            loss_value, stop_votes = all_reduce_mean([total.item(), float(stop["signal"] is not None)], system)
+            finite = math.isfinite(loss_value) and (scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
+            if not finite and cfg.nan_policy == "stop":
+                good = os.path.join(cfg.out_dir, "ckpt.pt")
+                raise TrainError(f"loss is {loss_value} at step {it}: stopping (nan_policy='stop'); "
+                                 f"the last good checkpoint is {good if os.path.exists(good) else 'none (none was saved yet)'}; "
+                                 f"lower learning_rate, or set nan_policy='skip'")
+            if finite:
+                scale_before = scaler.get_scale() if scaler.is_enabled() else None
+                scaler.step(optimizer)
+                scaler.update()
+                if scale_before is not None and scaler.get_scale() < scale_before:
+                    state["fp16_overflows"] = state.get("fp16_overflows", 0) + 1
+                    if system.master:
+                        print(f"step {it}: fp16 gradient overflow, step skipped by GradScaler, loss scale -> {scaler.get_scale():g}")
+            else:
+                state["skipped_steps"] = state.get("skipped_steps", 0) + 1
+                if system.master:
+                    print(f"step {it}: loss is {loss_value}, step skipped (nan_policy='skip', {state['skipped_steps']} so far)")
+                    append_log(cfg.out_dir, {"iter": it, "skipped": True, "loss_value": str(loss_value)})
+            optimizer.zero_grad(set_to_none=True)
+
+            state["iter_num"] = it + 1
+            if it % cfg.log_interval == 0 and system.master and finite:
+                now = time.time()
+                dt = (now - t_last) / (cfg.log_interval if it > state.get("start_iter", 0) else 1)
+                mfu = raw_model.estimate_mfu(tokens_per_iter, dt, system.device, system.dtype, cfg.block_size)
+                record = {"iter": it, "loss": loss_value, "lr": lr, "dt_ms": round(dt * 1000, 2),
+                          "tok_per_sec": round(tokens_per_iter / dt), "mfu": mfu, "grad_norm": float(grad_norm),
+                          "tokens": (it + 1) * tokens_per_iter, "time": round(elapsed0 + now - t_start, 2)}
+                append_log(cfg.out_dir, record)
+                print(f"iter {it}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f}ms, {tokens_per_iter / dt:,.0f} tok/s"
+                      + (f", mfu {mfu * 100:.1f}%" if mfu is not None else ""), flush=True)
+                t_last = now
+            if stop_votes > 0:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        state["train_time"] = elapsed0 + time.time() - t_start
+        path = save(metrics)
+        if system.master:
+            print(f"\ninterrupted at step {state['iter_num']}: checkpoint saved to {path}; "
+                  f"continue with --init_from=resume --out_dir={cfg.out_dir}", flush=True)
+        raise SystemExit(130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return metrics
+
+
+# -----------------------------------------------------------------------------
+
+def check_config(cfg, system):
+    problems = []
+    for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval"):
+        if getattr(cfg, key) < 1:
+            problems.append(f"{key}={getattr(cfg, key)} must be at least 1")
+    if cfg.gradient_accumulation_steps % system.world_size:
+        problems.append(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} is global and must be divisible "
+                        f"by the number of processes ({system.world_size})")
+    if cfg.objective not in ("clm", "mlm"):
+        problems.append(f"objective={cfg.objective!r} is not clm or mlm")
+    if cfg.nan_policy not in ("stop", "skip"):
+        problems.append(f"nan_policy={cfg.nan_policy!r} is not stop or skip")
+    if not 0 < cfg.mask_prob < 1:
+        problems.append(f"mask_prob={cfg.mask_prob} must be between 0 and 1")
+    if problems:
+        raise TrainError("; ".join(problems))
+
+
+def init_model(cfg, meta, tok):
+    """The model and, when resuming, its checkpoint. Checks the data's tokenizer against it."""
+    if cfg.init_from == "scratch":
+        args = {k: getattr(cfg, k) for k in MODEL_KEYS} | {"vocab_size": tok.vocab_size}
+        return GPT(GPTConfig.from_dict(args)), None
+    path = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
+    checkpoint = load_checkpoint(path)
+    ckpt_tok = checkpoint.get("tokenizer")
+    if ckpt_tok is not None and ckpt_tok != tok.spec():
+        raise TrainError(f"dataset {cfg.dataset} uses a {tok.kind} tokenizer with {tok.vocab_size} tokens, which does not "
+                         f"match the checkpoint's ({ckpt_tok['kind']}); prepare the data with the checkpoint's tokenizer")
+    model = model_from_checkpoint(checkpoint)
+    if cfg.block_size < model.config.block_size:
+        model.crop_block_size(cfg.block_size)
+    elif cfg.block_size > model.config.block_size:
+        raise TrainError(f"block_size={cfg.block_size} is larger than the checkpoint's {model.config.block_size}")
+    return model, (checkpoint if cfg.init_from == "resume" else None)
+
+
+def main(argv=None):
+    cfg = configure(DEFAULTS, argv, default_config=os.path.join(HERE, "config", "shakespeare_char.py"))
+    cfg.causal = cfg.objective == "clm"
+    system = setup_system(cfg)
+    try:
+        check_config(cfg, system)
+        data_dir = ensure_dataset(cfg.dataset, system.master)
+        meta = load_meta(data_dir)
+        tok = load_tokenizer(data_dir)
+        for split in ("train", "val"):
+            n = len(read_bin(data_dir, split, meta))
+            if n < cfg.block_size + 2:
+                raise TrainError(f"the {split} split of {cfg.dataset} has {n} tokens, fewer than block_size+2={cfg.block_size + 2}; "
+                                 f"lower block_size or prepare more data")
+        seed_everything(cfg.seed + system.rank)
+        model, checkpoint = init_model(cfg, meta, tok)
+        model.to(system.device)
+        if system.master:
+            print(f"{cfg.objective} model: {model.get_num_params() / 1e6:.2f}M parameters, "
+                  f"{cfg.n_layer} layers, vocab {tok.vocab_size} ({tok.kind}), device {system.device}, dtype {system.dtype}"
+                  + (f", {system.world_size} processes" if system.distributed else ""))
+        raw_model = model
+        model = wrap_model(model, cfg, system)
+        optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), system.device_type)
+        scaler = torch.amp.GradScaler(system.device_type, enabled=system.dtype == "float16")
+        state = {"iter_num": 0, "best_val_loss": float("inf")}
+        if checkpoint is not None:
+            load_full_state(raw_model, optimizer, checkpoint["model"], checkpoint["optimizer"])
+            scaler.load_state_dict(checkpoint["scaler"])
+            state = {"iter_num": checkpoint["iter_num"], "best_val_loss": checkpoint["best_val_loss"], **checkpoint.get("counters", {})}
+            rngs = checkpoint.get("rng") or []
+            if len(rngs) == system.world_size:
+                set_rng_state(rngs[system.rank])
+            elif system.master:
+                print(f"note: checkpoint was written by {len(rngs)} processes, this run has {system.world_size}; "
+                      f"data order is kept, dropout randomness is reseeded")
+            if system.master:
+                truncate_log(cfg.out_dir, state["iter_num"])
+                print(f"resuming from {cfg.out_dir} at step {state['iter_num']}")
+        state["start_iter"] = state["iter_num"]
+
+        batch_fn = make_batch_fn(cfg, data_dir, meta, tok, system)
+        eval_fn = lambda m: evaluate_lm(m, batch_fn, cfg, system)  # noqa: E731
+        loss_fn = lambda m, batch: lm_loss(m, batch, system.autocast)  # noqa: E731
+        extra = lambda: {"tokenizer": tok.spec(), "dataset": cfg.dataset}  # noqa: E731
+        sample_fn = (lambda m: print_sample(m, tok, cfg, system)) if cfg.objective == "clm" else None
+        train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_fn, eval_fn, extra, state, sample_fn)
+        if system.master and not cfg.eval_only:
+            if cfg.objective == "clm":
+                print_sample(raw_model, tok, cfg, system)
+            else:
+                print_fill_mask(raw_model, tok, cfg, data_dir, meta, system)
+    except (TrainError, CheckpointError) as e:
+        teardown(system)
+        raise SystemExit(f"train.py: {e}")
+    teardown(system)
+
+
+@torch.no_grad()
+def print_sample(model, tok, cfg, system):
+    """A short sample from the start of a line, so a run shows what it has learned."""
+    model.eval()
+    start = torch.tensor([tok.encode("\n")], device=system.device)
+    with system.autocast:
+        out = model.generate(start, cfg.sample_tokens, temperature=0.8, top_k=200,
+                             generator=torch.Generator(device=system.device).manual_seed(cfg.seed))
+    model.train()
+    print("-" * 40 + "\n" + tok.decode(out[0, 1:].tolist()) + "\n" + "-" * 40, flush=True)
+
+
+def print_fill_mask(model, tok, cfg, data_dir, meta, system):
+    """An encoder's demo: mask some tokens of a validation window and show its guesses."""
+    from sample import fill_mask
+    data = read_bin(data_dir, "val", meta)
+    ids = data[: min(64, cfg.block_size)].astype(np.int64).tolist()
+    g = random.Random(cfg.seed)
+    ordinary = [i for i, t in enumerate(ids) if t not in tok.special_ids.values()]
+    for i in g.sample(ordinary, k=min(4, len(ordinary))):
+        ids[i] = tok.special_ids["[MASK]"]
+    fill_mask(model, tok, ids, system.device, top_k=3)
+
+
+if __name__ == "__main__":
+    main()

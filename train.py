@@ -494,6 +494,7 @@ def train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_
                     if out_of_time and system.master:
                         print(f"max_time={cfg.max_time:g}s reached at step {it}")
                     break
+                t_last = time.time()  # throughput excludes evaluation
             if sample_fn and cfg.sample_every and it % cfg.sample_every == 0 and it > 0 and system.master:
                 sample_fn(raw_model)
 

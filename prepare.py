@@ -51,9 +51,17 @@ DEFAULTS = dict(
 
 # Built-in recipes: overrides applied to keys the user left at their defaults.
 SHAKESPEARE = os.path.join(HERE, "data", "tinyshakespeare", "input.txt")
+SHARED_DATA = os.path.join(os.path.dirname(HERE), "shared", "data")  # the project's public data, next to the checkout
 RECIPES = {
     "shakespeare_char": dict(input=SHAKESPEARE, tokenizer="char", name="shakespeare_char"),
     "shakespeare": dict(input=SHAKESPEARE, tokenizer="gpt2", name="shakespeare"),
+    # unlabelled text for pretraining before finetune.py's SST-2 classifier: the SST-2 train sentences
+    # without their labels (in-domain, "task-adaptive pretraining", Gururangan et al. 2020) plus clean
+    # English (C4 documents, Wikipedia articles one per line). SST-2 dev and test stay unseen.
+    "reviews": dict(input=",".join([f"labelled:{SHARED_DATA}/sst2/stsa.binary.train",
+                                    f"{SHARED_DATA}/clean_text_sample/c4_demo.jsonl",
+                                    f"lines:{SHARED_DATA}/clean_text_sample/wiki_demo.txt"]),
+                    tokenizer="gpt2", name="reviews"),
 }
 
 
@@ -249,9 +257,41 @@ def read_path(path, stats, text_field="text", max_doc_bytes=64 << 20):
         yield from read_text_file(path, stats, max_doc_bytes)
 
 
+def read_labelled_lines(path, stats):
+    """(label, text) from lines `<label> <text>` (SST-2's `1 a stirring , funny ...`, TREC's `LOC:city
+    Which city ...`). Invalid UTF-8 is replaced and counted; lines without text are skipped and counted."""
+    if not os.path.exists(path):
+        raise DataError(f"input {path} does not exist")
+    with open(path, "rb") as f:
+        for raw in f:
+            label, _, text = _decode(raw, stats).strip().partition(" ")
+            if not text.strip():
+                stats["skipped_no_text"] += bool(label)
+                continue
+            yield label, text.strip()
+
+
+def read_lines(path, stats):
+    """Every non-empty line of a text file is one document (e.g. one Wikipedia article per line)."""
+    if not os.path.exists(path):
+        raise DataError(f"input {path} does not exist")
+    with open(path, "rb") as f:
+        for raw in f:
+            line = _decode(raw, stats).strip()
+            if line:
+                yield line
+
+
 def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, download_dir=None, sha256=None):
-    """Documents from every source in order: local paths, or URLs downloaded to `download_dir` first."""
+    """Documents from every source in order: local paths, or URLs downloaded to `download_dir` first.
+    `lines:PATH` reads one document per line; `labelled:PATH` one per `<label> <text>` line, label dropped."""
     for source in sources:
+        if source.startswith("lines:"):
+            yield from read_lines(source[len("lines:"):], stats)
+            continue
+        if source.startswith("labelled:"):
+            yield from (text for _, text in read_labelled_lines(source[len("labelled:"):], stats))
+            continue
         if source.startswith(("http://", "https://")):
             dest = os.path.join(download_dir or tempfile.gettempdir(), os.path.basename(source.split("?")[0]))
             source = download(source, dest, sha256=sha256 or None)

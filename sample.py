@@ -4,6 +4,8 @@ Use a trained model: generate text from a GPT, or fill [MASK] tokens with a mask
     python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3
     python sample.py --out_dir=out-mlm-shakespeare-char --start="to be or not to [MASK]"
     python sample.py --start=FILE:prompt.txt --top_p=0.9 --temperature=0.7
+    python sample.py --out_dir=out-sft-alpaca --template=alpaca --start="Name three primary colors."
+    python sample.py --out_dir=out-sft-alpaca --chat=True        # one instruction per line on stdin
 
 Samples are generated together as one batch through the KV cache; the first is streamed to the
 terminal as it is produced.
@@ -32,6 +34,8 @@ DEFAULTS = dict(
     seed=1337,
     use_kv_cache=True,
     fill_order="left_to_right",  # masked LM: fill several [MASK]s left_to_right or most_confident first
+    template="",                # alpaca: --start is an instruction, put in the prompt template finetune.py trained with
+    chat=False,                 # read instructions from stdin and answer each (template alpaca unless given)
     device="auto",
     dtype="auto",
 )
@@ -65,6 +69,17 @@ def crop_prompt(ids, block_size):
               f"keeping its last {block_size}", file=sys.stderr)
         return ids[-block_size:]
     return ids
+
+
+def read_instructions():
+    """Lines typed on stdin until end of input (Ctrl-D)."""
+    while True:
+        try:
+            line = input("\ninstruction> ")
+        except EOFError:
+            return
+        if line.strip():
+            yield line
 
 
 def generate_samples(model, tok, prompt_ids, num_samples, max_new_tokens, temperature, top_k, top_p,
@@ -140,6 +155,20 @@ def main(argv=None):
                 raise SampleError(f"stop={cfg.stop!r} is {len(stop_ids)} tokens; give a single token such as {EOT}")
             stop_token = stop_ids[0]
         generator = torch.Generator(device=system.device).manual_seed(cfg.seed)
+        if cfg.template or cfg.chat:  # instruction-tuned: finetune.py's template, responses end at <|endoftext|>
+            from finetune import TEMPLATES, format_prompt
+            template = cfg.template or "alpaca"
+            if template not in TEMPLATES:
+                raise SampleError(f"template={template!r} is not one of {', '.join(TEMPLATES)}")
+            stop_token = tok.special_ids[EOT] if stop_token is None else stop_token
+            if cfg.chat:
+                for instruction in read_instructions():
+                    ids = crop_prompt(tok.encode(format_prompt(instruction, template=template)), model.config.block_size)
+                    generate_samples(model, tok, ids, 1, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                                     stop_token, cfg.use_kv_cache, generator, system.autocast, stream=sys.stdout)
+                return
+            prompt = format_prompt(prompt, template=template)
+            ids = crop_prompt(tok.encode(prompt), model.config.block_size)
         print(prompt, end="", flush=True)
         samples = generate_samples(model, tok, ids, cfg.num_samples, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
                                    cfg.top_p, stop_token, cfg.use_kv_cache, generator, system.autocast, stream=sys.stdout)

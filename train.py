@@ -93,6 +93,7 @@ DEFAULTS = dict(
     seed=1337,
     max_time=0.0,                 # seconds of training (evals included) before stopping cleanly; 0 = no limit
     nan_policy="stop",            # stop | skip: what a NaN/inf loss does
+    patience=0,                   # stop when val loss has not improved for this many evals (0 = never)
     threads=0,                    # CPU threads per process (0 = torch's default)
 )
 
@@ -429,7 +430,8 @@ def train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_
     counters across resumes. Returns the last eval metrics.
 
     batch_fn(index) -> batch for global micro-batch `index`; loss_fn(model, batch) -> scalar loss;
-    eval_fn(model) -> metrics with 'val_loss'; checkpoint_extra() -> entries added to checkpoints.
+    eval_fn(model) -> metrics with 'val_loss'; checkpoint_extra() -> entries added to checkpoints
+    (they may replace 'model': finetune.py stores a classifier's body, or LoRA merged, as a plain GPT).
     """
     accum = cfg.gradient_accumulation_steps // system.world_size
     tokens_per_iter = (tokens_per_micro_batch or cfg.batch_size * cfg.block_size) * accum * system.world_size
@@ -486,13 +488,18 @@ def train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_
                         wandb.log(record)
                 if improved:
                     state["best_val_loss"] = metrics["val_loss"]
+                state["evals_since_best"] = 0 if improved else state.get("evals_since_best", 0) + 1
+                stalled = cfg.patience and state["evals_since_best"] >= cfg.patience
                 if (improved or cfg.always_save_checkpoint) and it > state.get("start_iter", 0) and not cfg.eval_only:
                     path = save(metrics)
                     if system.master:
                         print(f"saved checkpoint to {path}", flush=True)
-                if cfg.eval_only or last:
+                if cfg.eval_only or last or stalled:
                     if out_of_time and system.master:
                         print(f"max_time={cfg.max_time:g}s reached at step {it}")
+                    if stalled and not last and system.master:
+                        print(f"early stop at step {it}: val loss has not improved for {cfg.patience} evals "
+                              f"(best {state['best_val_loss']:.4f})")
                     break
                 t_last = time.time()  # throughput excludes evaluation
             if sample_fn and cfg.sample_every and it % cfg.sample_every == 0 and it > 0 and system.master:
@@ -597,6 +604,24 @@ def init_model(cfg, meta, tok):
     return model, (checkpoint if cfg.init_from == "resume" else None)
 
 
+def resume_state(checkpoint, raw_model, optimizer, scaler, cfg, system, model_state=None):
+    """Continue a run exactly: load weights (model_state, else the checkpoint's), optimizer, loss
+    scaler and RNG states; forget log lines after the checkpoint. Returns the training loop's state."""
+    load_full_state(raw_model, optimizer, model_state or checkpoint["model"], checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    state = {"iter_num": checkpoint["iter_num"], "best_val_loss": checkpoint["best_val_loss"], **checkpoint.get("counters", {})}
+    rngs = checkpoint.get("rng") or []
+    if len(rngs) == system.world_size:
+        set_rng_state(rngs[system.rank])
+    elif system.master:
+        print(f"note: checkpoint was written by {len(rngs)} processes, this run has {system.world_size}; "
+              f"data order is kept, dropout randomness is reseeded")
+    if system.master:
+        truncate_log(cfg.out_dir, state["iter_num"])
+        print(f"resuming from {cfg.out_dir} at step {state['iter_num']}")
+    return state
+
+
 def main(argv=None):
     cfg = configure(DEFAULTS, argv, default_config=os.path.join(HERE, "config", "shakespeare_char.py"))
     cfg.causal = cfg.objective == "clm"
@@ -624,18 +649,7 @@ def main(argv=None):
         scaler = torch.amp.GradScaler(system.device_type, enabled=system.dtype == "float16")
         state = {"iter_num": 0, "best_val_loss": float("inf")}
         if checkpoint is not None:
-            load_full_state(raw_model, optimizer, checkpoint["model"], checkpoint["optimizer"])
-            scaler.load_state_dict(checkpoint["scaler"])
-            state = {"iter_num": checkpoint["iter_num"], "best_val_loss": checkpoint["best_val_loss"], **checkpoint.get("counters", {})}
-            rngs = checkpoint.get("rng") or []
-            if len(rngs) == system.world_size:
-                set_rng_state(rngs[system.rank])
-            elif system.master:
-                print(f"note: checkpoint was written by {len(rngs)} processes, this run has {system.world_size}; "
-                      f"data order is kept, dropout randomness is reseeded")
-            if system.master:
-                truncate_log(cfg.out_dir, state["iter_num"])
-                print(f"resuming from {cfg.out_dir} at step {state['iter_num']}")
+            state = resume_state(checkpoint, raw_model, optimizer, scaler, cfg, system)
         state["start_iter"] = state["iter_num"]
 
         batch_fn = make_batch_fn(cfg, data_dir, meta, tok, system)

@@ -1,0 +1,673 @@
+"""
+Transfer learning: start from a pretrained model and adapt it to a task.
+
+    python finetune.py config/finetune_sst2.py                    # classify: sentiment head on the MLM encoder
+    python finetune.py config/finetune_sst2.py --predict="a gorgeous , witty film|a dull mess" --init_from=out-sst2
+    python finetune.py config/finetune_shakespeare.py             # lm: continue causal LM training on new text
+    python finetune.py config/sft_alpaca.py                       # sft: instruction tuning, then
+    python sample.py --out_dir=out-sft-alpaca --template=alpaca --start="Give three tips for staying healthy."
+    python finetune.py config/finetune_sst2.py --lora_rank=8      # LoRA: train low-rank adapters only
+
+Tasks:
+    lm        next-token (or, for an encoder, masked-token) training on a prepared data/<dataset>/,
+              usually with a low constant or cosine learning rate and early stopping (`patience`)
+    classify  a linear head on one pooled vector per sequence: [CLS] or the mean for an encoder, the
+              last real token for a causal model; accuracy (and macro-F1 for >2 classes) at every eval
+    sft       Alpaca-style instruction tuning: loss on the response tokens only
+
+Training itself is train.py's loop (accumulation, AMP, compile, DDP under torchrun, checkpoints,
+exact resume, logs, loss.png); this file supplies the task's batches, loss and evaluation. Every
+checkpoint stores the body as a plain GPT (LoRA merged in), so sample.py and train.py load it as
+they would a pretrained one; the task head and the unmerged adapters sit next to it.
+
+References: ULMFiT (Howard & Ruder 2018), GPT-1 (Radford et al. 2018), BERT (Devlin et al. 2019),
+LoRA (Hu et al. 2021), Stanford Alpaca (Taori et al. 2023), SST-2 (Socher et al. 2013),
+TREC (Li & Roth 2002).
+"""
+
+import functools
+import json
+import math
+import os
+import time
+from collections import Counter
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+import train
+from configurator import configure
+from model import GPT, GPTConfig, CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint
+from prepare import SHARED_DATA, DataError, in_val_split, read_labelled_lines
+from tokenizer import EOT, TokenizerError, build_tokenizer, load_tokenizer, tokenizer_from_spec
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k != "objective"} | dict(
+    # I/O and init (see train.py for the keys shared with pretraining)
+    out_dir="out-finetune",
+    init_from="out-mlm-reviews",  # an out_dir or .pt of a nanoroots model | resume | scratch | gpt2* or an HF folder
+    tokenizer="gpt2",             # init_from=scratch only: gpt2, or a prepared dataset whose tokenizer to use
+    eval_interval=100,
+    eval_iters=20,                # lm: batches per split; classify/sft: train batches evaluated (val is read whole)
+    log_interval=10,
+    always_save_checkpoint=False,  # keep the checkpoint with the best val loss
+    # task
+    task="classify",              # lm | classify | sft
+    dataset="sst2",               # lm: data/<name>; classify: sst2 | trec | a .jsonl/.tsv file; sft: an Alpaca .json
+    val_dataset="",               # classify/sft: the file to evaluate on ("" = the recipe's, or val_fraction of train)
+    val_fraction=0.05,            # share of the training examples held out when there is no val_dataset
+    pool="auto",                  # classify: first ([CLS]) | mean | last | auto (mean for an encoder, last if causal)
+    predict="",                   # classify: sentences separated by |, or FILE:path (one per line); prints label + probability
+    template="alpaca",            # sft: the prompt template (see format_prompt)
+    # parameter-efficient finetuning
+    lora_rank=0,                  # > 0: train rank-r adapters on the target matrices, freeze the rest
+    lora_alpha=16.0,              # adapter output scaled by lora_alpha / lora_rank (Hu et al. 2021, sec. 4.1)
+    lora_dropout=0.0,
+    lora_targets="c_attn,c_proj,c_fc",  # Linear layers (by name) in every block that get adapters
+    freeze_layers=0,              # the simpler alternative: freeze the embeddings and the first N blocks
+    # optimizer and schedule: finetuning takes small steps
+    gradient_accumulation_steps=1,
+    batch_size=32,
+    block_size=0,                 # 0 = the pretrained model's context; smaller crops it
+    dropout=0.1,
+    learning_rate=1e-4,
+    max_iters=1000,
+    warmup_iters=50,
+    lr_decay_iters=1000,
+    min_lr=1e-5,
+    weight_decay=0.01,
+    beta2=0.99,
+)
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+class FinetuneError(RuntimeError):
+    """A configuration or data problem; the message says what to do."""
+
+
+# -----------------------------------------------------------------------------
+# the prompt template: sft trains with it and sample.py --template=alpaca generates with it
+
+# Stanford Alpaca's template (github.com/tatsu-lab/stanford_alpaca, train.py PROMPT_DICT), verbatim.
+# The response follows "### Response:" directly and ends with the end-of-text token.
+ALPACA_PROMPT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                 "Write a response that appropriately completes the request.\n\n"
+                 "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")
+ALPACA_PROMPT_NO_INPUT = ("Below is an instruction that describes a task. "
+                          "Write a response that appropriately completes the request.\n\n"
+                          "### Instruction:\n{instruction}\n\n### Response:")
+TEMPLATES = ("alpaca",)
+
+
+def format_prompt(instruction, input="", template="alpaca"):
+    """The text a model sees before its response."""
+    if template not in TEMPLATES:
+        raise FinetuneError(f"template={template!r} is not one of {', '.join(TEMPLATES)}")
+    if input.strip():
+        return ALPACA_PROMPT.format(instruction=instruction, input=input)
+    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+# -----------------------------------------------------------------------------
+# task models: a classification head, and LoRA adapters
+
+class Classifier(nn.Module):
+    """A GPT body, one pooled vector per sequence, dropout, and a linear layer to the classes."""
+
+    def __init__(self, gpt, n_classes, pool, dropout):
+        super().__init__()
+        self.gpt, self.config, self.pool = gpt, gpt.config, pool
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(gpt.config.n_embd, n_classes)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        # the LM output layer is unused here: freeze it unless it is the (tied) input embedding, so that
+        # DDP does not wait for gradients that never come
+        unused = [gpt.mlm_transform] if gpt.config.mlm_transform else []
+        unused += [gpt.lm_head] if not gpt.config.tie_embeddings else []
+        for module in unused:
+            module.requires_grad_(False)
+
+    def forward(self, idx, padding_mask=None, labels=None):
+        """Logits (B, n_classes) for token ids idx (B, T); padding_mask (B, T) is True at real tokens."""
+        h = self.gpt.hidden_states(idx, padding_mask)                       # (B, T, C)
+        logits = self.head(self.dropout(GPT.pool(h, padding_mask, self.pool)))  # (B, n_classes)
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return logits, loss
+
+    configure_optimizers = GPT.configure_optimizers  # the same AdamW groups over the trainable parameters
+
+    def estimate_mfu(self, *args, **kwargs):
+        return self.gpt.estimate_mfu(*args, **kwargs)
+
+
+class LoRALinear(nn.Module):
+    """
+    A frozen Linear plus a trainable low-rank update (Hu et al. 2021, eq. 3):
+        y = x W^T + b + (alpha / r) * dropout(x) A^T B^T,   A (r, in), B (out, r)
+    A starts random and B at zero, so training starts from exactly the pretrained function. The
+    frozen weight keeps its parameter name, so a merged checkpoint is an ordinary GPT state dict.
+    """
+
+    def __init__(self, linear, rank, alpha, dropout):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        factory = dict(device=linear.weight.device, dtype=linear.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(rank, linear.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(linear.out_features, rank, **factory))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's init, as in the LoRA reference code
+        self.scale = alpha / rank
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias) + (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scale
+
+    def merged_weight(self):
+        return self.weight + self.scale * (self.lora_B @ self.lora_A)
+
+
+def add_lora(gpt, rank, alpha, dropout, targets):
+    """Freeze every parameter of gpt and put adapters on the target Linear layers of every block."""
+    gpt.requires_grad_(False)
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    replaced = 0
+    for block in gpt.transformer.h:
+        for parent in (block.attn, block.mlp):
+            for name in names:
+                if isinstance(getattr(parent, name, None), nn.Linear):
+                    setattr(parent, name, LoRALinear(getattr(parent, name), rank, alpha, dropout))
+                    replaced += 1
+    if not replaced:
+        raise FinetuneError(f"lora_targets={targets!r} names no Linear layer of the blocks; use some of c_attn, c_proj, c_fc")
+    return replaced
+
+
+def freeze_first_layers(gpt, n):
+    """Freeze the token and position embeddings (with a tied output layer) and the first n blocks."""
+    if n > gpt.config.n_layer:
+        raise FinetuneError(f"freeze_layers={n} but the model has {gpt.config.n_layer} layers")
+    for name in ("wte", "wpe"):
+        if name in gpt.transformer:
+            gpt.transformer[name].requires_grad_(False)
+    for block in gpt.transformer.h[:n]:
+        block.requires_grad_(False)
+
+
+def body_of(raw_model):
+    return raw_model.gpt if isinstance(raw_model, Classifier) else raw_model
+
+
+def merge_lora(gpt):
+    """gpt's state dict as a plain GPT's, every adapter folded into its weight (W + alpha/r B A), and
+    separately the adapters with the unmerged weights under them (what an exact resume needs)."""
+    state = {k: v.detach() for k, v in gpt.state_dict().items()}
+    adapters = {}
+    for name, module in gpt.named_modules():
+        if isinstance(module, LoRALinear):
+            for key in ("weight", "lora_A", "lora_B"):
+                adapters[f"{name}.{key}"] = state.pop(f"{name}.{key}")
+            state[f"{name}.weight"] = module.merged_weight().detach()
+    return state, adapters
+
+
+def task_state(raw_model):
+    """
+    What a finetuning checkpoint stores: 'model', the body as a plain GPT state dict with LoRA merged
+    (what sample.py, train.py and finetune.py's init_from read); 'lora', the adapters and the
+    unmerged weights under them; 'classifier', the task head, its class names and pooling.
+    """
+    state, adapters = merge_lora(body_of(raw_model))
+    out = {"model": state} | ({"lora": adapters} if adapters else {})
+    if isinstance(raw_model, Classifier):
+        out["classifier"] = {k: v.detach() for k, v in raw_model.head.state_dict().items()}
+    return out
+
+
+def full_model_state(checkpoint, raw_model):
+    """The inverse of task_state: raw_model's state dict from a finetuning checkpoint."""
+    body = {**checkpoint["model"], **checkpoint.get("lora", {})}
+    if not isinstance(raw_model, Classifier):
+        return body
+    return {f"gpt.{k}": v for k, v in body.items()} | {f"head.{k}": v for k, v in checkpoint["classifier"].items()}
+
+
+def count_parameters(raw_model):
+    """(trainable, total) parameters; a tied embedding is counted once."""
+    params = list(raw_model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+# -----------------------------------------------------------------------------
+# the pretrained model
+
+def pretrained_gpt2(name):
+    """GPT-2 weights by name or from an HF-format folder: model.py's Hugging Face import provides this."""
+    raise FinetuneError(f"init_from={name!r} needs the Hugging Face weight import in model.py, which this checkout "
+                        f"does not have yet; start from a nanoroots checkpoint (an out_dir or a .pt file)")
+
+
+def load_pretrained(cfg):
+    """(GPT, tokenizer, checkpoint or None) to start from; cfg.dropout replaces the pretraining dropout."""
+    source = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
+    if source in GPT2_NAMES or os.path.isfile(os.path.join(source, "config.json")):
+        return pretrained_gpt2(source)
+    if source == "scratch":
+        if cfg.block_size < 1:
+            raise FinetuneError("init_from=scratch needs a block_size (the context of the new model)")
+        tok = build_tokenizer("gpt2") if cfg.tokenizer == "gpt2" else load_tokenizer(train.ensure_dataset(cfg.tokenizer, True))
+        args = {k: getattr(cfg, k) for k in train.MODEL_KEYS} | {"vocab_size": tok.vocab_size}
+        return GPT(GPTConfig.from_dict(args)), tok, None
+    if not os.path.exists(checkpoint_path(source)):
+        raise FinetuneError(f"init_from={source!r}: no checkpoint at {checkpoint_path(source)}; give a trained out_dir "
+                            f"(e.g. python train.py config/mlm_pretrain_reviews.py makes out-mlm-reviews), "
+                            f"scratch, resume, or a GPT-2 name")
+    checkpoint = load_checkpoint(source)
+    if cfg.init_from != "resume":
+        checkpoint["model_args"] = {**checkpoint["model_args"], "dropout": cfg.dropout}
+    model = model_from_checkpoint(checkpoint)
+    if 0 < cfg.block_size < model.config.block_size:
+        model.crop_block_size(cfg.block_size)
+    elif cfg.block_size > model.config.block_size:
+        raise FinetuneError(f"block_size={cfg.block_size} is larger than the checkpoint's {model.config.block_size}")
+    return model, tokenizer_from_spec(checkpoint["tokenizer"]), checkpoint
+
+
+# -----------------------------------------------------------------------------
+# task data: labelled sentences and instruction records, read robustly, examples counted
+
+CLASSIFY_RECIPES = {  # the labels in the files, in class-id order, and what to call them
+    "sst2": dict(train="sst2/stsa.binary.train", val="sst2/stsa.binary.dev", test="sst2/stsa.binary.test",
+                 labels=["0", "1"], names=["negative", "positive"]),
+    "trec": dict(train="trec/TREC.train", val="trec/TREC.test",  # no official dev split: the 500-question test set
+                 labels=["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"], names=["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]),
+}
+
+
+def read_examples(path, stats):
+    """(text, label) pairs from a .jsonl ({"text", "label"} per line), a .tsv (text<TAB>label, an
+    optional header) or `<label> <text>` lines (SST-2, TREC; TREC's fine label LOC:city becomes LOC)."""
+    if not os.path.exists(path):
+        raise FinetuneError(f"dataset file {path} not found")
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in (line for line in f if line.strip()):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    record = None
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str) or "label" not in record:
+                    stats["skipped_records"] += 1
+                    continue
+                yield record["text"], str(record["label"])
+    elif path.endswith(".tsv"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for i, line in enumerate(f):
+                text, _, label = line.rstrip("\n").rpartition("\t")
+                if i == 0 and label.strip().lower() == "label":
+                    continue
+                if not text.strip() or not label.strip():
+                    stats["skipped_records"] += bool(line.strip())
+                    continue
+                yield text, label.strip()
+    else:
+        for label, text in read_labelled_lines(path, stats):
+            yield text, label.split(":")[0]
+
+
+def encode_text(tok, text, stats):
+    """Token ids of text; characters that a char vocabulary lacks are dropped and counted."""
+    if tok.kind == "char":
+        known = "".join(c for c in text if c in tok.stoi)
+        stats["unknown_chars_dropped"] += len(text) - len(known)
+        text = known
+    return tok.encode(text)
+
+
+def classification_inputs(tok, texts, block_size, causal, stats):
+    """Token ids per sentence: [CLS] text [SEP] for an encoder (BERT); text <|endoftext|> for a causal
+    model, whose last token then has read the whole sentence (GPT-1's extract token). Long ones are cut."""
+    ids = tok.special_ids
+    out = []
+    for text in texts:
+        body = encode_text(tok, text, stats)
+        room = block_size - (1 if causal else 2)
+        stats["truncated"] += len(body) > room
+        body = body[:room]
+        out.append(body + [ids[EOT]] if causal else [ids["[CLS]"]] + body + [ids["[SEP]"]])
+    return out
+
+
+def load_classification(cfg, tok, causal):
+    """Train and val examples {"ids", "labels", "names", "stats"} for a classify run."""
+    stats = Counter()
+    recipe = CLASSIFY_RECIPES.get(cfg.dataset)
+    if recipe:
+        train_path, val_path = (os.path.join(SHARED_DATA, recipe[s]) for s in ("train", "val"))
+        val_path = cfg.val_dataset or val_path
+    else:
+        train_path, val_path = cfg.dataset, cfg.val_dataset
+    train_pairs = list(read_examples(train_path, stats))
+    val_pairs = list(read_examples(val_path, stats)) if val_path else []
+    if not train_pairs:
+        raise FinetuneError(f"{train_path} has no usable examples ({dict(stats)}); check its format")
+    if recipe:
+        labels, names = recipe["labels"], recipe["names"]
+    else:
+        labels = sorted({lab for _, lab in train_pairs})
+        if all(lab.isdigit() for lab in labels):
+            labels.sort(key=int)
+        names = labels
+    if not val_path:  # hold out val_fraction of train, chosen by a stable hash of each example's index
+        held = [in_val_split(i, cfg.val_fraction, cfg.seed) for i in range(len(train_pairs))]
+        val_pairs = [p for p, h in zip(train_pairs, held) if h]
+        train_pairs = [p for p, h in zip(train_pairs, held) if not h]
+    data = {"names": names, "stats": stats}
+    for split, pairs in (("train", train_pairs), ("val", val_pairs)):
+        known = [(t, lab) for t, lab in pairs if lab in labels]
+        stats[f"{split}_unknown_label"] += len(pairs) - len(known)
+        data[split] = {"ids": classification_inputs(tok, [t for t, _ in known], cfg.block_size, causal, stats),
+                       "labels": [labels.index(lab) for _, lab in known]}
+    if not data["val"]["ids"]:
+        raise FinetuneError(f"no validation examples for {cfg.dataset}: give val_dataset=<file> or raise val_fraction")
+    return data
+
+
+def sft_example(tok, record, block_size, template, stats):
+    """(ids, targets) for one Alpaca record: the prompt, then the response and <|endoftext|>. targets
+    are ids shifted left by one, -100 wherever the next token belongs to the prompt; None if the
+    response does not fit after the prompt at all."""
+    prompt = encode_text(tok, format_prompt(record["instruction"], record.get("input", ""), template), stats)
+    response = encode_text(tok, record["output"], stats) + [tok.special_ids[EOT]]
+    tokens = (prompt + response)[:block_size + 1]
+    stats["truncated"] += len(prompt) + len(response) > block_size + 1
+    labels = ([-100] * len(prompt) + response)[:block_size + 1]
+    if all(t == -100 for t in labels[1:]):
+        stats["skipped_prompt_fills_context"] += 1
+        return None
+    return tokens[:-1], labels[1:]
+
+
+def load_sft(cfg, tok):
+    """Train and val examples {"ids", "targets", "stats"} from Alpaca-format JSON files."""
+    stats = Counter()
+
+    def read(path):
+        if not os.path.exists(path):
+            raise FinetuneError(f"instruction file {path} not found; give dataset=<an Alpaca .json> "
+                                f"(e.g. {SHARED_DATA}/instruction_tuning/alpaca_en_demo.json)")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            records = json.load(f)
+        good = [r for r in records if isinstance(r, dict) and isinstance(r.get("instruction"), str)
+                and isinstance(r.get("output"), str) and isinstance(r.get("input", ""), str)]
+        stats["skipped_records"] += len(records) - len(good)
+        return good
+
+    records = read(cfg.dataset)
+    if cfg.val_dataset:
+        splits = {"train": records, "val": read(cfg.val_dataset)}
+    else:
+        held = [in_val_split(i, cfg.val_fraction, cfg.seed) for i in range(len(records))]
+        splits = {"train": [r for r, h in zip(records, held) if not h], "val": [r for r, h in zip(records, held) if h]}
+    data = {"stats": stats}
+    for split, recs in splits.items():
+        examples = [e for e in (sft_example(tok, r, cfg.block_size, cfg.template, stats) for r in recs) if e]
+        if not examples:
+            raise FinetuneError(f"no usable {split} examples in {cfg.dataset} ({dict(stats)})")
+        data[split] = {"ids": [e[0] for e in examples], "targets": [e[1] for e in examples]}
+    return data
+
+
+# -----------------------------------------------------------------------------
+# batches: a pure function of their index, so resume and any number of ranks see the same data
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(n, seed, epoch):
+    """A fresh shuffle of n examples for every epoch."""
+    return torch.randperm(n, generator=train.batch_generator(seed, "epoch", epoch)).tolist()
+
+
+def batch_indices(index, batch_size, n, seed):
+    """Examples of micro-batch `index`: positions index*B..index*B+B-1 of the endless shuffled stream."""
+    positions = range(index * batch_size, (index + 1) * batch_size)
+    return [epoch_order(n, seed, p // n)[p % n] for p in positions]
+
+
+def pad_batch(rows, pad_value):
+    """Right-pad lists of ids to the longest: (B, T) tensor and the (B, T) mask of real positions."""
+    T = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad_value] * (T - len(r)) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[True] * len(r) + [False] * (T - len(r)) for r in rows])
+    return ids, mask
+
+
+def make_task_batch(split_data, indices, pad_id, system):
+    """(ids, padding_mask, labels or targets) on the device for the examples at `indices`."""
+    ids, mask = pad_batch([split_data["ids"][i] for i in indices], pad_id)
+    if "labels" in split_data:
+        answers = torch.tensor([split_data["labels"][i] for i in indices])
+    else:
+        answers, _ = pad_batch([split_data["targets"][i] for i in indices], -100)
+    return train.to_device([ids, mask, answers], system)
+
+
+def task_loss(model, batch, task, autocast):
+    ids, mask, answers = batch
+    with autocast:
+        if task == "classify":
+            _, loss = model(ids, padding_mask=mask, labels=answers)
+        else:
+            _, loss = model(ids, answers, padding_mask=mask)
+    return loss
+
+
+# -----------------------------------------------------------------------------
+# evaluation
+
+@torch.no_grad()
+def evaluate_examples(model, data, cfg, system, n_classes=0):
+    """val: every example, shared among the ranks; train: eval_iters fixed batches. Loss per example
+    (classify) or per response token (sft), plus accuracy and, for more than two classes, macro-F1."""
+    model.eval()
+    out = {}
+    pad = data["pad_id"]
+    for split in ("train", "val"):
+        n = len(data[split]["ids"])
+        order = list(range(n)) if split == "val" else epoch_order(n, cfg.seed, -1)[:cfg.eval_iters * cfg.batch_size]
+        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        loss_sum, count = 0.0, 0
+        confusion = torch.zeros(max(n_classes, 1), max(n_classes, 1), dtype=torch.float64)  # (true, predicted)
+        for indices in batches[system.rank::system.world_size]:
+            ids, mask, answers = make_task_batch(data[split], indices, pad, system)
+            with system.autocast:
+                if n_classes:
+                    logits, loss = model(ids, padding_mask=mask, labels=answers)
+                    confusion.index_put_((answers.cpu(), logits.argmax(-1).cpu()), torch.ones(len(indices), dtype=torch.float64),
+                                         accumulate=True)
+                    weight = len(indices)
+                else:
+                    _, loss = model(ids, answers, padding_mask=mask)
+                    weight = int((answers != -100).sum())
+            loss_sum, count = loss_sum + loss.item() * weight, count + weight
+        totals = train.all_reduce_mean([loss_sum, count, *confusion.flatten().tolist()], system)
+        totals = [t * system.world_size for t in totals]  # sums over the ranks
+        out[f"{split}_loss"] = totals[0] / max(totals[1], 1)
+        if n_classes:
+            confusion = torch.tensor(totals[2:], dtype=torch.float64).view(n_classes, n_classes)
+            out[f"{split}_acc"] = (confusion.diag().sum() / confusion.sum().clamp(min=1)).item()
+            if n_classes > 2:
+                out[f"{split}_f1"] = macro_f1(confusion)
+    if not n_classes:
+        out["val_ppl"] = math.exp(min(out["val_loss"], 50))  # of the response tokens
+    model.train()
+    return out
+
+
+def macro_f1(confusion):
+    """Mean over classes of F1 = 2TP / (2TP + FP + FN); classes absent from labels and predictions are left out."""
+    tp = confusion.diag()
+    fp, fn = confusion.sum(0) - tp, confusion.sum(1) - tp
+    present = (tp + fp + fn) > 0
+    return (2 * tp / (2 * tp + fp + fn).clamp(min=1))[present].mean().item()
+
+
+@torch.no_grad()
+def predict(classifier, tok, sentences, names, block_size, system):
+    """(label name, probability) per sentence, and print them."""
+    classifier.eval()
+    stats = Counter()
+    rows = classification_inputs(tok, sentences, block_size, classifier.config.causal, stats)
+    ids, mask = train.to_device(list(pad_batch(rows, tok.special_ids["[PAD]"])), system)
+    with system.autocast:
+        logits, _ = classifier(ids, padding_mask=mask)
+    probs = F.softmax(logits.float(), dim=-1)
+    results = []
+    for sentence, p in zip(sentences, probs):
+        best = int(p.argmax())
+        results.append((names[best], float(p[best])))
+        print(f"{names[best]}\t{float(p[best]):.3f}\t{sentence}")
+    return results
+
+
+# -----------------------------------------------------------------------------
+
+def check_config(cfg):
+    problems = []
+    if cfg.task not in ("lm", "classify", "sft"):
+        problems.append(f"task={cfg.task!r} is not one of lm, classify, sft")
+    if cfg.pool not in ("auto", "first", "mean", "last"):
+        problems.append(f"pool={cfg.pool!r} is not one of auto, first, mean, last")
+    if cfg.lora_rank < 0 or cfg.freeze_layers < 0:
+        problems.append("lora_rank and freeze_layers must be 0 or more")
+    if cfg.lora_rank and cfg.freeze_layers:
+        problems.append("lora_rank and freeze_layers are alternatives: LoRA already freezes every pretrained weight")
+    if cfg.fsdp and (cfg.task == "classify" or cfg.lora_rank):
+        problems.append("fsdp=True works for full lm/sft finetuning only; a classifier or LoRA trains with DDP")
+    if cfg.predict and cfg.task != "classify":
+        problems.append("predict is for task=classify")
+    if not 0 < cfg.val_fraction < 1:
+        problems.append(f"val_fraction={cfg.val_fraction} must be between 0 and 1")
+    if problems:
+        raise FinetuneError("; ".join(problems))
+
+
+def task_functions(cfg, gpt, tok, system):
+    """The task's batch_fn, loss_fn and eval_fn for train.train_loop, tokens per micro-batch, class names."""
+    if cfg.task == "lm":  # train.py's own batches and evaluation, on the new dataset
+        data_dir = train.ensure_dataset(cfg.dataset, system.master)
+        if load_tokenizer(data_dir).spec() != tok.spec():
+            raise FinetuneError(f"data/{cfg.dataset} was tokenized with another tokenizer than {cfg.init_from}'s "
+                                f"({tok.kind}); prepare it with --tokenizer={tok.kind}")
+        batch_fn = train.make_batch_fn(cfg, data_dir, train.load_meta(data_dir), tok, system)
+        eval_fn = lambda m: train.evaluate_lm(m, batch_fn, cfg, system)  # noqa: E731
+        loss_fn = lambda m, batch: train.lm_loss(m, batch, system.autocast)  # noqa: E731
+        return batch_fn, loss_fn, eval_fn, cfg.batch_size * cfg.block_size, []
+    data = load_classification(cfg, tok, gpt.config.causal) if cfg.task == "classify" else load_sft(cfg, tok)
+    data["pad_id"] = pad_id = tok.special_ids["[PAD]"]
+    names = data.get("names", [])
+    n_train = len(data["train"]["ids"])
+    if system.master:
+        print(f"{cfg.task} data: {n_train} train, {len(data['val']['ids'])} val examples"
+              + (f", classes {names}" if names else "") + "".join(f"; {k} {v}" for k, v in data["stats"].items() if v))
+    batch_fn = lambda i: make_task_batch(data["train"], batch_indices(i, cfg.batch_size, n_train, cfg.seed), pad_id, system)  # noqa: E731
+    loss_fn = lambda m, batch: task_loss(m, batch, cfg.task, system.autocast)  # noqa: E731
+    eval_fn = lambda m: evaluate_examples(m, data, cfg, system, len(names))  # noqa: E731
+    return batch_fn, loss_fn, eval_fn, cfg.batch_size * round(sum(map(len, data["train"]["ids"])) / n_train), names
+
+
+def build_task_model(cfg, gpt, names, source):
+    """The model to train: the body, with a head for classify, adapters or frozen layers as asked."""
+    raw = gpt
+    if cfg.task == "classify":
+        pool = cfg.pool if cfg.pool != "auto" else ("last" if gpt.config.causal else "mean")
+        raw = Classifier(gpt, len(names), pool, cfg.dropout)
+        if source is not None and source.get("classes") == names:
+            raw.head.load_state_dict(source["classifier"])  # a classifier's checkpoint brings its head along
+    if cfg.lora_rank:
+        add_lora(gpt, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    elif cfg.freeze_layers:
+        freeze_first_layers(gpt, cfg.freeze_layers)
+    return raw
+
+
+def predict_with_checkpoint(cfg, gpt, tok, source, system):
+    """--predict: the classifier saved by a classify run, on the given sentences."""
+    if source is None or "classifier" not in source:
+        raise FinetuneError(f"predict needs a classifier: set init_from to the out_dir of a classify run, not {cfg.init_from!r}")
+    classifier = Classifier(gpt, len(source["classes"]), source["pool"], 0.0)
+    classifier.head.load_state_dict(source["classifier"])
+    sentences = read_predict(cfg.predict)
+    return predict(classifier.to(system.device), tok, sentences, source["classes"], gpt.config.block_size, system)
+
+
+def read_predict(spec):
+    """Sentences from --predict: 'one|two|three', or FILE:path with one sentence per line."""
+    if spec.startswith("FILE:"):
+        if not os.path.exists(spec[5:]):
+            raise FinetuneError(f"predict file {spec[5:]} not found")
+        with open(spec[5:], encoding="utf-8", errors="replace") as f:
+            return [line.strip() for line in f if line.strip()]
+    return [s.strip() for s in spec.split("|") if s.strip()]
+
+
+def main(argv=None):
+    cfg = configure(DEFAULTS, argv)
+    system = train.setup_system(cfg)
+    try:
+        check_config(cfg)
+        train.seed_everything(cfg.seed + system.rank)
+        gpt, tok, source = load_pretrained(cfg)
+        if cfg.predict:
+            return predict_with_checkpoint(cfg, gpt, tok, source, system)
+        if cfg.init_from == "resume" and source["config"].get("task") != cfg.task:
+            raise FinetuneError(f"{cfg.out_dir} was trained with task={source['config'].get('task')!r}, not {cfg.task!r}")
+        if cfg.task == "sft" and not gpt.config.causal:
+            raise FinetuneError("sft teaches a model to generate, but init_from is a masked-LM encoder: start from a clm model")
+        cfg.block_size = gpt.config.block_size
+        cfg.objective = "clm" if gpt.config.causal else "mlm"  # what task=lm continues; train.py's helpers read it
+        train.check_config(cfg, system)
+
+        batch_fn, loss_fn, eval_fn, tokens_per_batch, names = task_functions(cfg, gpt, tok, system)
+        raw_model = build_task_model(cfg, gpt, names, source).to(system.device)
+        trainable, total = count_parameters(raw_model)
+        if system.master:
+            how = (f"LoRA rank {cfg.lora_rank} on {cfg.lora_targets}" if cfg.lora_rank else
+                   f"embeddings and first {cfg.freeze_layers} layers frozen" if cfg.freeze_layers else "full finetuning")
+            print(f"{cfg.task} from {cfg.init_from}: {'causal' if gpt.config.causal else 'encoder'} model"
+                  + (f", pooling {raw_model.pool}" if cfg.task == "classify" else "")
+                  + f", {how}: trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+        model = train.wrap_model(raw_model, cfg, system)
+        gpt.grad_checkpoint = cfg.grad_checkpoint  # wrap_model set it on raw_model, which may be the Classifier
+        optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), system.device_type)
+        scaler = torch.amp.GradScaler(system.device_type, enabled=system.dtype == "float16")
+        state = {"iter_num": 0, "best_val_loss": float("inf")}
+        if cfg.init_from == "resume":
+            state = train.resume_state(source, raw_model, optimizer, scaler, cfg, system, full_model_state(source, raw_model))
+        state["start_iter"] = state["iter_num"]
+
+        def checkpoint_extra():  # a plain full finetune of lm/sft needs nothing beyond train.py's checkpoint
+            extra = {"tokenizer": tok.spec(), "task": cfg.task}
+            if cfg.task == "classify":
+                extra |= {"classes": names, "pool": raw_model.pool}
+            return extra | (task_state(raw_model) if cfg.task == "classify" or cfg.lora_rank else {})
+
+        cpu0, t0 = time.process_time(), time.time()
+        metrics = train.train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_fn, eval_fn,
+                                   checkpoint_extra, state, tokens_per_micro_batch=tokens_per_batch)
+        if system.master:
+            print(f"finished at step {state['iter_num']}, best val loss {state['best_val_loss']:.4f}; "
+                  f"{time.time() - t0:.0f}s wall, {time.process_time() - cpu0:.0f}s CPU (this process); last eval: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    except (FinetuneError, CheckpointError, TokenizerError, DataError, train.TrainError) as e:
+        train.teardown(system)
+        raise SystemExit(f"finetune.py: {e}")
+    train.teardown(system)
+
+
+if __name__ == "__main__":
+    main()

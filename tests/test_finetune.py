@@ -1,0 +1,278 @@
+"""finetune.py: classification head, SFT labels, LoRA, a tiny end-to-end finetune, exact resume."""
+
+import json
+import os
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+import finetune
+import prepare
+import sample
+from model import GPT, GPTConfig, model_from_checkpoint, save_checkpoint
+from tokenizer import EOT, CharTokenizer
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyz ,.!?#:\n"
+
+
+def tiny_gpt(causal, vocab_size, seed=0, **kw):
+    torch.manual_seed(seed)
+    args = dict(n_layer=2, n_head=2, n_embd=16, block_size=48, vocab_size=vocab_size, causal=causal, bias=False) | kw
+    return GPT(GPTConfig(**args)).eval()
+
+
+def save_pretrained(path, model, tok):
+    """A checkpoint as train.py writes it, reduced to what finetune.py reads."""
+    model_args = {k: getattr(model.config, k) for k in model.config.__dataclass_fields__}
+    save_checkpoint({"model": model.state_dict(), "model_args": model_args, "tokenizer": tok.spec(),
+                     "config": {}, "iter_num": 0}, str(path))
+    return str(path)
+
+
+def run_finetune(*args):
+    finetune.main(["--device=cpu", "--dtype=float32", "--threads=1", "--eval_iters=2", *args])
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+# --- classification head ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_classifier_logits_do_not_depend_on_padding(causal):
+    tok = CharTokenizer(ALPHABET)
+    gpt = tiny_gpt(causal, tok.vocab_size)
+    clf = finetune.Classifier(gpt, n_classes=3, pool="last" if causal else "mean", dropout=0.0).eval()
+    rows = finetune.classification_inputs(tok, ["a fine film .", "dull"], 48, causal, Counter())
+    assert rows[0][-1] == (tok.special_ids[EOT] if causal else tok.special_ids["[SEP]"])
+    logits = {}
+    for extra in (0, 9):  # the same sentences, padded with 0 or 9 more [PAD]s
+        padded = [r + [tok.special_ids["[PAD]"]] * (len(rows[0]) - len(r) + extra) for r in rows]
+        ids = torch.tensor(padded)
+        logits[extra], _ = clf(ids, padding_mask=ids != tok.special_ids["[PAD]"])
+    assert logits[0].shape == (2, 3)
+    torch.testing.assert_close(logits[0], logits[9], atol=1e-6, rtol=0)
+    # and padding changes nothing against the sentence alone in a batch of one
+    alone, _ = clf(torch.tensor([rows[1]]))
+    torch.testing.assert_close(alone[0], logits[0][1], atol=1e-6, rtol=0)
+
+
+def test_first_token_pooling_reads_cls_for_an_encoder():
+    tok = CharTokenizer(ALPHABET)
+    h = torch.randn(2, 5, 4)
+    assert torch.equal(GPT.pool(h, torch.ones(2, 5, dtype=torch.bool), "first"), h[:, 0])
+    rows = finetune.classification_inputs(tok, ["ab"], 48, False, Counter())
+    assert rows == [[tok.special_ids["[CLS]"], tok.stoi["a"], tok.stoi["b"], tok.special_ids["[SEP]"]]]
+
+
+# --- SFT labels ------------------------------------------------------------------------------------
+
+def test_sft_example_masks_the_prompt_and_appends_end_of_text():
+    tok = CharTokenizer(sorted(set(finetune.ALPACA_PROMPT + finetune.ALPACA_PROMPT_NO_INPUT + "xyz0123456789")))
+    record = {"instruction": "add", "input": "1 2", "output": "3"}
+    stats = Counter()
+    ids, targets = finetune.sft_example(tok, record, 1000, "alpaca", stats)
+    prompt = tok.encode(finetune.format_prompt("add", "1 2"))
+    assert prompt == tok.encode(finetune.ALPACA_PROMPT.format(instruction="add", input="1 2"))
+    full = prompt + tok.encode("3") + [tok.special_ids[EOT]]
+    assert ids == full[:-1] and len(targets) == len(ids)
+    # position i predicts token i+1: the prompt's tokens are never targets; the response and the eot are
+    assert targets[:len(prompt) - 1] == [-100] * (len(prompt) - 1)
+    assert targets[len(prompt) - 1:] == [tok.stoi["3"], tok.special_ids[EOT]]
+    # without an input the shorter template is used
+    assert "### Input" not in finetune.format_prompt("add", "")
+    # a context too small for any response token: skipped and counted
+    assert finetune.sft_example(tok, record, len(prompt) - 3, "alpaca", stats) is None
+    assert stats["skipped_prompt_fills_context"] == 1
+
+
+# --- LoRA ------------------------------------------------------------------------------------------
+
+def test_lora_starts_as_the_base_model():
+    gpt = tiny_gpt(True, 40)
+    x = torch.randint(40, (2, 12))
+    before, _ = gpt(x)
+    assert finetune.add_lora(gpt, rank=4, alpha=8.0, dropout=0.0, targets="c_attn,c_proj,c_fc") == 2 * 4  # per block: c_attn, attn.c_proj, c_fc, mlp.c_proj
+    after, _ = gpt(x)
+    assert torch.equal(before, after)
+
+
+def test_lora_trains_only_adapters_and_head():
+    gpt = tiny_gpt(False, 40)
+    clf = finetune.Classifier(gpt, 2, "mean", 0.0)
+    finetune.add_lora(gpt, rank=2, alpha=4.0, dropout=0.1, targets="c_attn,c_proj,c_fc")
+    clf.train()
+    _, loss = clf(torch.randint(40, (4, 10)), labels=torch.tensor([0, 1, 0, 1]))
+    loss.backward()
+    trained = {n for n, p in clf.named_parameters() if p.grad is not None}
+    assert trained == {n for n, p in clf.named_parameters() if p.requires_grad}
+    assert trained and all(n.endswith(("lora_A", "lora_B")) or n.startswith("head.") for n in trained)
+    trainable, total = finetune.count_parameters(clf)
+    # per block: c_attn 16->48, attn c_proj 16->16, c_fc 16->64, mlp c_proj 64->16, each r*(in+out); head 16*2+2
+    assert trainable == 2 * 2 * ((16 + 48) + (16 + 16) + (16 + 64) + (64 + 16)) + 34
+    assert total == trainable + sum(p.numel() for p in tiny_gpt(False, 40).parameters())
+
+
+def test_merged_lora_checkpoint_gives_the_same_logits():
+    tok = CharTokenizer(ALPHABET)
+    gpt = tiny_gpt(True, tok.vocab_size)
+    finetune.add_lora(gpt, rank=4, alpha=16.0, dropout=0.0, targets="c_attn,c_proj,c_fc")
+    with torch.no_grad():
+        for name, p in gpt.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(std=0.1)  # as if trained
+    x = torch.randint(tok.vocab_size, (2, 20))
+    unmerged, _ = gpt(x)
+    state = finetune.task_state(gpt)
+    model_args = {k: getattr(gpt.config, k) for k in gpt.config.__dataclass_fields__}
+    plain = model_from_checkpoint({"model": state["model"], "model_args": model_args}).eval()  # what sample.py loads
+    assert not any("lora" in k for k in plain.state_dict())
+    merged, _ = plain(x)
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=0)
+    assert (unmerged - tiny_gpt(True, tok.vocab_size)(x)[0]).abs().max() > 1e-3  # and the adapters did change them
+
+
+def test_freeze_layers_trains_only_the_later_blocks():
+    gpt = tiny_gpt(True, 40, n_layer=3)
+    finetune.freeze_first_layers(gpt, 2)
+    trainable = {n.split(".")[2] for n, p in gpt.named_parameters() if p.requires_grad and ".h." in n}
+    assert trainable == {"2"}
+    assert not gpt.transformer.wte.weight.requires_grad and gpt.transformer.ln_f.weight.requires_grad
+
+
+# --- end to end ------------------------------------------------------------------------------------
+
+def toy_sentiment(path, n, seed):
+    """Sentences that say 'good' or 'bad' among neutral words: separable by one word."""
+    rng = random.Random(seed)
+    filler = ["the", "film", "was", "a", "plot", "cast", "really", "so"]
+    with open(path, "w") as f:
+        for _ in range(n):
+            label = rng.randrange(2)
+            words = rng.sample(filler, 4)
+            words.insert(rng.randrange(5), "good" if label else "bad")
+            f.write(json.dumps({"text": " ".join(words), "label": label}) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def toy_setup(tmp_path):
+    tok = CharTokenizer(ALPHABET)
+    init = save_pretrained(tmp_path / "pretrained", tiny_gpt(False, tok.vocab_size), tok)
+    train_file = toy_sentiment(tmp_path / "train.jsonl", 200, 0)
+    val_file = toy_sentiment(tmp_path / "val.jsonl", 100, 1)
+    return tmp_path, init, train_file, val_file
+
+
+def test_classify_finetune_beats_chance_and_predicts(toy_setup, capsys):
+    tmp_path, init, train_file, val_file = toy_setup
+    out = str(tmp_path / "out")
+    run_finetune(f"--init_from={init}", f"--dataset={train_file}", f"--val_dataset={val_file}", f"--out_dir={out}",
+                 "--learning_rate=3e-3", "--max_iters=80", "--lr_decay_iters=80", "--warmup_iters=5",
+                 "--eval_interval=40", "--batch_size=16", "--dropout=0.0")
+    evals = [r for r in read_log(out) if "val_acc" in r]
+    assert evals[0]["val_acc"] < 0.7 and evals[-1]["val_acc"] >= 0.9  # 100 balanced-ish examples: chance is ~0.5
+    assert "val_f1" not in evals[-1]  # macro-F1 is reported for more than two classes
+    capsys.readouterr()
+    run_finetune(f"--init_from={out}", "--predict=the film was so good|the plot was bad")
+    lines = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert [line.split("\t")[0] for line in lines] == ["1", "0"]
+    assert all(float(line.split("\t")[1]) > 0.5 for line in lines)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_finetune_resume_continues_exactly(toy_setup, lora_rank):
+    tmp_path, init, train_file, val_file = toy_setup
+    common = [f"--init_from={init}", f"--dataset={train_file}", f"--val_dataset={val_file}", "--log_interval=1",
+              "--eval_interval=100", "--lr_decay_iters=12", "--warmup_iters=2", "--dropout=0.2", "--lora_dropout=0.1",
+              f"--lora_rank={lora_rank}", "--batch_size=8", "--always_save_checkpoint=True", "--learning_rate=3e-3"]
+    full, split = str(tmp_path / f"full{lora_rank}"), str(tmp_path / f"split{lora_rank}")
+    run_finetune(*common, f"--out_dir={full}", "--max_iters=12")
+    run_finetune(*common, f"--out_dir={split}", "--max_iters=6")
+    run_finetune(*common, f"--out_dir={split}", "--max_iters=12", "--init_from=resume")
+    losses = lambda out: {r["iter"]: r["loss"] for r in read_log(out) if "loss" in r}  # noqa: E731
+    assert sorted(losses(full)) == list(range(12))
+    assert losses(split).keys() == losses(full).keys()
+    for it, loss in losses(full).items():
+        assert abs(losses(split)[it] - loss) < 1e-6, f"step {it}: {losses(split)[it]} != {loss}"
+
+
+def test_sft_then_sample_with_the_same_template(tmp_path, capsys):
+    tok = CharTokenizer(sorted(set(finetune.ALPACA_PROMPT + finetune.ALPACA_PROMPT_NO_INPUT + "xyz0123456789")))
+    init = save_pretrained(tmp_path / "pretrained", tiny_gpt(True, tok.vocab_size, block_size=256), tok)
+    records = [{"instruction": "say yes", "input": "", "output": "yes"}] * 30
+    with open(tmp_path / "sft.json", "w") as f:
+        json.dump(records, f)
+    out = str(tmp_path / "sft")
+    run_finetune("--task=sft", f"--init_from={init}", f"--dataset={tmp_path / 'sft.json'}", f"--out_dir={out}",
+                 "--learning_rate=1e-2", "--max_iters=60", "--lr_decay_iters=60", "--warmup_iters=5",
+                 "--eval_interval=30", "--batch_size=4", "--dropout=0.0")
+    evals = [r for r in read_log(out) if "val_loss" in r]
+    assert evals[-1]["val_loss"] < 0.1 < evals[0]["val_loss"]  # it learned the one response, per response token
+    capsys.readouterr()
+    sample.main([f"--out_dir={out}", "--template=alpaca", "--start=say yes", "--num_samples=1",
+                 "--temperature=0", "--device=cpu", "--max_new_tokens=20"])
+    text = capsys.readouterr().out
+    assert "\n" + finetune.format_prompt("say yes") + "yes\n----" in text  # the response, then the eot stopped it
+
+
+def test_lm_task_stops_early_when_val_loss_stalls(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. " * 400)
+    prepare.main([f"--input={corpus}", "--name=lmtoy", f"--data_root={tmp_path}", "--tokenizer=char"])
+    from tokenizer import load_tokenizer
+    tok = load_tokenizer(str(tmp_path / "lmtoy"))
+    init = save_pretrained(tmp_path / "pretrained", tiny_gpt(True, tok.vocab_size), tok)
+    out = str(tmp_path / "lm")
+    # learning_rate 0: val loss never improves after the first eval, so patience=2 stops at the second eval after it
+    run_finetune("--task=lm", f"--init_from={init}", f"--dataset={tmp_path / 'lmtoy'}", f"--out_dir={out}",
+                 "--learning_rate=0.0", "--decay_lr=False", "--max_iters=100", "--eval_interval=5", "--patience=2",
+                 "--batch_size=4", "--block_size=32")
+    evals = [r["iter"] for r in read_log(out) if "val_loss" in r]
+    assert evals == [0, 5, 10]
+
+
+def test_unknown_task_and_missing_init_are_one_line_errors(tmp_path):
+    with pytest.raises(SystemExit, match="task='summarize' is not one of lm, classify, sft"):
+        run_finetune("--task=summarize")
+    with pytest.raises(SystemExit, match="no checkpoint at"):
+        run_finetune(f"--init_from={tmp_path / 'nothing'}")
+
+
+# --- readers ---------------------------------------------------------------------------------------
+
+def test_labelled_lines_and_the_reviews_recipe_drop_labels(tmp_path):
+    path = tmp_path / "labelled.txt"
+    path.write_bytes(b"1 a fine film\n0 not good \xf0 at all\n1\n")
+    stats = Counter()
+    assert list(prepare.read_labelled_lines(str(path), stats)) == [("1", "a fine film"), ("0", "not good \ufffd at all")]
+    assert stats["invalid_utf8_chars"] == 1 and stats["skipped_no_text"] == 1
+    assert list(prepare.read_sources([f"labelled:{path}"], Counter())) == ["a fine film", "not good \ufffd at all"]
+    assert "labelled:" in prepare.RECIPES["reviews"]["input"]
+
+
+def test_tsv_and_jsonl_examples_are_read_and_bad_lines_counted(tmp_path):
+    (tmp_path / "a.tsv").write_text("sentence\tlabel\ngreat\t1\nawful\t0\n\t1\n")
+    (tmp_path / "a.jsonl").write_text('{"text": "great", "label": "pos"}\nnot json\n{"text": 3, "label": 1}\n')
+    stats = Counter()
+    assert list(finetune.read_examples(str(tmp_path / "a.tsv"), stats)) == [("great", "1"), ("awful", "0")]
+    assert list(finetune.read_examples(str(tmp_path / "a.jsonl"), stats)) == [("great", "pos")]
+    assert stats["skipped_records"] == 3
+
+
+def test_sst2_and_trec_recipes_read_the_shared_data(shared_data):
+    from tokenizer import gpt2_tokenizer
+    tok = gpt2_tokenizer()
+    cfg = type("Cfg", (), dict(dataset="sst2", val_dataset="", block_size=128, val_fraction=0.05, seed=1))
+    sst2 = finetune.load_classification(cfg, tok, causal=False)
+    assert len(sst2["train"]["ids"]) == 6920 and len(sst2["val"]["ids"]) == 872
+    assert sum(sst2["val"]["labels"]) == 444  # positives in dev (PROVENANCE.md)
+    cfg.dataset = "trec"
+    trec = finetune.load_classification(cfg, tok, causal=True)
+    assert len(trec["train"]["ids"]) == 5452 and len(trec["val"]["ids"]) == 500
+    assert trec["stats"]["invalid_utf8_chars"] == 1  # the stray 0xF0 byte in TREC.train
+    assert Counter(trec["train"]["labels"])[trec["names"].index("DESC")] == 1162

@@ -220,7 +220,7 @@ def task_state(raw_model):
     """
     What a finetuning checkpoint stores: 'model', the body as a plain GPT state dict with LoRA merged
     (what sample.py, train.py and finetune.py's init_from read); 'lora', the adapters and the
-    unmerged weights under them; 'classifier', the task head, its class names and pooling.
+    unmerged weights under them; 'classifier', the task head.
     """
     state, adapters = merge_lora(body_of(raw_model))
     out = {"model": state} | ({"lora": adapters} if adapters else {})

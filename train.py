@@ -19,7 +19,6 @@ import math
 import os
 import random
 import signal
-import sys
 import time
 from dataclasses import asdict
 
@@ -29,7 +28,7 @@ import torch.distributed as dist
 
 from configurator import configure
 from model import GPT, GPTConfig, CheckpointError, clean_state_dict, load_checkpoint, save_checkpoint, model_from_checkpoint
-from tokenizer import EOT, load_tokenizer, tokenizer_from_spec
+from tokenizer import BERT_SPECIALS, load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -680,7 +679,8 @@ def print_sample(model, tok, cfg, system):
     start = torch.tensor([tok.encode("\n")], device=system.device)
     with system.autocast:
         out = model.generate(start, cfg.sample_tokens, temperature=0.8, top_k=200,
-                             generator=torch.Generator(device=system.device).manual_seed(cfg.seed))
+                             generator=torch.Generator(device=system.device).manual_seed(cfg.seed),
+                             suppress_tokens=[tok.special_ids[s] for s in BERT_SPECIALS])
     model.train()
     print("-" * 40 + "\n" + tok.decode(out[0, 1:].tolist()) + "\n" + "-" * 40, flush=True)
 

@@ -620,7 +620,7 @@ def main(argv=None):
     system = train.setup_system(cfg)
     try:
         check_config(cfg)
-        train.seed_everything(cfg.seed + system.rank)
+        train.seed_everything(cfg.seed)  # the same new weights (head, adapters) on every rank
         gpt, tok, source = load_pretrained(cfg)
         if cfg.predict:
             return predict_with_checkpoint(cfg, gpt, tok, source, system)
@@ -634,6 +634,7 @@ def main(argv=None):
 
         batch_fn, loss_fn, eval_fn, tokens_per_batch, names = task_functions(cfg, gpt, tok, system)
         raw_model = build_task_model(cfg, gpt, names, source).to(system.device)
+        train.seed_everything(cfg.seed + system.rank)  # then each rank its own dropout randomness
         trainable, total = count_parameters(raw_model)
         if system.master:
             how = (f"LoRA rank {cfg.lora_rank} on {cfg.lora_targets}" if cfg.lora_rank else

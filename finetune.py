@@ -255,7 +255,8 @@ def pretrained_gpt2(name):
 def load_pretrained(cfg):
     """(GPT, tokenizer, checkpoint or None) to start from; cfg.dropout replaces the pretraining dropout."""
     source = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
-    if source in GPT2_NAMES or os.path.isfile(os.path.join(source, "config.json")):
+    nanoroots = os.path.exists(checkpoint_path(source))  # an out_dir may also hold an HF export: ckpt.pt comes first
+    if not nanoroots and (source in GPT2_NAMES or os.path.isfile(os.path.join(source, "config.json"))):
         return pretrained_gpt2(source)
     if source == "scratch":
         if cfg.block_size < 1:
@@ -263,7 +264,7 @@ def load_pretrained(cfg):
         tok = build_tokenizer("gpt2") if cfg.tokenizer == "gpt2" else load_tokenizer(train.ensure_dataset(cfg.tokenizer, True))
         args = {k: getattr(cfg, k) for k in train.MODEL_KEYS} | {"vocab_size": tok.vocab_size}
         return GPT(GPTConfig.from_dict(args)), tok, None
-    if not os.path.exists(checkpoint_path(source)):
+    if not nanoroots:
         raise FinetuneError(f"init_from={source!r}: no checkpoint at {checkpoint_path(source)}; give a trained out_dir "
                             f"(e.g. python train.py config/mlm_pretrain_reviews.py makes out-mlm-reviews), "
                             f"scratch, resume, or a GPT-2 name")
@@ -344,33 +345,32 @@ def classification_inputs(tok, texts, block_size, causal, stats):
 
 
 def load_classification(cfg, tok, causal):
-    """Train and val examples {"ids", "labels", "names", "stats"} for a classify run."""
+    """Examples {"ids", "labels"} per split (train, val, and test where the recipe has one), the class
+    names and the counts of what was skipped or repaired."""
     stats = Counter()
     recipe = CLASSIFY_RECIPES.get(cfg.dataset)
-    if recipe:
-        train_path, val_path = (os.path.join(SHARED_DATA, recipe[s]) for s in ("train", "val"))
-        val_path = cfg.val_dataset or val_path
-    else:
-        train_path, val_path = cfg.dataset, cfg.val_dataset
-    train_pairs = list(read_examples(train_path, stats))
-    val_pairs = list(read_examples(val_path, stats)) if val_path else []
-    if not train_pairs:
-        raise FinetuneError(f"{train_path} has no usable examples ({dict(stats)}); check its format")
+    paths = {s: os.path.join(SHARED_DATA, recipe[s]) for s in ("train", "val", "test") if s in recipe} if recipe \
+        else {"train": cfg.dataset}
+    if cfg.val_dataset:
+        paths["val"] = cfg.val_dataset
+    pairs = {split: list(read_examples(path, stats)) for split, path in paths.items()}
+    if not pairs["train"]:
+        raise FinetuneError(f"{paths['train']} has no usable examples ({dict(stats)}); check its format")
     if recipe:
         labels, names = recipe["labels"], recipe["names"]
     else:
-        labels = sorted({lab for _, lab in train_pairs})
+        labels = sorted({lab for _, lab in pairs["train"]})
         if all(lab.isdigit() for lab in labels):
             labels.sort(key=int)
         names = labels
-    if not val_path:  # hold out val_fraction of train, chosen by a stable hash of each example's index
-        held = [in_val_split(i, cfg.val_fraction, cfg.seed) for i in range(len(train_pairs))]
-        val_pairs = [p for p, h in zip(train_pairs, held) if h]
-        train_pairs = [p for p, h in zip(train_pairs, held) if not h]
+    if "val" not in pairs:  # hold out val_fraction of train, chosen by a stable hash of each example's index
+        held = [in_val_split(i, cfg.val_fraction, cfg.seed) for i in range(len(pairs["train"]))]
+        pairs["val"] = [p for p, h in zip(pairs["train"], held) if h]
+        pairs["train"] = [p for p, h in zip(pairs["train"], held) if not h]
     data = {"names": names, "stats": stats}
-    for split, pairs in (("train", train_pairs), ("val", val_pairs)):
-        known = [(t, lab) for t, lab in pairs if lab in labels]
-        stats[f"{split}_unknown_label"] += len(pairs) - len(known)
+    for split, split_pairs in pairs.items():
+        known = [(t, lab) for t, lab in split_pairs if lab in labels]
+        stats[f"{split}_unknown_label"] += len(split_pairs) - len(known)
         data[split] = {"ids": classification_inputs(tok, [t for t, _ in known], cfg.block_size, causal, stats),
                        "labels": [labels.index(lab) for _, lab in known]}
     if not data["val"]["ids"]:
@@ -470,15 +470,15 @@ def task_loss(model, batch, task, autocast):
 # evaluation
 
 @torch.no_grad()
-def evaluate_examples(model, data, cfg, system, n_classes=0):
-    """val: every example, shared among the ranks; train: eval_iters fixed batches. Loss per example
-    (classify) or per response token (sft), plus accuracy and, for more than two classes, macro-F1."""
+def evaluate_examples(model, data, cfg, system, n_classes=0, splits=("train", "val")):
+    """val and test: every example, shared among the ranks; train: eval_iters fixed batches. Loss per
+    example (classify) or per response token (sft), plus accuracy and, for >2 classes, macro-F1."""
     model.eval()
     out = {}
     pad = data["pad_id"]
-    for split in ("train", "val"):
+    for split in splits:
         n = len(data[split]["ids"])
-        order = list(range(n)) if split == "val" else epoch_order(n, cfg.seed, -1)[:cfg.eval_iters * cfg.batch_size]
+        order = epoch_order(n, cfg.seed, -1)[:cfg.eval_iters * cfg.batch_size] if split == "train" else list(range(n))
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         loss_sum, count = 0.0, 0
         confusion = torch.zeros(max(n_classes, 1), max(n_classes, 1), dtype=torch.float64)  # (true, predicted)
@@ -502,7 +502,7 @@ def evaluate_examples(model, data, cfg, system, n_classes=0):
             out[f"{split}_acc"] = (confusion.diag().sum() / confusion.sum().clamp(min=1)).item()
             if n_classes > 2:
                 out[f"{split}_f1"] = macro_f1(confusion)
-    if not n_classes:
+    if not n_classes and "val" in splits:
         out["val_ppl"] = math.exp(min(out["val_loss"], 50))  # of the response tokens
     model.train()
     return out
@@ -557,7 +557,8 @@ def check_config(cfg):
 
 
 def task_functions(cfg, gpt, tok, system):
-    """The task's batch_fn, loss_fn and eval_fn for train.train_loop, tokens per micro-batch, class names."""
+    """The task's batch_fn, loss_fn and eval_fn for train.train_loop; test_fn, which evaluates the test
+    split where there is one; tokens per micro-batch; class names."""
     if cfg.task == "lm":  # train.py's own batches and evaluation, on the new dataset
         data_dir = train.ensure_dataset(cfg.dataset, system.master)
         if load_tokenizer(data_dir).spec() != tok.spec():
@@ -566,7 +567,7 @@ def task_functions(cfg, gpt, tok, system):
         batch_fn = train.make_batch_fn(cfg, data_dir, train.load_meta(data_dir), tok, system)
         eval_fn = lambda m: train.evaluate_lm(m, batch_fn, cfg, system)  # noqa: E731
         loss_fn = lambda m, batch: train.lm_loss(m, batch, system.autocast)  # noqa: E731
-        return batch_fn, loss_fn, eval_fn, cfg.batch_size * cfg.block_size, []
+        return batch_fn, loss_fn, eval_fn, None, cfg.batch_size * cfg.block_size, []
     data = load_classification(cfg, tok, gpt.config.causal) if cfg.task == "classify" else load_sft(cfg, tok)
     data["pad_id"] = pad_id = tok.special_ids["[PAD]"]
     names = data.get("names", [])
@@ -577,7 +578,8 @@ def task_functions(cfg, gpt, tok, system):
     batch_fn = lambda i: make_task_batch(data["train"], batch_indices(i, cfg.batch_size, n_train, cfg.seed), pad_id, system)  # noqa: E731
     loss_fn = lambda m, batch: task_loss(m, batch, cfg.task, system.autocast)  # noqa: E731
     eval_fn = lambda m: evaluate_examples(m, data, cfg, system, len(names))  # noqa: E731
-    return batch_fn, loss_fn, eval_fn, cfg.batch_size * round(sum(map(len, data["train"]["ids"])) / n_train), names
+    test_fn = (lambda m: evaluate_examples(m, data, cfg, system, len(names), splits=("test",))) if "test" in data else None  # noqa: E731
+    return batch_fn, loss_fn, eval_fn, test_fn, cfg.batch_size * round(sum(map(len, data["train"]["ids"])) / n_train), names
 
 
 def build_task_model(cfg, gpt, names, source):
@@ -632,7 +634,7 @@ def main(argv=None):
         cfg.objective = "clm" if gpt.config.causal else "mlm"  # what task=lm continues; train.py's helpers read it
         train.check_config(cfg, system)
 
-        batch_fn, loss_fn, eval_fn, tokens_per_batch, names = task_functions(cfg, gpt, tok, system)
+        batch_fn, loss_fn, eval_fn, test_fn, tokens_per_batch, names = task_functions(cfg, gpt, tok, system)
         raw_model = build_task_model(cfg, gpt, names, source).to(system.device)
         train.seed_everything(cfg.seed + system.rank)  # then each rank its own dropout randomness
         trainable, total = count_parameters(raw_model)
@@ -664,6 +666,15 @@ def main(argv=None):
             print(f"finished at step {state['iter_num']}, best val loss {state['best_val_loss']:.4f}; "
                   f"{time.time() - t0:.0f}s wall, {time.process_time() - cpu0:.0f}s CPU (this process); last eval: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if test_fn and not cfg.eval_only and os.path.exists(checkpoint_path(cfg.out_dir)):
+            # the test split, once, on the checkpoint that val chose (the best val loss)
+            best = load_checkpoint(cfg.out_dir)
+            raw_model.load_state_dict(full_model_state(best, raw_model))
+            record = {"iter": best["iter_num"], **test_fn(model)}
+            if system.master:
+                train.append_log(cfg.out_dir, record)
+                print(f"test split, checkpoint of step {best['iter_num']}: "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "iter"))
     except (FinetuneError, CheckpointError, TokenizerError, DataError, train.TrainError) as e:
         train.teardown(system)
         raise SystemExit(f"finetune.py: {e}")

@@ -168,19 +168,25 @@ def toy_setup(tmp_path):
     return tmp_path, init, train_file, val_file
 
 
-def test_classify_finetune_beats_chance_and_predicts(toy_setup, capsys):
+def test_classify_finetune_beats_chance_and_predicts(toy_setup, capsys, monkeypatch):
     tmp_path, init, train_file, val_file = toy_setup
+    test_file = toy_sentiment(tmp_path / "test.jsonl", 100, 2)
+    monkeypatch.setitem(finetune.CLASSIFY_RECIPES, "toy", dict(train=train_file, val=val_file, test=test_file,
+                                                               labels=["0", "1"], names=["bad", "good"]))
     out = str(tmp_path / "out")
-    run_finetune(f"--init_from={init}", f"--dataset={train_file}", f"--val_dataset={val_file}", f"--out_dir={out}",
+    run_finetune(f"--init_from={init}", "--dataset=toy", f"--out_dir={out}",
                  "--learning_rate=3e-3", "--max_iters=80", "--lr_decay_iters=80", "--warmup_iters=5",
                  "--eval_interval=40", "--batch_size=16", "--dropout=0.0")
-    evals = [r for r in read_log(out) if "val_acc" in r]
+    log = read_log(out)
+    evals = [r for r in log if "val_acc" in r]
     assert evals[0]["val_acc"] < 0.7 and evals[-1]["val_acc"] >= 0.9  # 100 balanced-ish examples: chance is ~0.5
     assert "val_f1" not in evals[-1]  # macro-F1 is reported for more than two classes
+    best = min(evals, key=lambda r: r["val_loss"])
+    assert [(r["iter"], r["test_acc"] >= 0.9) for r in log if "test_acc" in r] == [(best["iter"], True)]
     capsys.readouterr()
     run_finetune(f"--init_from={out}", "--predict=the film was so good|the plot was bad")
     lines = capsys.readouterr().out.strip().splitlines()[-2:]
-    assert [line.split("\t")[0] for line in lines] == ["1", "0"]
+    assert [line.split("\t")[0] for line in lines] == ["good", "bad"]
     assert all(float(line.split("\t")[1]) > 0.5 for line in lines)
 
 
@@ -276,3 +282,10 @@ def test_sst2_and_trec_recipes_read_the_shared_data(shared_data):
     assert len(trec["train"]["ids"]) == 5452 and len(trec["val"]["ids"]) == 500
     assert trec["stats"]["invalid_utf8_chars"] == 1  # the stray 0xF0 byte in TREC.train
     assert Counter(trec["train"]["labels"])[trec["names"].index("DESC")] == 1162
+
+
+def test_macro_f1_averages_per_class_f1():
+    confusion = torch.tensor([[2, 1, 0], [0, 3, 0], [1, 0, 0]], dtype=torch.float64)  # rows: true, columns: predicted
+    # F1 per class: 2*2/(2*2+1+1), 2*3/(2*3+1+0), 0 (one missed example, never predicted)
+    assert finetune.macro_f1(confusion) == pytest.approx((4 / 6 + 6 / 7 + 0) / 3)
+    assert finetune.macro_f1(torch.diag(torch.tensor([5.0, 0.0, 2.0]))) == 1.0  # an absent class is left out

@@ -42,8 +42,6 @@ from model import GPT, GPTConfig, CheckpointError, checkpoint_path, load_checkpo
 from prepare import SHARED_DATA, DataError, in_val_split, read_labelled_lines
 from tokenizer import EOT, TokenizerError, build_tokenizer, load_tokenizer, tokenizer_from_spec
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
 DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k != "objective"} | dict(
     # I/O and init (see train.py for the keys shared with pretraining)
     out_dir="out-finetune",
@@ -199,10 +197,6 @@ def freeze_first_layers(gpt, n):
         block.requires_grad_(False)
 
 
-def body_of(raw_model):
-    return raw_model.gpt if isinstance(raw_model, Classifier) else raw_model
-
-
 def merge_lora(gpt):
     """gpt's state dict as a plain GPT's, every adapter folded into its weight (W + alpha/r B A), and
     separately the adapters with the unmerged weights under them (what an exact resume needs)."""
@@ -222,7 +216,7 @@ def task_state(raw_model):
     (what sample.py, train.py and finetune.py's init_from read); 'lora', the adapters and the
     unmerged weights under them; 'classifier', the task head.
     """
-    state, adapters = merge_lora(body_of(raw_model))
+    state, adapters = merge_lora(raw_model.gpt if isinstance(raw_model, Classifier) else raw_model)
     out = {"model": state} | ({"lora": adapters} if adapters else {})
     if isinstance(raw_model, Classifier):
         out["classifier"] = {k: v.detach() for k, v in raw_model.head.state_dict().items()}

@@ -7,6 +7,7 @@ import prepare
 import sample
 import train
 
+from conftest import assert_real_png
 from test_train import TINY
 
 
@@ -78,14 +79,6 @@ def test_mlm_prompt_without_mask_is_a_clear_error(memorised_mlm):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint"):
         sample.main([f"--out_dir={tmp_path}", "--device=cpu"])
-
-
-def assert_real_png(path, min_side=200):
-    import matplotlib.image
-    with open(path, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    img = matplotlib.image.imread(path)
-    assert min(img.shape[:2]) >= min_side and len(set(img[..., :3].reshape(-1, 3).round(3).view("f4,f4,f4").ravel().tolist())) > 10
 
 
 def test_attention_map_of_a_causal_model(clm_checkpoint, tmp_path):

@@ -42,7 +42,8 @@ from model import GPT, GPTConfig, CheckpointError, checkpoint_path, load_checkpo
 from prepare import SHARED_DATA, DataError, in_val_split, read_labelled_lines
 from tokenizer import EOT, TokenizerError, build_tokenizer, load_tokenizer, tokenizer_from_spec
 
-DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k != "objective"} | dict(
+PRETRAINING_ONLY = ("objective", "mlm_baselines", "sample_every", "sample_tokens")  # the objective follows the model
+DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k not in PRETRAINING_ONLY} | dict(
     # I/O and init (see train.py for the keys shared with pretraining)
     out_dir="out-finetune",
     init_from="out-mlm-reviews",  # an out_dir or .pt of a nanoroots model | resume | scratch | gpt2* or an HF folder
@@ -641,7 +642,7 @@ def main(argv=None):
         model = train.wrap_model(raw_model, cfg, system)
         gpt.grad_checkpoint = cfg.grad_checkpoint  # wrap_model set it on raw_model, which may be the Classifier
         optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), system.device_type)
-        scaler = torch.amp.GradScaler(system.device_type, enabled=system.dtype == "float16")
+        scaler = torch.amp.GradScaler(system.device_type, init_scale=cfg.init_loss_scale, enabled=system.dtype == "float16")
         state = {"iter_num": 0, "best_val_loss": float("inf")}
         if cfg.init_from == "resume":
             state = train.resume_state(source, raw_model, optimizer, scaler, cfg, system, full_model_state(source, raw_model))

@@ -468,6 +468,7 @@ def task_loss(model, batch, task, autocast):
 def evaluate_examples(model, data, cfg, system, n_classes=0, splits=("train", "val")):
     """val and test: every example, shared among the ranks; train: eval_iters fixed batches. Loss per
     example (classify) or per response token (sft), plus accuracy and, for >2 classes, macro-F1."""
+    model = getattr(model, "module", model)  # past DDP: ranks may evaluate different numbers of batches
     model.eval()
     out = {}
     pad = data["pad_id"]

@@ -289,3 +289,23 @@ def test_macro_f1_averages_per_class_f1():
     # F1 per class: 2*2/(2*2+1+1), 2*3/(2*3+1+0), 0 (one missed example, never predicted)
     assert finetune.macro_f1(confusion) == pytest.approx((4 / 6 + 6 / 7 + 0) / 3)
     assert finetune.macro_f1(torch.diag(torch.tensor([5.0, 0.0, 2.0]))) == 1.0  # an absent class is left out
+
+
+def test_ddp_lora_classifier_equals_one_process(toy_setup):
+    from test_distributed import launch
+    from model import load_checkpoint
+    tmp_path, init, train_file, val_file = toy_setup
+    common = [f"--init_from={init}", f"--dataset={train_file}", f"--val_dataset={val_file}", "--device=cpu",
+              "--dtype=float32", "--dropout=0.0", "--lora_rank=4", "--max_iters=6", "--eval_interval=3",
+              "--eval_iters=3", "--batch_size=8", "--gradient_accumulation_steps=2", "--learning_rate=3e-3",
+              "--always_save_checkpoint=True"]
+    launch(1, *common, f"--out_dir={tmp_path / 'one'}", script="finetune.py")
+    out = launch(2, *common, f"--out_dir={tmp_path / 'ddp'}", script="finetune.py")
+    assert "LoRA rank 4" in out
+    one, ddp = (load_checkpoint(str(tmp_path / d)) for d in ("one", "ddp"))
+    for key in ("lora", "classifier", "model"):  # DDP averages gradients as accumulation does
+        for name, tensor in one[key].items():
+            torch.testing.assert_close(ddp[key][name], tensor, atol=1e-5, rtol=1e-4)
+    evals = {d: [r for r in read_log(tmp_path / d) if "val_loss" in r] for d in ("one", "ddp")}
+    assert [r["val_acc"] for r in evals["ddp"]] == [r["val_acc"] for r in evals["one"]]  # each rank scored its share
+    assert [r["val_loss"] for r in evals["ddp"]] == pytest.approx([r["val_loss"] for r in evals["one"]], rel=1e-5)

@@ -57,6 +57,7 @@ DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k not in PRETRAINING_ONLY
     dataset="sst2",               # lm: data/<name>; classify: sst2 | trec | a .jsonl/.tsv file; sft: an Alpaca .json
     val_dataset="",               # classify/sft: the file to evaluate on ("" = the recipe's, or val_fraction of train)
     val_fraction=0.05,            # share of the training examples held out when there is no val_dataset
+    train_examples=0,             # classify/sft: train on only this many examples (a fixed random subset; 0 = all)
     pool="auto",                  # classify: first ([CLS]) | mean | last | auto (mean for an encoder, last if causal)
     predict="",                   # classify: sentences separated by |, or FILE:path (one per line); prints label + probability
     template="alpaca",            # sft: the prompt template (see format_prompt)
@@ -433,6 +434,14 @@ def batch_indices(index, batch_size, n, seed):
     return [epoch_order(n, seed, p // n)[p % n] for p in positions]
 
 
+def subset(split_data, n):
+    """n of the examples, the same ones whatever the seed (for learning curves with little labelled data)."""
+    if not 0 < n < len(split_data["ids"]):
+        return split_data
+    keep = sorted(epoch_order(len(split_data["ids"]), 0, "subset")[:n])
+    return {k: [v[i] for i in keep] for k, v in split_data.items()}
+
+
 def pad_batch(rows, pad_value):
     """Right-pad lists of ids to the longest: (B, T) tensor and the (B, T) mask of real positions."""
     T = max(len(r) for r in rows)
@@ -566,6 +575,7 @@ def task_functions(cfg, gpt, tok, system):
         return batch_fn, loss_fn, eval_fn, None, cfg.batch_size * cfg.block_size, []
     data = load_classification(cfg, tok, gpt.config.causal) if cfg.task == "classify" else load_sft(cfg, tok)
     data["pad_id"] = pad_id = tok.special_ids["[PAD]"]
+    data["train"] = subset(data["train"], cfg.train_examples)
     names = data.get("names", [])
     n_train = len(data["train"]["ids"])
     if system.master:

@@ -309,3 +309,11 @@ def test_ddp_lora_classifier_equals_one_process(toy_setup):
     evals = {d: [r for r in read_log(tmp_path / d) if "val_loss" in r] for d in ("one", "ddp")}
     assert [r["val_acc"] for r in evals["ddp"]] == [r["val_acc"] for r in evals["one"]]  # each rank scored its share
     assert [r["val_loss"] for r in evals["ddp"]] == pytest.approx([r["val_loss"] for r in evals["one"]], rel=1e-5)
+
+
+def test_train_examples_subset_is_fixed_and_keeps_pairs_together():
+    data = {"ids": [[i] for i in range(100)], "labels": [i % 2 for i in range(100)]}
+    small = finetune.subset(data, 10)
+    assert len(small["ids"]) == 10 and small == finetune.subset(data, 10)
+    assert all(label == ids[0] % 2 for ids, label in zip(small["ids"], small["labels"]))
+    assert finetune.subset(data, 0) is data and finetune.subset(data, 500) is data

@@ -4,12 +4,16 @@ The data stage: read documents, tokenize them, and write data/<name>/{train,val}
     python prepare.py shakespeare_char                       # a built-in recipe
     python prepare.py --input=notes.txt --name=notes --tokenizer=gpt2
     python prepare.py --input=https://host/corpus.jsonl.gz --name=web
+    python prepare.py tang_poems --tokenizer=bpe --vocab_size=8192  # Tang poems, our own BPE
 
 Inputs: a text file (one document), a folder of text/jsonl files, `.jsonl`/`.jsonl.gz` with a
-`text` field (one document per line), or http(s) URLs of any of those, downloaded with retries,
+`text` field (one document per line), a `.json` array of such records (or of chinese-poetry poems),
+or http(s) URLs of any of those, downloaded with retries,
 resume and sha256 checks (set NANOROOTS_MIRROR=<dir> to read local copies instead). Several inputs
 are separated by commas. Documents are split into train/val deterministically by a stable hash of
 their index; a corpus that is one document is split by position (the last `val_fraction`).
+A trained tokenizer (bpe) learns from the train split only, so the validation loss is measured on
+text it has never seen.
 Everything streams: no file is ever held whole in memory, and outputs are written to temporary
 names and renamed at the end, so an interrupted run leaves the previous outputs intact.
 """
@@ -17,6 +21,8 @@ names and renamed at the end, so an interrupted run leaves the previous outputs 
 import codecs
 import gzip
 import hashlib
+import heapq
+import itertools
 import json
 import os
 import sys
@@ -29,7 +35,7 @@ import requests
 from tqdm import tqdm
 
 from configurator import configure
-from tokenizer import EOT, build_tokenizer
+from tokenizer import EOT, TokenizerError, build_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -43,18 +49,54 @@ DEFAULTS = dict(
     # what to write
     name="",                # output folder data/<name>/
     data_root=os.path.join(HERE, "data"),
-    tokenizer="char",       # char | gpt2
+    tokenizer="char",       # char | gpt2 | bpe (our own byte-level BPE, trained on the train split)
+    vocab_size=8192,        # bpe: tokens in all, the 5 special tokens included
+    min_frequency=2,        # bpe: stop merging when the most frequent pair occurs fewer times
+    tokenizer_train_bytes=20_000_000,  # bpe: train on a sample of this many bytes of the train split (0 = all of it)
     val_fraction=0.1,       # share of documents (or of the one document's tokens) kept for validation
     seed=1337,              # seeds the train/val split
     max_tokens=0,           # stop after writing this many tokens (0 = no cap)
 )
 
-# Built-in recipes: overrides applied to keys the user left at their defaults.
+# Built-in recipes: overrides applied to keys the user left at their defaults. A callable value is
+# called with the config, after the keys before it are set.
 SHAKESPEARE = os.path.join(HERE, "data", "tinyshakespeare", "input.txt")
+# Tang poems (Complete Tang Poems, traditional script) from github.com/chinese-poetry/chinese-poetry
+# (MIT; the poems are public domain), pinned to a commit and checked by sha256. The project's
+# ../shared/data/chinese_poetry/ holds the same files; without it they are downloaded. The repo's
+# 唐诗三百首.json is left out: it repeats poems of these files, which would leak val into train.
+TANG_POEMS_DIR = os.path.join(os.path.dirname(HERE), "shared", "data", "chinese_poetry")
+TANG_POEMS_URL = ("https://raw.githubusercontent.com/chinese-poetry/chinese-poetry/"
+                  "99ebbef7e1345c0985c44b9fd96a3f9e776f117b/%E5%85%A8%E5%94%90%E8%AF%97/")  # 全唐诗/
+TANG_POEMS_SHA256 = {
+    "poet.tang.0.json": "4f88f429938082523cdc72a1612bd7a7c3e3f7a33f8192c61ae51340efc3c92d",
+    "poet.tang.1000.json": "6e703b8d8dcedbd6110f6d48d043665ca2131db2035a5bfcef5e59a19aeb6d75",
+    "poet.tang.2000.json": "ec28efa7e2ae9cdbbba09f0ed186e32ccae47a325ad1e5816b7ad56071c1665a",
+    "poet.tang.3000.json": "9e4ba2323752b6b9fbdba875cdbc6a26636fe0cabc85fd066370d4915952001f",
+    "poet.tang.4000.json": "b8a7946c879b9658a6c667a4c55f776fae7e5e00a17789ab06b274c1429afc66",
+    "poet.tang.5000.json": "a0306e6962cff01639ad9a00b042a201b8dec1f30fa5d768a7b112589887861e",
+}
+
+
+def tang_poems_input(cfg):
+    """The six poem files: the shared copies when present, else their URLs (downloaded by read_sources)."""
+    if os.path.isdir(TANG_POEMS_DIR):
+        return [os.path.join(TANG_POEMS_DIR, f) for f in TANG_POEMS_SHA256]
+    return [TANG_POEMS_URL + f for f in TANG_POEMS_SHA256]
+
+
 RECIPES = {
     "shakespeare_char": dict(input=SHAKESPEARE, tokenizer="char", name="shakespeare_char"),
     "shakespeare": dict(input=SHAKESPEARE, tokenizer="gpt2", name="shakespeare"),
+    # data/tang_poems with chars, data/tang_poems_bpe (or _gpt2) with another tokenizer
+    "tang_poems": dict(input=tang_poems_input, tokenizer="char",
+                       name=lambda cfg: "tang_poems" + ("" if cfg.tokenizer == "char" else f"_{cfg.tokenizer}")),
 }
+
+
+def known_sha256(url):
+    """The pinned sha256 of a file a recipe downloads, checked after download; None for other URLs."""
+    return TANG_POEMS_SHA256.get(url[len(TANG_POEMS_URL):]) if url.startswith(TANG_POEMS_URL) else None
 
 
 class DataError(ValueError):
@@ -227,6 +269,31 @@ def read_jsonl(path, stats, text_field, max_doc_bytes):
             yield text
 
 
+def poem_text(record):
+    """A chinese-poetry record as a readable document: its title, author, then one couplet per line."""
+    return "\n".join([record.get("title", ""), record.get("author", ""), *record["paragraphs"]])
+
+
+def read_json_array(path, stats, text_field, max_doc_bytes):
+    """A .json file holding an array of records: each record's `text_field` (or a poem) is a document."""
+    if os.path.getsize(path) > max_doc_bytes:
+        raise DataError(f"{path} is over max_doc_mb as one JSON array; convert it to .jsonl (one record per line)")
+    with open(path, "rb") as f:
+        try:
+            records = json.loads(_decode(f.read(), stats))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} is not valid JSON ({e}); give a JSON array of records, or .jsonl") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path} holds a JSON {type(records).__name__}, not an array of records; give .jsonl or a JSON array")
+    for record in records:
+        if isinstance(record, dict) and isinstance(record.get(text_field), str):
+            yield record[text_field]
+        elif isinstance(record, dict) and isinstance(record.get("paragraphs"), list):
+            yield poem_text(record)
+        else:
+            stats["skipped_no_text_field"] += 1
+
+
 def _is_jsonl(path):
     return path.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson"))
 
@@ -245,6 +312,8 @@ def read_path(path, stats, text_field="text", max_doc_bytes=64 << 20):
         raise DataError(f"input {path} does not exist")
     elif _is_jsonl(path):
         yield from read_jsonl(path, stats, text_field, max_doc_bytes)
+    elif path.endswith(".json"):
+        yield from read_json_array(path, stats, text_field, max_doc_bytes)
     else:
         yield from read_text_file(path, stats, max_doc_bytes)
 
@@ -254,7 +323,7 @@ def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, down
     for source in sources:
         if source.startswith(("http://", "https://")):
             dest = os.path.join(download_dir or tempfile.gettempdir(), os.path.basename(source.split("?")[0]))
-            source = download(source, dest, sha256=sha256 or None)
+            source = download(source, dest, sha256=sha256 or known_sha256(source))
         yield from read_path(source, stats, text_field, max_doc_bytes)
 
 
@@ -264,6 +333,34 @@ def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, down
 def in_val_split(doc_index, val_fraction, seed):
     """Deterministic and independent of order of arrival: a document's split depends on its index."""
     return stable_hash(seed, "split", doc_index) / 2**64 < val_fraction
+
+
+def train_split_texts(docs, val_fraction, seed, max_bytes=0):
+    """
+    The text write_dataset puts in train.bin, for fitting a tokenizer: the documents in_val_split
+    leaves in train, or the first 1 - val_fraction of a corpus that is one document. With max_bytes,
+    a deterministic sample spread over the corpus: the documents with the smallest hash keys, as many
+    as fit in max_bytes (bottom-k sampling, one pass, holding only the sample). In corpus order.
+    """
+    docs = iter(docs)
+    head = list(itertools.islice(docs, 2))
+    if not head:
+        raise DataError("the input has no documents; check the path, or the text_field of your .jsonl")
+    if len(head) == 1:  # one document: write_dataset splits it by position
+        text = head[0][: len(head[0]) - int(len(head[0]) * val_fraction)]
+        return [text.encode("utf-8", "surrogatepass")[:max_bytes].decode("utf-8", "ignore") if max_bytes else text]
+    kept, size = [], 0  # with max_bytes, a max-heap on the key: (-key, index, text)
+    for index, text in enumerate(itertools.chain(head, docs)):
+        if in_val_split(index, val_fraction, seed):
+            continue
+        if not max_bytes:
+            kept.append((0, index, text))
+            continue
+        heapq.heappush(kept, (-stable_hash(seed, "tokenizer sample", index), index, text))
+        size += len(text.encode("utf-8", "surrogatepass"))
+        while size > max_bytes and len(kept) > 1:
+            size -= len(heapq.heappop(kept)[2].encode("utf-8", "surrogatepass"))
+    return [text for _, _, text in sorted(kept, key=lambda entry: entry[1])]
 
 
 class BinWriter:
@@ -380,7 +477,7 @@ def write_meta(out_dir, tok, counts, source, stats):
     entry = {"kind": tok.kind, "vocab_size": tok.vocab_size, "special_ids": tok.special_ids}
     spec = tok.spec()
     if len(spec) > 1:  # a learned vocabulary is data: it gets its own file, which meta.json names
-        atomic_write_text(os.path.join(out_dir, "tokenizer.json"), json.dumps(spec, ensure_ascii=False))
+        atomic_write_text(os.path.join(out_dir, "tokenizer.json"), json.dumps(spec, ensure_ascii=False, separators=(",", ":")))
         entry["file"] = "tokenizer.json"
     meta = {"tokenizer": entry, "vocab_size": tok.vocab_size, **counts, "source": source, "input_stats": dict(stats)}
     atomic_write_text(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=2, ensure_ascii=False))
@@ -396,7 +493,7 @@ def prepare(cfg):
             raise DataError(f"unknown recipe {cfg.recipe!r}; built-in recipes: {', '.join(RECIPES)}")
         for key, value in RECIPES[cfg.recipe].items():
             if getattr(cfg, key) == DEFAULTS[key]:
-                setattr(cfg, key, value)
+                setattr(cfg, key, value(cfg) if callable(value) else value)
     sources = cfg.input if isinstance(cfg.input, list) else [s for s in cfg.input.split(",") if s]
     if not sources:
         raise DataError("nothing to read: give a recipe (e.g. `python prepare.py shakespeare_char`) or --input=PATH_OR_URL")
@@ -410,9 +507,14 @@ def prepare(cfg):
                             download_dir=os.path.join(out_dir, "downloads"), sha256=cfg.sha256)
 
     t0 = time.time()
-    # a char vocabulary comes from a first pass over the corpus; GPT-2's is fixed
-    tok = build_tokenizer(cfg.tokenizer, "".join(sorted(set().union(*map(set, documents()))))
-                          if cfg.tokenizer == "char" else None)
+    # a char vocabulary comes from a first pass over every document (val must encode too); a BPE is
+    # trained on the train split only; GPT-2's vocabulary is fixed
+    if cfg.tokenizer == "bpe":
+        fit_texts = train_split_texts(documents(), cfg.val_fraction, cfg.seed, cfg.tokenizer_train_bytes)
+    else:
+        fit_texts = documents() if cfg.tokenizer == "char" else None
+    tok = build_tokenizer(cfg.tokenizer, fit_texts, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency)
+    stats.clear()  # the fitting pass read the input too: report what the writing pass saw
     counts = write_dataset(documents(), tok, out_dir, cfg.val_fraction, cfg.seed, cfg.max_tokens)
     meta = write_meta(out_dir, tok, counts, ",".join(sources), stats)
     print(f"wrote {out_dir}: {counts['train_tokens']:,} train tokens ({counts['train_docs']} docs), "
@@ -425,7 +527,7 @@ def main(argv=None):
     cfg = configure(DEFAULTS, argv, positional="recipe")
     try:
         prepare(cfg)
-    except DataError as e:
+    except (DataError, TokenizerError) as e:
         raise SystemExit(f"prepare.py: {e}")
 
 

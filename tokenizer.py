@@ -166,7 +166,8 @@ def train_bpe(counts, n_tokens, min_frequency=2, progress=True):
     heap = [(-n, pair) for pair, n in pair_counts.items()]
     heapq.heapify(heap)
     merges = []
-    bar = tqdm(total=n_tokens - 256, unit=" merges", desc="training BPE", mininterval=1, disable=not progress)
+    bar = tqdm(total=n_tokens - 256, unit=" merges", desc="training BPE", mininterval=1,
+               disable=None if progress else True)  # None: shown on a terminal only
     while 256 + len(merges) < n_tokens and heap:
         neg, pair = heapq.heappop(heap)
         n = pair_counts.get(pair, 0)

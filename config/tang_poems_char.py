@@ -1,0 +1,34 @@
+# A small character-level GPT on 6,003 Tang poems (traditional script), tuned for a 2-core CPU and
+# a 4 minute budget (about 2 epochs). `python prepare.py tang_poems` writes the data (train.py does it if missing);
+# each poem is a document: title, author, then one couplet per line.
+out_dir = "out-tang-poems-char"
+dataset = "tang_poems"
+eval_interval = 250
+eval_iters = 20
+log_interval = 25
+always_save_checkpoint = False
+sample_tokens = 200
+
+batch_size = 32
+block_size = 64    # the median poem is 65 characters with its title and author; the 5,600-way softmax
+                   # over every position is most of the cost, so short windows buy more steps
+gradient_accumulation_steps = 1
+
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0      # 2 epochs of 443k characters: too little training to overfit
+bias = False
+
+learning_rate = 2e-3
+max_iters = 2000
+lr_decay_iters = 2000
+min_lr = 2e-4
+beta2 = 0.99
+warmup_iters = 100
+weight_decay = 0.1
+
+device = "cpu"
+dtype = "float32"
+compile = False
+max_time = 240.0

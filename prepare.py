@@ -181,7 +181,7 @@ def download(url, dest, sha256=None, retries=4, timeout=30, progress=True):
                     if total and os.path.getsize(part) < total:
                         raise requests.ConnectionError(f"connection closed at {os.path.getsize(part)} of {total} bytes")
                 break
-            except (requests.ConnectionError, requests.Timeout, requests.HTTPError) as e:
+            except requests.RequestException as e:  # dropped connections, timeouts, 5xx
                 if attempt == retries:
                     raise DataError(f"could not download {url} after {retries + 1} tries ({e}); "
                                     f"retry later, or set NANOROOTS_MIRROR to a local copy") from None
@@ -249,7 +249,7 @@ def read_jsonl(path, stats, text_field, max_doc_bytes):
     """One document per line; bad JSON, a missing field and over-long lines are skipped and counted."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
-        for lineno, line in enumerate(iter(lambda: f.readline(max_doc_bytes + 1), b""), 1):
+        for line in iter(lambda: f.readline(max_doc_bytes + 1), b""):
             if len(line) > max_doc_bytes and not line.endswith(b"\n"):
                 while line and not line.endswith(b"\n"):  # skip the rest without holding it
                     line = f.readline(max_doc_bytes)
@@ -502,20 +502,21 @@ def prepare(cfg):
     os.makedirs(out_dir, exist_ok=True)
     stats = Counter()
 
-    def documents():
-        return read_sources(sources, stats, cfg.text_field, cfg.max_doc_mb << 20,
+    def documents(counts):
+        return read_sources(sources, counts, cfg.text_field, cfg.max_doc_mb << 20,
                             download_dir=os.path.join(out_dir, "downloads"), sha256=cfg.sha256)
 
     t0 = time.time()
-    # a char vocabulary comes from a first pass over every document (val must encode too); a BPE is
-    # trained on the train split only; GPT-2's vocabulary is fixed
-    if cfg.tokenizer == "bpe":
-        fit_texts = train_split_texts(documents(), cfg.val_fraction, cfg.seed, cfg.tokenizer_train_bytes)
-    else:
-        fit_texts = documents() if cfg.tokenizer == "char" else None
+    # the fitting pass counts nothing: `stats` describes the writing pass
+    fit_texts = None
+    if cfg.tokenizer == "char":  # a char vocabulary comes from a first pass over the corpus; GPT-2's is fixed
+        fit_texts = "".join(sorted(set().union(*map(set, documents(Counter())))))
+        if not fit_texts:
+            raise DataError("the input has no text; check the path, or the text_field of your .jsonl")
+    elif cfg.tokenizer == "bpe":  # trained on the train split only, so validation text stays unseen
+        fit_texts = train_split_texts(documents(Counter()), cfg.val_fraction, cfg.seed, cfg.tokenizer_train_bytes)
     tok = build_tokenizer(cfg.tokenizer, fit_texts, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency)
-    stats.clear()  # the fitting pass read the input too: report what the writing pass saw
-    counts = write_dataset(documents(), tok, out_dir, cfg.val_fraction, cfg.seed, cfg.max_tokens)
+    counts = write_dataset(documents(stats), tok, out_dir, cfg.val_fraction, cfg.seed, cfg.max_tokens)
     meta = write_meta(out_dir, tok, counts, ",".join(sources), stats)
     print(f"wrote {out_dir}: {counts['train_tokens']:,} train tokens ({counts['train_docs']} docs), "
           f"{counts['val_tokens']:,} val tokens ({counts['val_docs']} docs), {tok.kind} vocab {tok.vocab_size}, "

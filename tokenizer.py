@@ -41,6 +41,7 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|
 # whitespace. Han characters are letters (\p{L}), so a run of Chinese up to the next punctuation
 # mark is one chunk; merges never cross chunks.
 GPT4_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+BERT_SPECIALS = SPECIAL_TOKENS[1:]  # inputs of an encoder; a causal model should never generate them
 _SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS) + ")")
 
 
@@ -226,11 +227,8 @@ class CharTokenizer:
         self.vocab_size = len(self.chars) + len(SPECIAL_TOKENS)
 
     @classmethod
-    def from_texts(cls, texts):
-        chars = set()
-        for text in texts:
-            chars.update(text)
-        return cls(sorted(chars))
+    def from_text(cls, text):
+        return cls(sorted(set(text)))
 
     def _encode_plain(self, text):
         try:
@@ -331,7 +329,7 @@ def build_tokenizer(kind, texts=None, vocab_size=8192, min_frequency=2, progress
     """
     texts = [texts] if isinstance(texts, str) else texts
     if kind == "char":
-        tok = CharTokenizer.from_texts(texts or [])
+        tok = CharTokenizer.from_text(set().union(*map(set, texts or [])))
         if not tok.chars:
             raise TokenizerError("a char tokenizer needs training text to take its vocabulary from")
         return tok

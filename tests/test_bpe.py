@@ -235,3 +235,18 @@ def test_tang_poems_downloads_when_shared_data_is_absent(shared_data, tmp_path, 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_bench_tokenizers_rows(monkeypatch):
+    import bench
+    corpora = {"Shakespeare": ("en", [SHAKESPEARE[:30000]], [SHAKESPEARE[CUT:CUT + 10000]]),
+               "poems": ("zh", [CHINESE * 30], [CHINESE])}
+    monkeypatch.setattr(bench, "tokenizer_corpora", lambda: corpora)
+    rows = bench.bench_tokenizers(vocab_sizes=(300,), mixed_vocab_sizes=(400,))
+    value = {(r["benchmark"], r["metric"]): r["value"] for r in rows}
+    english = {k[0].split(": ")[1]: v for k, v in value.items() if k[0].startswith("Shakespeare (en")}
+    assert english["char"] == 1.0 and 1.2 < english["bpe 300 (own)"] < english["bpe 400 (en+zh)"] < english["gpt2"]
+    chinese = {k[0].split(": ")[1]: v for k, v in value.items() if k[0].startswith("poems (zh")}
+    assert chinese["char"] == len(CHINESE.encode()) / len(CHINESE) and chinese["bpe 300 (own)"] > chinese["gpt2"]
+    assert sum(k[1] == "s" for k in value) == 3 and sum(k[1] == "MB/s" for k in value) == 4
+    assert all(v > 0 for v in value.values())

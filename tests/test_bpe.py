@@ -11,8 +11,8 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 import tiktoken_ext.openai_public
+import torch
 
 import prepare
 from configurator import configure
@@ -20,7 +20,8 @@ from conftest import ROOT
 from tokenizer import (EOT, GPT4_PATTERN, SPECIAL_TOKENS, TokenizerError, bpe_ranks, build_tokenizer, chunk_counts,
                        load_tokenizer, tokenizer_from_spec, train_bpe)
 
-SHAKESPEARE = open(os.path.join(ROOT, "data", "tinyshakespeare", "input.txt"), encoding="utf-8").read()
+with open(os.path.join(ROOT, "data", "tinyshakespeare", "input.txt"), encoding="utf-8") as f:
+    SHAKESPEARE = f.read()
 CUT = len(SHAKESPEARE) * 9 // 10  # train on the first 90%, measure on the rest
 # 李白《靜夜思》 and 孟浩然《春曉》 (public domain), in the traditional script of the Tang poems corpus
 CHINESE = "床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。\n春眠不覺曉，處處聞啼鳥。\n夜來風雨聲，花落知多少。\n"
@@ -248,5 +249,27 @@ def test_bench_tokenizers_rows(monkeypatch):
     assert english["char"] == 1.0 and 1.2 < english["bpe 300 (own)"] < english["bpe 400 (en+zh)"] < english["gpt2"]
     chinese = {k[0].split(": ")[1]: v for k, v in value.items() if k[0].startswith("poems (zh")}
     assert chinese["char"] == len(CHINESE.encode()) / len(CHINESE) and chinese["bpe 300 (own)"] > chinese["gpt2"]
-    assert sum(k[1] == "s" for k in value) == 3 and sum(k[1] == "MB/s" for k in value) == 4
+    metrics = [k[1] for k in value]
+    assert metrics.count("s") == metrics.count("CPU s") == 3 and metrics.count("MB/s") == metrics.count("MB/CPU s") == 4
     assert all(v > 0 for v in value.values())
+
+
+def test_bpe_data_trains_resumes_and_samples(tmp_path, capsys):
+    """The tokenizer spec travels prepare -> tokenizer.json -> checkpoint -> resume check -> sample.py."""
+    import sample
+    import train
+    from model import load_checkpoint
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": SHAKESPEARE[i:i + 2000]}) + "\n" for i in range(0, 60_000, 2000)))
+    prepare.main([f"--input={path}", "--name=bpe_docs", f"--data_root={tmp_path}", "--tokenizer=bpe", "--vocab_size=400"])
+    data, out = str(tmp_path / "bpe_docs"), str(tmp_path / "out")
+    tiny = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_iters=1",
+            "--eval_interval=2", "--max_time=0", "--device=cpu", "--dtype=float32", "--sample_tokens=5", "--threads=1",
+            "--always_save_checkpoint=True", f"--dataset={data}", f"--out_dir={out}"]
+    train.main([*tiny, "--max_iters=2"])
+    train.main([*tiny, "--max_iters=4", "--init_from=resume"])  # resume compares the checkpoint's spec with the data's
+    ckpt = load_checkpoint(out)
+    assert ckpt["iter_num"] == 4 and ckpt["tokenizer"] == load_tokenizer(data).spec()
+    capsys.readouterr()
+    sample.main([f"--out_dir={out}", "--start=ROMEO:", "--max_new_tokens=8", "--num_samples=1", "--device=cpu"])
+    assert capsys.readouterr().out.startswith("ROMEO:")

@@ -139,7 +139,7 @@ def download(url, dest, sha256=None, retries=4, timeout=30, progress=True):
                     if total and os.path.getsize(part) < total:
                         raise requests.ConnectionError(f"connection closed at {os.path.getsize(part)} of {total} bytes")
                 break
-            except (requests.ConnectionError, requests.Timeout, requests.HTTPError) as e:
+            except (requests.ConnectionError, requests.Timeout, requests.HTTPError, requests.exceptions.ChunkedEncodingError) as e:
                 if attempt == retries:
                     raise DataError(f"could not download {url} after {retries + 1} tries ({e}); "
                                     f"retry later, or set NANOROOTS_MIRROR to a local copy") from None

@@ -2,7 +2,10 @@
 One Transformer, read top to bottom: a GPT (causal, autoregressive) or a BERT-style encoder
 (bidirectional, masked LM), with GPT-2's architecture by default and LLaMA's options
 (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases, untied head) behind config switches.
-Also here: generation with a preallocated KV cache, MFU, and checkpoint I/O.
+Also here: generation with a preallocated KV cache, MFU, checkpoint I/O, and Hugging Face weight I/O
+(GPT-2 and LLaMA layouts, in and out):
+
+    python model.py --init_from=out-shakespeare-char --export_hf=hf-shakespeare-char
 
 References: GPT-2 (Radford et al. 2019), nanoGPT's model.py, BERT (Devlin et al. 2019),
 RoFormer (Su et al. 2021), LLaMA (Touvron et al. 2023), GQA (Ainslie et al. 2023).
@@ -815,3 +818,20 @@ def write_hf_folder(model, out_dir, tokenizer=None):
     os.replace(weights + ".tmp", weights)
     os.replace(config + ".tmp", config)
     return out_dir
+
+
+if __name__ == "__main__":
+    # python model.py --init_from=out-shakespeare-char --export_hf=hf-shakespeare-char
+    from configurator import configure
+    cfg = configure(dict(init_from="",   # a checkpoint, out_dir, Hugging Face folder or GPT-2 name
+                         export_hf=""))  # the folder to write config.json + model.safetensors into
+    if not cfg.init_from or not cfg.export_hf:
+        raise SystemExit("model.py: give both --init_from=<checkpoint, out_dir or GPT-2 name> and --export_hf=<new folder>")
+    try:
+        checkpoint = load_pretrained(cfg.init_from)
+        model = model_from_checkpoint(checkpoint)
+        model.export_hf(cfg.export_hf, checkpoint.get("tokenizer"))
+    except (CheckpointError, ValueError) as e:
+        raise SystemExit(f"model.py: {e}")
+    print(f"wrote {cfg.export_hf} ({hf_layout(model.config)} layout); in Python: "
+          f"transformers.AutoModelForCausalLM.from_pretrained({cfg.export_hf!r})")

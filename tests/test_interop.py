@@ -368,3 +368,82 @@ def test_gpt2_by_name_reads_a_mirror(hub, tmp_path, monkeypatch):
     ckpt = load_pretrained("gpt2")
     assert server.requests == [] and ckpt["tokenizer"] == {"kind": "gpt2"}
     assert torch.equal(ckpt["model"]["transformer.wpe.weight"], tensors["wpe.weight"])
+
+
+# -----------------------------------------------------------------------------
+# end to end: finetune from a Hugging Face GPT-2 folder, sample, export, load the export
+
+def test_finetune_from_hf_folder_then_export(tmp_path, capsys, monkeypatch):
+    import runpy
+    import sys
+
+    import prepare
+    import sample
+    import train
+    from conftest import ROOT
+    text = open(os.path.join(ROOT, "data", "tinyshakespeare", "input.txt"), encoding="utf-8").read()[:20000]
+    (tmp_path / "text.txt").write_text(text)
+    prepare.main([f"--input={tmp_path / 'text.txt'}", "--name=tiny", "--tokenizer=gpt2", f"--data_root={tmp_path}"])
+    hf_dir = write_gpt2_folder(tmp_path / "gpt2-tiny", gpt2_tensors(n_layer=1, n_embd=16, vocab=50257, prefix=""),
+                               n_layer=1, n_embd=16, vocab=50257)
+    out = tmp_path / "out"
+    train.main([f"--dataset={tmp_path / 'tiny'}", f"--init_from={hf_dir}", f"--out_dir={out}", "--block_size=32",
+                "--batch_size=4", "--gradient_accumulation_steps=1", "--max_iters=4", "--eval_interval=4", "--eval_iters=2",
+                "--warmup_iters=0", "--learning_rate=1e-3", "--sample_tokens=5", "--device=cpu", "--dtype=float32"])
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["iter_num"] == 4 and ckpt["tokenizer"] == {"kind": "gpt2"}
+    assert ckpt["model_args"]["n_embd"] == 16 and ckpt["model_args"]["block_size"] == 32  # the folder's shape, cropped
+    tuned = model_from_checkpoint(ckpt).eval()
+    start = GPT.from_pretrained(hf_dir)
+    assert not torch.equal(tuned.transformer.h[0].attn.c_attn.weight, start.transformer.h[0].attn.c_attn.weight)
+
+    capsys.readouterr()
+    sample.main([f"--init_from={hf_dir}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=4", "--device=cpu"])
+    printed = capsys.readouterr().out
+    assert "\nROMEO:" in printed and len(printed.split("\nROMEO:")[1].split("\n")[0]) > 0  # the prompt and what followed
+
+    export = tmp_path / "export"  # the command a user runs: python model.py --init_from=... --export_hf=...
+    monkeypatch.setattr(sys, "argv", ["model.py", f"--init_from={out}", f"--export_hf={export}"])
+    runpy.run_path(os.path.join(ROOT, "model.py"), run_name="__main__")
+    assert f"wrote {export} (gpt2 layout)" in capsys.readouterr().out
+    config = json.loads((export / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["vocab_size"] == 50261 and config["eos_token_id"] == 50256
+    assert GPT.from_pretrained(str(export)).config.block_size == 32
+    if transformers is not None:
+        loaded = transformers.GPT2LMHeadModel.from_pretrained(export).eval()
+        idx = torch.randint(0, 50261, (1, 16))
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(idx).logits, tuned(idx)[0][..., :50261], atol=1e-4, rtol=1e-4)
+
+
+def test_llama_import_stacks_qkv_and_gate_up(tmp_path):
+    """LLaMA's separate projections become our fused ones: c_attn = [q; k; v], SwiGLU c_fc = [gate; up]."""
+    C, hidden, kv = 32, 48, 16  # 4 query heads and 2 kv heads of size 8
+    g = torch.Generator().manual_seed(0)
+    shapes = {"model.embed_tokens.weight": (96, C), "model.norm.weight": (C,), "lm_head.weight": (96, C)}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        shapes |= {p + "input_layernorm.weight": (C,), p + "post_attention_layernorm.weight": (C,),
+                   p + "self_attn.q_proj.weight": (C, C), p + "self_attn.k_proj.weight": (kv, C),
+                   p + "self_attn.v_proj.weight": (kv, C), p + "self_attn.o_proj.weight": (C, C),
+                   p + "mlp.gate_proj.weight": (hidden, C), p + "mlp.up_proj.weight": (hidden, C),
+                   p + "mlp.down_proj.weight": (C, hidden)}
+    tensors = {name: torch.randn(shape, generator=g) for name, shape in shapes.items()}
+    os.makedirs(tmp_path, exist_ok=True)
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump({"model_type": "llama", "vocab_size": 96, "hidden_size": C, "intermediate_size": hidden,
+                   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                   "max_position_embeddings": 64, "rope_theta": 500.0, "rms_norm_eps": 1e-6}, f)
+    save_file(tensors, tmp_path / "model.safetensors")
+    ckpt = read_hf_folder(str(tmp_path))
+    state, p = ckpt["model"], "model.layers.1."
+    assert torch.equal(state["transformer.h.1.attn.c_attn.weight"], torch.cat(
+        [tensors[p + "self_attn.q_proj.weight"], tensors[p + "self_attn.k_proj.weight"], tensors[p + "self_attn.v_proj.weight"]]))
+    assert torch.equal(state["transformer.h.1.mlp.c_fc.weight"],
+                       torch.cat([tensors[p + "mlp.gate_proj.weight"], tensors[p + "mlp.up_proj.weight"]]))
+    assert torch.equal(state["transformer.h.1.ln_2.weight"], tensors[p + "post_attention_layernorm.weight"])
+    assert torch.equal(state["lm_head.weight"][:96], tensors["lm_head.weight"])
+    assert len(state) == 3 + 2 * 6  # 21 HF tensors, each used once (an unused one is an error), make 15 of ours
+    args = ckpt["model_args"]
+    assert (args["pos"], args["norm"], args["mlp"], args["n_kv_head"], args["mlp_hidden"], args["rope_theta"], args["norm_eps"],
+            args["bias"], args["tie_embeddings"]) == ("rope", "rmsnorm", "swiglu", 2, 48, 500.0, 1e-6, False, False)

@@ -562,8 +562,10 @@ def load_pretrained(source, map_location="cpu"):
     """
     if source in GPT2_NAMES and not os.path.exists(source):
         source = download_gpt2(source)
-    folder_is_hf = os.path.isfile(os.path.join(source, "config.json")) and not os.path.isfile(os.path.join(source, "ckpt.pt"))
-    if os.path.isdir(source) and folder_is_hf:
+    if not os.path.exists(source):
+        raise CheckpointError(f"{source} is neither a checkpoint, an out_dir or a Hugging Face folder, nor one of "
+                              f"{', '.join(GPT2_NAMES)}; check --init_from")
+    if os.path.isfile(os.path.join(source, "config.json")) and not os.path.isfile(os.path.join(source, "ckpt.pt")):
         return read_hf_folder(source)
     return load_checkpoint(source, map_location)
 
@@ -574,10 +576,10 @@ def load_pretrained(source, map_location="cpu"):
 # transformers, model_doc/gpt2 and model_doc/llama), read and written without depending on it.
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-# sha256 of the hub's files for openai-community/gpt2 at revision 607a30d783df; the larger sizes are
-# not pinned here, their downloads are checked by the safetensors header and every tensor's shape
-HUB_SHA256 = {"gpt2/config.json": "0daed7749b4f02b8f76240d5444551d7b08712dab4d0adb8239c56ba823bb7b4",
-              "gpt2/model.safetensors": "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707"}
+# sha256 of the hub's weights for openai-community/gpt2 (revision 607a30d783df, 548,105,171 bytes);
+# the other sizes are not pinned here: their downloads are checked by the safetensors header and by
+# the shape of every tensor
+HUB_SHA256 = {"gpt2/model.safetensors": "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707"}
 # tensors that are not weights: GPT-2's causal-mask buffers, LLaMA's rotary inverse frequencies
 HF_BUFFERS = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|rotary_emb\.inv_freq)$")
 
@@ -653,7 +655,7 @@ def hf_config_dict(c, tokenizer=None):
         from tokenizer import EOT, tokenizer_from_spec
         eot = tokenizer_from_spec(tokenizer).special_ids[EOT]
     common = {"vocab_size": c.vocab_size, "tie_word_embeddings": c.tie_embeddings, "bos_token_id": eot,
-              "eos_token_id": eot, "torch_dtype": "float32",
+              "eos_token_id": eot,
               "nanoroots": {"bias": c.bias, "tokenizer": tokenizer}}  # what the HF fields cannot say
     if layout == "gpt2":
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_layer": c.n_layer, "n_head": c.n_head,
@@ -747,9 +749,14 @@ def read_hf_tensors(folder):
 def read_hf_folder(folder):
     """A Hugging Face GPT-2 or LLaMA folder as one of our checkpoint dicts. Every tensor of the
     file is used exactly once and has the shape config.json implies; anything else is an error."""
-    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-        hf = json.load(f)
-    args, layout, tokenizer, vocab = model_args_from_hf(hf, os.path.join(folder, "config.json"))
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            args, layout, tokenizer, vocab = model_args_from_hf(json.load(f), path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); download it again") from None
+    except KeyError as e:
+        raise CheckpointError(f"{path} has no {e} field; it is incomplete, download it again") from None
     try:
         config = GPTConfig.from_dict(args)
     except ValueError as e:
@@ -757,8 +764,9 @@ def read_hf_folder(folder):
     tensors = read_hf_tensors(folder)
     if layout == "gpt2":  # GPT2Model's files (the original gpt2 ones) lack GPT2LMHeadModel's "transformer." prefix
         tensors = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in tensors.items()}
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        shapes = {k: v.shape for k, v in GPT(GPTConfig.from_dict(args | {"bias": args["bias"] or layout == "gpt2"})).state_dict().items()}
+    with_biases = GPTConfig.from_dict(args | {"bias": True}) if layout == "gpt2" else config  # GPT-2 files always have them
+    with torch.device("meta"):  # the shape of every tensor, without allocating or initialising any
+        shapes = {k: v.shape for k, v in GPT(with_biases).state_dict().items()}
     state = {}
     for ours, theirs, transposed, _ in hf_tensor_names(config, layout):
         missing = [n for n in theirs if n not in tensors]
@@ -775,7 +783,7 @@ def read_hf_folder(folder):
             # rows for tokens the file lacks (our extra special tokens, the padding to a multiple of 64)
             # start as the mean embedding: their logits are then average, not dominant (Hewitt 2021)
             t = torch.cat([t, t.float().mean(0, keepdim=True).to(t.dtype).expand(config.padded_vocab_size - vocab, -1)])
-        state[ours] = t.float().contiguous()
+        state[ours] = t.contiguous()  # in the file's dtype: loading into the model converts it
     if not config.bias:  # our export wrote GPT-2's biases as zeros for a model that has none
         for name in [n for n in state if n.endswith(".bias")]:
             if state[name].any():
@@ -783,7 +791,7 @@ def read_hf_folder(folder):
                                       f"from config.json to load the biases")
             del state[name]
     if config.tie_embeddings and "lm_head.weight" in tensors:  # some files store the tied head twice
-        if not torch.equal(tensors.pop("lm_head.weight").float(), state["transformer.wte.weight"][:vocab]):
+        if not torch.equal(tensors.pop("lm_head.weight").float(), state["transformer.wte.weight"][:vocab].float()):
             raise CheckpointError(f"{folder}/config.json ties the embeddings but lm_head.weight differs from them; "
                                   f"set tie_word_embeddings to false in config.json")
     unused = sorted(n for n in tensors if not HF_BUFFERS.search(n))
@@ -814,7 +822,7 @@ def write_hf_folder(model, out_dir, tokenizer=None):
     weights, config = os.path.join(out_dir, "model.safetensors"), os.path.join(out_dir, "config.json")
     save_file(tensors, weights + ".tmp", metadata={"format": "pt"})
     with open(config + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(hf_config_dict(c, tokenizer), f, indent=2)
+        json.dump(hf_config_dict(c, tokenizer) | {"torch_dtype": str(tensors[name].dtype).removeprefix("torch.")}, f, indent=2)
     os.replace(weights + ".tmp", weights)
     os.replace(config + ".tmp", config)
     return out_dir

@@ -139,7 +139,7 @@ def download(url, dest, sha256=None, retries=4, timeout=30, progress=True):
                     if total and os.path.getsize(part) < total:
                         raise requests.ConnectionError(f"connection closed at {os.path.getsize(part)} of {total} bytes")
                 break
-            except (requests.ConnectionError, requests.Timeout, requests.HTTPError, requests.exceptions.ChunkedEncodingError) as e:
+            except requests.RequestException as e:  # dropped connections, timeouts, 5xx
                 if attempt == retries:
                     raise DataError(f"could not download {url} after {retries + 1} tries ({e}); "
                                     f"retry later, or set NANOROOTS_MIRROR to a local copy") from None
@@ -405,15 +405,18 @@ def prepare(cfg):
     os.makedirs(out_dir, exist_ok=True)
     stats = Counter()
 
-    def documents():
-        return read_sources(sources, stats, cfg.text_field, cfg.max_doc_mb << 20,
+    def documents(counts):
+        return read_sources(sources, counts, cfg.text_field, cfg.max_doc_mb << 20,
                             download_dir=os.path.join(out_dir, "downloads"), sha256=cfg.sha256)
 
     t0 = time.time()
-    # a char vocabulary comes from a first pass over the corpus; GPT-2's is fixed
-    tok = build_tokenizer(cfg.tokenizer, "".join(sorted(set().union(*map(set, documents()))))
-                          if cfg.tokenizer == "char" else None)
-    counts = write_dataset(documents(), tok, out_dir, cfg.val_fraction, cfg.seed, cfg.max_tokens)
+    vocab_text = None
+    if cfg.tokenizer == "char":  # a char vocabulary comes from a first pass over the corpus; GPT-2's is fixed
+        vocab_text = "".join(sorted(set().union(*map(set, documents(Counter())))))
+        if not vocab_text:
+            raise DataError("the input has no text; check the path, or the text_field of your .jsonl")
+    tok = build_tokenizer(cfg.tokenizer, vocab_text)
+    counts = write_dataset(documents(stats), tok, out_dir, cfg.val_fraction, cfg.seed, cfg.max_tokens)
     meta = write_meta(out_dir, tok, counts, ",".join(sources), stats)
     print(f"wrote {out_dir}: {counts['train_tokens']:,} train tokens ({counts['train_docs']} docs), "
           f"{counts['val_tokens']:,} val tokens ({counts['val_docs']} docs), {tok.kind} vocab {tok.vocab_size}, "

@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import threading
 
 import pytest
@@ -269,10 +270,9 @@ def test_gqa_kv_cache_greedy_matches_no_cache():
     caches = model.new_caches(1, 8)
     assert caches[0].k.shape == (1, 2, 8, 8)  # the cache holds the 2 kv heads, not the 4 query heads
     idx = torch.randint(0, 90, (3, 5), generator=torch.Generator().manual_seed(3))
-    # 70 tokens from a 5-token prompt pass block_size=64: the cache is rebuilt once on the way
-    with_cache = model.generate(idx, 70, temperature=0.0, use_kv_cache=True)
-    without = model.generate(idx, 70, temperature=0.0, use_kv_cache=False)
-    assert torch.equal(with_cache[:, :64], without[:, :64])
+    with_cache = model.generate(idx, 40, temperature=0.0, use_kv_cache=True)  # prefill, then one token at a time
+    without = model.generate(idx, 40, temperature=0.0, use_kv_cache=False)   # the whole sequence every step
+    assert torch.equal(with_cache, without)
 
 
 # -----------------------------------------------------------------------------
@@ -400,7 +400,7 @@ def test_finetune_from_hf_folder_then_export(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     sample.main([f"--init_from={hf_dir}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=4", "--device=cpu"])
     printed = capsys.readouterr().out
-    assert "\nROMEO:" in printed and len(printed.split("\nROMEO:")[1].split("\n")[0]) > 0  # the prompt and what followed
+    assert re.search(r"(^|\n)ROMEO:\S", printed)  # the prompt, then what the model wrote after it
 
     export = tmp_path / "export"  # the command a user runs: python model.py --init_from=... --export_hf=...
     monkeypatch.setattr(sys, "argv", ["model.py", f"--init_from={out}", f"--export_hf={export}"])

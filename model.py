@@ -799,8 +799,8 @@ def read_hf_folder(folder):
                                   f"set tie_word_embeddings to false in config.json")
     unused = sorted(n for n in tensors if not HF_BUFFERS.search(n))
     if unused:
-        raise CheckpointError(f"{folder} has {len(unused)} tensors the {layout} layout does not use ({', '.join(unused[:3])}...): "
-                              f"its config.json does not describe these weights")
+        raise CheckpointError(f"{folder} has {len(unused)} tensors the {layout} layout does not use ({', '.join(unused[:3])}"
+                              f"{', ...' if len(unused) > 3 else ''}): its config.json does not describe these weights")
     return {"model": state, "model_args": asdict(config), "tokenizer": tokenizer, "source": folder}
 
 
@@ -825,7 +825,8 @@ def write_hf_folder(model, out_dir, tokenizer=None):
     weights, config = os.path.join(out_dir, "model.safetensors"), os.path.join(out_dir, "config.json")
     save_file(tensors, weights + ".tmp", metadata={"format": "pt"})
     with open(config + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(hf_config_dict(c, tokenizer) | {"torch_dtype": str(tensors[name].dtype).removeprefix("torch.")}, f, indent=2)
+        dtype = str(state["transformer.wte.weight"].dtype).removeprefix("torch.")
+        json.dump(hf_config_dict(c, tokenizer) | {"torch_dtype": dtype}, f, indent=2)
     os.replace(weights + ".tmp", weights)
     os.replace(config + ".tmp", config)
     return out_dir

@@ -120,7 +120,7 @@ def test_import_errors_name_the_tensor(tmp_path):
     missing = {k: v for k, v in tensors.items() if k != "transformer.h.1.mlp.c_fc.weight"}
     with pytest.raises(CheckpointError, match=r"no tensor transformer\.h\.1\.mlp\.c_fc\.weight"):
         read_hf_folder(write_gpt2_folder(tmp_path / "missing", missing))
-    with pytest.raises(CheckpointError, match=r"does not use \(transformer\.h\.0\.attn\.extra"):
+    with pytest.raises(CheckpointError, match=r"does not use \(transformer\.h\.0\.attn\.extra\):"):
         read_hf_folder(write_gpt2_folder(tmp_path / "extra", tensors | {"transformer.h.0.attn.extra": torch.zeros(3)}))
     wrong = tensors | {"transformer.h.0.attn.c_proj.weight": torch.zeros(32, 16)}
     with pytest.raises(CheckpointError, match=r"c_proj\.weight in .* has shape \(16, 32\) \(transposed\), but config\.json implies \(32, 32\)"):
@@ -132,6 +132,21 @@ def test_import_errors_name_the_tensor(tmp_path):
         json.dump({"model_type": "bert"}, f)
     with pytest.raises(CheckpointError, match="model_type='bert'"):
         read_hf_folder(folder)
+
+
+def test_sharded_safetensors_are_read_through_their_index(tmp_path):
+    tensors = gpt2_tensors()
+    folder = write_gpt2_folder(tmp_path, tensors)
+    os.remove(os.path.join(folder, "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, part in shards.items():
+        save_file({n: tensors[n] for n in part}, os.path.join(folder, file))
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"weight_map": {n: file for file, part in shards.items() for n in part}}, f)
+    state = read_hf_folder(folder)["model"]
+    assert torch.equal(state["transformer.h.1.mlp.c_proj.weight"], tensors["transformer.h.1.mlp.c_proj.weight"].t())
+    assert torch.equal(state["transformer.h.0.ln_1.bias"], tensors["transformer.h.0.ln_1.bias"])
 
 
 def test_truncated_weights_are_a_clear_error(tmp_path):

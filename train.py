@@ -94,6 +94,7 @@ DEFAULTS = dict(
     seed=1337,
     max_time=0.0,                 # seconds of training (evals included) before stopping cleanly; 0 = no limit
     nan_policy="stop",            # stop | skip: what a NaN/inf loss does
+    init_loss_scale=65536.0,      # float16: GradScaler's starting loss scale (halved at each overflow)
     threads=0,                    # CPU threads per process (0 = torch's default)
 )
 
@@ -527,7 +528,7 @@ def train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_
             finite = math.isfinite(loss_value) and (scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
             if not finite and cfg.nan_policy == "stop":
                 good = os.path.join(cfg.out_dir, "ckpt.pt")
-                raise TrainError(f"loss is {loss_value} at step {it}: stopping (nan_policy='stop'); "
+                raise TrainError(f"loss is {loss_value} (gradient norm {float(grad_norm)}) at step {it}: stopping (nan_policy='stop'); "
                                  f"the last good checkpoint is {good if os.path.exists(good) else 'none (none was saved yet)'}; "
                                  f"lower learning_rate, or set nan_policy='skip'")
             if finite:
@@ -643,7 +644,7 @@ def main(argv=None):
         raw_model = model
         model = wrap_model(model, cfg, system)
         optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), system.device_type)
-        scaler = torch.amp.GradScaler(system.device_type, enabled=system.dtype == "float16")
+        scaler = torch.amp.GradScaler(system.device_type, init_scale=cfg.init_loss_scale, enabled=system.dtype == "float16")
         state = {"iter_num": 0, "best_val_loss": float("inf")}
         if checkpoint is not None:
             load_full_state(raw_model, optimizer, checkpoint["model"], checkpoint["optimizer"])

@@ -22,6 +22,12 @@ def test_bool_spellings(raw, value):
     assert configure(DEFAULTS, [f"--compile={raw}"]).compile is value
 
 
+def test_bare_flag_switches_a_bool_on():
+    assert configure(DEFAULTS, ["--compile"]).compile is True
+    with pytest.raises(ConfigError, match="has no value"):
+        configure(DEFAULTS, ["--batch_size"])
+
+
 def test_bad_bool_and_wrong_type_are_errors():
     with pytest.raises(ConfigError, match="compile"):
         configure(DEFAULTS, ["--compile=maybe"])

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 import model as model_module
-from model import GPT, GPTConfig, CheckpointError, load_pretrained, model_from_checkpoint, read_hf_folder
+from model import GPT, GPTConfig, CheckpointError, hf_layout, load_pretrained, model_from_checkpoint, read_hf_folder
 
 try:
     import transformers
@@ -462,3 +462,17 @@ def test_llama_import_stacks_qkv_and_gate_up(tmp_path):
     args = ckpt["model_args"]
     assert (args["pos"], args["norm"], args["mlp"], args["n_kv_head"], args["mlp_hidden"], args["rope_theta"], args["norm_eps"],
             args["bias"], args["tie_embeddings"]) == ("rope", "rmsnorm", "swiglu", 2, 48, 500.0, 1e-6, False, False)
+
+
+def test_interop_configs_are_valid_for_train():
+    from configurator import configure
+    from conftest import ROOT
+    from train import DEFAULTS, MODEL_KEYS
+    llama = configure(DEFAULTS, [os.path.join(ROOT, "config", "llama_shakespeare_char.py")], verbose=False)
+    gpt2 = configure(DEFAULTS, [os.path.join(ROOT, "config", "shakespeare_char.py")], verbose=False)
+    differ = {k for k in vars(llama) if getattr(llama, k) != getattr(gpt2, k)}
+    assert differ == {"out_dir", "n_kv_head", "pos", "norm", "mlp", "tie_embeddings"}  # the architecture alone
+    c = GPTConfig.from_dict({k: getattr(llama, k) for k in MODEL_KEYS} | {"vocab_size": 70})
+    assert (c.hidden_size, c.n_kv_head, hf_layout(c)) == (384, 2, "llama")
+    finetune = configure(DEFAULTS, [os.path.join(ROOT, "config", "shakespeare_from_gpt2.py")], verbose=False)
+    assert (finetune.init_from, finetune.dataset, finetune.device) == ("gpt2", "shakespeare", "auto")

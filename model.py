@@ -19,7 +19,7 @@ import os
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -793,10 +793,10 @@ def read_hf_folder(folder):
                 raise CheckpointError(f"{folder}/config.json says bias=False but {name} is not zero; remove \"nanoroots\" "
                                       f"from config.json to load the biases")
             del state[name]
-    if config.tie_embeddings and "lm_head.weight" in tensors:  # some files store the tied head twice
-        if not torch.equal(tensors.pop("lm_head.weight").float(), state["transformer.wte.weight"][:vocab].float()):
-            raise CheckpointError(f"{folder}/config.json ties the embeddings but lm_head.weight differs from them; "
-                                  f"set tie_word_embeddings to false in config.json")
+    stored_head = tensors.pop("lm_head.weight", None) if config.tie_embeddings else None  # some files store a tied head
+    if stored_head is not None and not torch.equal(stored_head.float(), state["transformer.wte.weight"][:vocab].float()):
+        raise CheckpointError(f"{folder}/config.json ties the embeddings but lm_head.weight differs from them; "
+                              f"set tie_word_embeddings to false in config.json")
     unused = sorted(n for n in tensors if not HF_BUFFERS.search(n))
     if unused:
         raise CheckpointError(f"{folder} has {len(unused)} tensors the {layout} layout does not use ({', '.join(unused[:3])}"

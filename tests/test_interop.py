@@ -10,6 +10,8 @@ import http.server
 import json
 import os
 import re
+import runpy
+import sys
 import threading
 
 import pytest
@@ -17,7 +19,14 @@ import torch
 from safetensors.torch import save_file
 
 import model as model_module
-from model import GPT, GPTConfig, CheckpointError, hf_layout, load_pretrained, model_from_checkpoint, read_hf_folder
+import prepare
+import sample
+import train
+from configurator import configure
+from conftest import ROOT
+from model import (GPT, CheckpointError, GPTConfig, hf_layout, load_pretrained, model_from_checkpoint, read_hf_folder,
+                   save_checkpoint)
+from tokenizer import gpt2_tokenizer
 
 try:
     import transformers
@@ -107,7 +116,6 @@ def test_gpt2_vocabulary_gets_our_tokenizer_and_mean_rows(tmp_path):
     so the import keeps vocab_size=50261 and gives the new rows the mean embedding."""
     tensors = gpt2_tensors(n_layer=1, n_embd=16, vocab=50257, prefix="")
     ckpt = read_hf_folder(write_gpt2_folder(tmp_path, tensors, n_layer=1, n_embd=16, vocab=50257))
-    from tokenizer import gpt2_tokenizer
     assert ckpt["tokenizer"] == {"kind": "gpt2"}
     assert ckpt["model_args"]["vocab_size"] == gpt2_tokenizer().vocab_size == 50261
     wte = ckpt["model"]["transformer.wte.weight"]
@@ -212,7 +220,6 @@ def test_export_refuses_what_no_layout_holds(tmp_path):
 
 def test_checkpoint_folder_wins_over_its_export(tmp_path):
     """An out_dir that holds ckpt.pt and an HF export loads the checkpoint (resume needs it)."""
-    from model import save_checkpoint
     model = random_model()
     model.export_hf(tmp_path)
     save_checkpoint({"model": model.state_dict(), "model_args": {"vocab_size": 90}, "iter_num": 7}, str(tmp_path))
@@ -332,9 +339,8 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
 def hub(tmp_path, monkeypatch):
     """A GPT-2 "gpt2" folder served at http://127.0.0.1:<port>/gpt2/resolve/main/, with the cache in tmp_path."""
     tensors = gpt2_tensors(n_layer=1, n_embd=16, vocab=50257, prefix="")
-    folder = write_gpt2_folder(tmp_path / "src", tensors, n_layer=1, n_embd=16, vocab=50257)
-    files = {f"/gpt2/resolve/main/{name}": open(os.path.join(folder, name), "rb").read()
-             for name in ("config.json", "model.safetensors")}
+    write_gpt2_folder(tmp_path / "src", tensors, n_layer=1, n_embd=16, vocab=50257)
+    files = {f"/gpt2/resolve/main/{name}": (tmp_path / "src" / name).read_bytes() for name in ("config.json", "model.safetensors")}
     server = Hub(files)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
@@ -389,14 +395,8 @@ def test_gpt2_by_name_reads_a_mirror(hub, tmp_path, monkeypatch):
 # end to end: finetune from a Hugging Face GPT-2 folder, sample, export, load the export
 
 def test_finetune_from_hf_folder_then_export(tmp_path, capsys, monkeypatch):
-    import runpy
-    import sys
-
-    import prepare
-    import sample
-    import train
-    from conftest import ROOT
-    text = open(os.path.join(ROOT, "data", "tinyshakespeare", "input.txt"), encoding="utf-8").read()[:20000]
+    with open(os.path.join(ROOT, "data", "tinyshakespeare", "input.txt"), encoding="utf-8") as f:
+        text = f.read(20000)
     (tmp_path / "text.txt").write_text(text)
     prepare.main([f"--input={tmp_path / 'text.txt'}", "--name=tiny", "--tokenizer=gpt2", f"--data_root={tmp_path}"])
     hf_dir = write_gpt2_folder(tmp_path / "gpt2-tiny", gpt2_tensors(n_layer=1, n_embd=16, vocab=50257, prefix=""),
@@ -465,14 +465,11 @@ def test_llama_import_stacks_qkv_and_gate_up(tmp_path):
 
 
 def test_interop_configs_are_valid_for_train():
-    from configurator import configure
-    from conftest import ROOT
-    from train import DEFAULTS, MODEL_KEYS
-    llama = configure(DEFAULTS, [os.path.join(ROOT, "config", "llama_shakespeare_char.py")], verbose=False)
-    gpt2 = configure(DEFAULTS, [os.path.join(ROOT, "config", "shakespeare_char.py")], verbose=False)
+    llama = configure(train.DEFAULTS, [os.path.join(ROOT, "config", "llama_shakespeare_char.py")], verbose=False)
+    gpt2 = configure(train.DEFAULTS, [os.path.join(ROOT, "config", "shakespeare_char.py")], verbose=False)
     differ = {k for k in vars(llama) if getattr(llama, k) != getattr(gpt2, k)}
     assert differ == {"out_dir", "n_kv_head", "pos", "norm", "mlp", "tie_embeddings"}  # the architecture alone
-    c = GPTConfig.from_dict({k: getattr(llama, k) for k in MODEL_KEYS} | {"vocab_size": 70})
+    c = GPTConfig.from_dict({k: getattr(llama, k) for k in train.MODEL_KEYS} | {"vocab_size": 70})
     assert (c.hidden_size, c.n_kv_head, hf_layout(c)) == (384, 2, "llama")
-    finetune = configure(DEFAULTS, [os.path.join(ROOT, "config", "shakespeare_from_gpt2.py")], verbose=False)
+    finetune = configure(train.DEFAULTS, [os.path.join(ROOT, "config", "shakespeare_from_gpt2.py")], verbose=False)
     assert (finetune.init_from, finetune.dataset, finetune.device) == ("gpt2", "shakespeare", "auto")

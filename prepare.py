@@ -889,6 +889,7 @@ class Tally:
         self.langs, self.pii = Counter(), Counter()
         self.hist = {}                                        # (filter, lang) -> counts over HIST_EDGES[filter]
         self.examples = defaultdict(list)                     # reason -> [{doc, lang, values, text}]
+        self.peak_rss_mb = {}                                 # rank -> peak resident memory
 
     def lap(self, stage, since, nbytes=0):
         now = time.perf_counter()
@@ -916,7 +917,14 @@ class Tally:
             self.hist[key] = self.hist.get(key, 0) + counts
         for reason, examples in other.examples.items():
             self.examples[reason] = sorted(self.examples[reason] + examples, key=lambda e: e["doc"])[:3]
+        self.peak_rss_mb.update(other.peak_rss_mb)
         return self
+
+
+def peak_rss_mb():
+    """This process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 SURROGATES = re.compile("[\ud800-\udfff]")
@@ -952,7 +960,7 @@ def curate_shard(documents, rank, world, cfg, stage_path, removed_path):
             removed.write(json.dumps({"doc": doc, "reason": reason, "lang": lang, "values": values}) + "\n")
 
         clock = time.perf_counter()
-        for doc, text in enumerate(documents):
+        for doc, text in enumerate(tqdm(documents, unit=" docs", desc="curating", mininterval=2, disable=rank or None)):
             if doc % world != rank:  # reading the other ranks' documents is this rank's cost too
                 clock = tally.lap("read", clock)
                 continue
@@ -1011,6 +1019,7 @@ def curate_shard(documents, rank, world, cfg, stage_path, removed_path):
                 clock = tally.lap("pii", clock, size)
             staged.write(json.dumps(record, ensure_ascii=False) + "\n")
             clock = time.perf_counter()
+    tally.peak_rss_mb[rank] = peak_rss_mb()
     index = {"exact": (np.array(exact["doc"], dtype=np.int64), np.array(exact["key"], dtype=np.int64)),
              "near": (np.array(near["doc"], dtype=np.int64),
                       np.array(near["bands"], dtype=np.int64).reshape(-1, cfg.minhash_bands))}
@@ -1238,6 +1247,7 @@ def write_corpus(cfg, out_dir, source, world, shards, stats, started):
         counts = write_dataset(kept_texts(), tok, out_dir, cfg.val_fraction, cfg.seed, cfg.max_tokens)
         tally.lap("tokenize", clock, kept_bytes)
         meta = write_meta(out_dir, tok, counts, source, stats)
+    tally.peak_rss_mb[0] = peak_rss_mb()
     if cfg.curate:
         write_removed(os.path.join(out_dir, "removed.jsonl.gz"), [os.path.join(out_dir, f".removed-{r}.jsonl") for r in range(world)], drop)
         report = build_report(cfg, out_dir, source, world, tally, clusters, cluster_text, counts, stats, time.time() - started)
@@ -1297,6 +1307,7 @@ def build_report(cfg, out_dir, source, world, tally, clusters, cluster_text, cou
                        "largest_clusters": [{"size": len(c), "kept": c[0], "removed": c[1:11], "text": cluster_text.get(c[0], "")}
                                             for c in clusters[:5]]},
         "pii": {"spans": dict(tally.pii), "docs": tally.docs["pii_docs"]},
+        "peak_rss_mb": tally.peak_rss_mb,
         "input_stats": dict(stats), "output": counts,
     }
 
@@ -1392,6 +1403,7 @@ def report_markdown(r, plots):
             md_table(["kind", "spans"], sorted(r["pii"]["spans"].items())) if r["pii"]["spans"] else "None found.\n",
             "## Throughput\n", "MB of input to each stage per second of one process (all ranks' seconds added).\n",
             md_table(["stage", "seconds", "MB/s per process"], [[t["stage"], t["seconds"], t["mb_per_s"]] for t in r["throughput"]]),
+            "Peak memory (RSS) per rank: " + ", ".join(f"rank {k}: {v:,.0f} MB" for k, v in sorted(r["peak_rss_mb"].items())) + ".\n",
             "## Examples of removed documents\n",
             "The first three of each reason, after cleaning, PII redacted, cut at 300 characters; every removal is "
             "listed in `removed.jsonl.gz`.\n"]

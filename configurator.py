@@ -20,8 +20,9 @@ import types
 TRUE_WORDS, FALSE_WORDS = {"true", "1", "yes"}, {"false", "0", "no"}
 
 
-class ConfigError(ValueError):
-    """A bad key or value; the message says what to do."""
+class ConfigError(SystemExit):
+    """A bad key or value. It is a SystemExit, so every script stops with this one line (exit code 1)
+    instead of a traceback, without each of them catching it."""
 
 
 def _closest(key, valid):
@@ -112,6 +113,8 @@ def configure(defaults, argv=None, default_config=None, positional=None, verbose
         set_key(positional, words[0], "the command line")
     for arg in (a for a in argv if a.startswith("--")):
         key, eq, raw = arg[2:].partition("=")
+        if not eq and isinstance(defaults.get(key), bool):
+            eq, raw = "=", "True"  # a bare --flag switches a boolean on
         if not eq:
             raise ConfigError(f"{arg} has no value: write --{key}=VALUE")
         if key not in defaults:

@@ -28,6 +28,7 @@ so an interrupted run leaves the previous outputs intact.
 import array
 import codecs
 import contextlib
+import errno
 import functools
 import gzip
 import hashlib
@@ -180,7 +181,7 @@ def download(url, dest, sha256=None, retries=4, timeout=30, progress=True):
                     if total and os.path.getsize(part) < total:
                         raise requests.ConnectionError(f"connection closed at {os.path.getsize(part)} of {total} bytes")
                 break
-            except (requests.ConnectionError, requests.Timeout, requests.HTTPError) as e:
+            except requests.RequestException as e:  # dropped connections, timeouts, 5xx
                 if attempt == retries:
                     raise DataError(f"could not download {url} after {retries + 1} tries ({e}); "
                                     f"retry later, or set NANOROOTS_MIRROR to a local copy") from None
@@ -1175,29 +1176,36 @@ def fit_tokenizer(kind, texts):
         chars = set()
         for text in texts():
             chars.update(text)
+        if not chars:
+            raise DataError("the input has no text; check the path, or the text_field of your .jsonl")
         return build_tokenizer("char", "".join(sorted(chars)))
     return build_tokenizer(kind)
 
 
 @contextlib.contextmanager
-def gzip_text(path):
-    """A gzipped text file whose header holds no name and no time: the same content gives the same bytes."""
-    with open(path, "wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as packed:
-        with io.TextIOWrapper(packed, encoding="utf-8") as text:
-            yield text
+def atomic_gzip_text(path):
+    """Write a gzipped text file under a temporary name, renamed when complete, removed on failure. The gzip
+    header holds no name and no time, so the same content gives the same bytes."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as packed:
+            with io.TextIOWrapper(packed, encoding="utf-8") as text:
+                yield text
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_removed(path, removed_paths, drop):
     """removed.jsonl.gz: every removed document's index, reason and filter values, in input order."""
     files = [open(p, encoding="utf-8") for p in removed_paths]
     dups = ({"doc": doc, "reason": reason, "values": {"duplicate_of": kept}} for doc, (reason, kept) in sorted(drop.items()))
-    tmp = f"{path}.tmp{os.getpid()}"
-    with gzip_text(tmp) as out:
+    with atomic_gzip_text(path) as out:
         for record in heapq.merge(*(map(json.loads, f) for f in files), dups, key=lambda r: r["doc"]):
             out.write(json.dumps(record) + "\n")
     for f in files:
         f.close()
-    os.replace(tmp, path)
 
 
 def write_corpus(cfg, out_dir, source, world, shards, stats, started):
@@ -1219,7 +1227,7 @@ def write_corpus(cfg, out_dir, source, world, shards, stats, started):
     shown = {c[0] for c in clusters[:5]}
     cluster_text, kept, kept_bytes = {}, 0, 0
     clean_path = os.path.join(out_dir, "clean.jsonl.gz")
-    with gzip_text(f"{clean_path}.tmp{os.getpid()}") if cfg.keep_text else contextlib.nullcontext() as clean:
+    with atomic_gzip_text(clean_path) if cfg.keep_text else contextlib.nullcontext() as clean:
         for record in staged_records(staged):
             doc = record["i"]
             if doc in shown:
@@ -1237,8 +1245,6 @@ def write_corpus(cfg, out_dir, source, world, shards, stats, started):
                 tally.docs["pii_docs"] += 1
             if clean:
                 clean.write(json.dumps({"doc": doc, "lang": record.get("lang"), "text": record["text"]}, ensure_ascii=False) + "\n")
-    if cfg.keep_text:
-        os.replace(f"{clean_path}.tmp{os.getpid()}", clean_path)
 
     counts, meta = {}, None
     if kept:
@@ -1252,10 +1258,11 @@ def write_corpus(cfg, out_dir, source, world, shards, stats, started):
         write_removed(os.path.join(out_dir, "removed.jsonl.gz"), [os.path.join(out_dir, f".removed-{r}.jsonl") for r in range(world)], drop)
         report = build_report(cfg, out_dir, source, world, tally, clusters, cluster_text, counts, stats, time.time() - started)
         write_report(out_dir, report)
+    if not tally.docs["read"]:
+        raise DataError("the input has no documents; check the path, or the text_field of your .jsonl")
     if not kept:
         raise DataError(f"no document survived curation ({tally.docs['read']} read): see {os.path.join(out_dir, 'report.md')} "
-                        f"for the reasons, then loosen --lang or switch a stage off" if cfg.curate else
-                        "the input has no documents; check the path, or the text_field of your .jsonl")
+                        f"for the reasons, then loosen --lang or switch a stage off")
     return meta
 
 
@@ -1505,8 +1512,14 @@ def prepare(cfg):
         paths = local_sources(sources, os.path.join(out_dir, "downloads"), cfg.sha256, rank, dist)
         stats = Counter()
         documents = read_sources(paths, stats, cfg.text_field, cfg.max_doc_mb << 20)
-        shard = curate_shard(documents, rank, world, cfg, os.path.join(out_dir, f".staged-{rank}.jsonl"),
-                             os.path.join(out_dir, f".removed-{rank}.jsonl"))
+        try:
+            shard = curate_shard(documents, rank, world, cfg, os.path.join(out_dir, f".staged-{rank}.jsonl"),
+                                 os.path.join(out_dir, f".removed-{rank}.jsonl"))
+        except OSError as e:  # staging the documents can fill the disk
+            if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            raise DataError(f"could not write in {out_dir} ({e.strerror}); free some disk space and rerun: "
+                            f"the previous outputs are untouched") from None
         shards = gather_to_rank0(shard, rank, world, dist)  # tallies and hashes: no text crosses ranks
         finished = rank != 0  # rank 0 reads the other ranks' staged files and removes them
         if rank != 0:

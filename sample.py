@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from configurator import configure
 from model import CheckpointError, load_checkpoint, model_from_checkpoint
-from tokenizer import EOT, TokenizerError, tokenizer_from_spec
+from tokenizer import BERT_SPECIALS, EOT, TokenizerError, tokenizer_from_spec
 
 DEFAULTS = dict(
     out_dir="out-shakespeare-char",  # the checkpoint to load (out_dir/ckpt.pt), or a path to a .pt file
@@ -78,7 +78,7 @@ def generate_samples(model, tok, prompt_ids, num_samples, max_new_tokens, temper
     with autocast:
         for nxt in model.generate_tokens(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
                                          top_p=top_p, stop_token=stop_token, use_kv_cache=use_kv_cache,
-                                         generator=generator):
+                                         generator=generator, suppress_tokens=[tok.special_ids[s] for s in BERT_SPECIALS]):
             for i, t in enumerate(nxt.tolist()):
                 if finished[i] or t == stop_token:
                     finished[i] = True
@@ -91,13 +91,13 @@ def generate_samples(model, tok, prompt_ids, num_samples, max_new_tokens, temper
 
 
 @torch.no_grad()
-def fill_mask(model, tok, ids, device, top_k=5, order="left_to_right", out=sys.stdout):
+def fill_mask(model, tok, ids, device, top_k=5, order="left_to_right", out=None):
     """
     Fill every [MASK] in ids, one at a time: pick the leftmost mask (left_to_right) or the one the
     model is most sure of (most_confident), print its top_k candidates, put the best one in, and
     run the encoder again so later choices see earlier ones. Returns (filled ids, candidates).
     """
-    mask_id = tok.special_ids["[MASK]"]
+    mask_id, out = tok.special_ids["[MASK]"], out or sys.stdout
     if order not in ("left_to_right", "most_confident"):
         raise SampleError(f"fill_order={order!r} is not left_to_right or most_confident")
     ids = list(ids)
@@ -119,7 +119,7 @@ def fill_mask(model, tok, ids, device, top_k=5, order="left_to_right", out=sys.s
 
 
 def main(argv=None):
-    cfg = configure(DEFAULTS, argv)
+    cfg = configure(DEFAULTS, argv, verbose=False)  # stdout carries only the samples
     from train import setup_system  # the same device and precision choices as training
     system = setup_system(cfg)
     try:

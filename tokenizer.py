@@ -24,6 +24,7 @@ EOT = "<|endoftext|>"
 SPECIAL_TOKENS = [EOT, "[MASK]", "[CLS]", "[SEP]", "[PAD]"]
 # GPT-2's pre-tokenisation split (Radford et al. 2019), as tiktoken spells it for "gpt2"/"r50k_base"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+BERT_SPECIALS = SPECIAL_TOKENS[1:]  # inputs of an encoder; a causal model should never generate them
 _SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS) + ")")
 
 

@@ -19,8 +19,8 @@ import math
 import os
 import random
 import signal
-import sys
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from configurator import configure
 from model import GPT, GPTConfig, CheckpointError, clean_state_dict, load_checkpoint, save_checkpoint, model_from_checkpoint
-from tokenizer import EOT, load_tokenizer, tokenizer_from_spec
+from tokenizer import BERT_SPECIALS, load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -93,6 +93,7 @@ DEFAULTS = dict(
     seed=1337,
     max_time=0.0,                 # seconds of training (evals included) before stopping cleanly; 0 = no limit
     nan_policy="stop",            # stop | skip: what a NaN/inf loss does
+    init_loss_scale=65536.0,      # float16: GradScaler's starting loss scale (halved at each overflow)
     threads=0,                    # CPU threads per process (0 = torch's default)
 )
 
@@ -195,6 +196,19 @@ def full_state(model, optimizer, system):
     opts = StateDictOptions(full_state_dict=True, cpu_offload=system.distributed)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=opts)
     return clean_state_dict(model_sd), optim_sd
+
+
+def unsharded(raw_model, system):
+    """The model as one plain module for generation: itself, or under FSDP a copy built from the
+    gathered full state dict (collective; the copy is only complete on rank 0)."""
+    if not hasattr(raw_model, "set_requires_gradient_sync"):
+        return raw_model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    state = get_model_state_dict(raw_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    plain = GPT(GPTConfig.from_dict(asdict(raw_model.config)))
+    if system.master:
+        plain.load_state_dict(clean_state_dict(state))
+    return plain.to(system.device)
 
 
 def load_full_state(model, optimizer, model_sd, optim_sd):
@@ -463,7 +477,7 @@ def train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_
         signal.signal(signum, signal.default_int_handler)
 
     previous = signal.signal(signal.SIGINT, on_signal)
-    t_start, t_last, metrics = time.time(), time.time(), {}
+    t_start, t_last, it_last, metrics = time.time(), time.time(), state["iter_num"], {}
     elapsed0 = state.get("train_time", 0.0)
     try:
         while True:
@@ -494,9 +508,9 @@ def train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_
                     if out_of_time and system.master:
                         print(f"max_time={cfg.max_time:g}s reached at step {it}")
                     break
-                t_last = time.time()  # throughput excludes evaluation
-            if sample_fn and cfg.sample_every and it % cfg.sample_every == 0 and it > 0 and system.master:
-                sample_fn(raw_model)
+                t_last, it_last = time.time(), it  # throughput excludes evaluation
+            if sample_fn and cfg.sample_every and it % cfg.sample_every == 0 and it > 0:
+                sample_fn(raw_model)  # on every rank: an FSDP model is gathered collectively first
 
             # one optimisation step: accum micro-steps, gradients synchronised on the last one
             total = torch.zeros((), device=system.device)
@@ -513,7 +527,7 @@ def train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_
             finite = math.isfinite(loss_value) and (scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
             if not finite and cfg.nan_policy == "stop":
                 good = os.path.join(cfg.out_dir, "ckpt.pt")
-                raise TrainError(f"loss is {loss_value} at step {it}: stopping (nan_policy='stop'); "
+                raise TrainError(f"loss is {loss_value} (gradient norm {float(grad_norm)}) at step {it}: stopping (nan_policy='stop'); "
                                  f"the last good checkpoint is {good if os.path.exists(good) else 'none (none was saved yet)'}; "
                                  f"lower learning_rate, or set nan_policy='skip'")
             if finite:
@@ -534,7 +548,7 @@ def train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_
             state["iter_num"] = it + 1
             if it % cfg.log_interval == 0 and system.master and finite:
                 now = time.time()
-                dt = (now - t_last) / (cfg.log_interval if it > state.get("start_iter", 0) else 1)
+                dt = (now - t_last) / max(1, it + 1 - it_last)
                 mfu = raw_model.estimate_mfu(tokens_per_iter, dt, system.device, system.dtype, cfg.block_size)
                 record = {"iter": it, "loss": loss_value, "lr": lr, "dt_ms": round(dt * 1000, 2),
                           "tok_per_sec": round(tokens_per_iter / dt), "mfu": mfu, "grad_norm": float(grad_norm),
@@ -542,7 +556,7 @@ def train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_
                 append_log(cfg.out_dir, record)
                 print(f"iter {it}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f}ms, {tokens_per_iter / dt:,.0f} tok/s"
                       + (f", mfu {mfu * 100:.1f}%" if mfu is not None else ""), flush=True)
-                t_last = now
+                t_last, it_last = now, it + 1
             if stop_votes > 0:
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
@@ -611,8 +625,9 @@ def main(argv=None):
             if n < cfg.block_size + 2:
                 raise TrainError(f"the {split} split of {cfg.dataset} has {n} tokens, fewer than block_size+2={cfg.block_size + 2}; "
                                  f"lower block_size or prepare more data")
-        seed_everything(cfg.seed + system.rank)
+        seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP shards each rank's own copy)
         model, checkpoint = init_model(cfg, meta, tok)
+        seed_everything(cfg.seed + system.rank)  # then each rank its own dropout randomness
         model.to(system.device)
         if system.master:
             print(f"{cfg.objective} model: {model.get_num_params() / 1e6:.2f}M parameters, "
@@ -621,7 +636,7 @@ def main(argv=None):
         raw_model = model
         model = wrap_model(model, cfg, system)
         optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), system.device_type)
-        scaler = torch.amp.GradScaler(system.device_type, enabled=system.dtype == "float16")
+        scaler = torch.amp.GradScaler(system.device_type, init_scale=cfg.init_loss_scale, enabled=system.dtype == "float16")
         state = {"iter_num": 0, "best_val_loss": float("inf")}
         if checkpoint is not None:
             load_full_state(raw_model, optimizer, checkpoint["model"], checkpoint["optimizer"])
@@ -644,7 +659,7 @@ def main(argv=None):
         extra = lambda: {"tokenizer": tok.spec(), "dataset": cfg.dataset}  # noqa: E731
         sample_fn = (lambda m: print_sample(m, tok, cfg, system)) if cfg.objective == "clm" else None
         train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_fn, eval_fn, extra, state, sample_fn)
-        if system.master and not cfg.eval_only:
+        if not cfg.eval_only:
             if cfg.objective == "clm":
                 print_sample(raw_model, tok, cfg, system)
             else:
@@ -658,11 +673,15 @@ def main(argv=None):
 @torch.no_grad()
 def print_sample(model, tok, cfg, system):
     """A short sample from the start of a line, so a run shows what it has learned."""
+    model = unsharded(model, system)
+    if not system.master:
+        return
     model.eval()
     start = torch.tensor([tok.encode("\n")], device=system.device)
     with system.autocast:
         out = model.generate(start, cfg.sample_tokens, temperature=0.8, top_k=200,
-                             generator=torch.Generator(device=system.device).manual_seed(cfg.seed))
+                             generator=torch.Generator(device=system.device).manual_seed(cfg.seed),
+                             suppress_tokens=[tok.special_ids[s] for s in BERT_SPECIALS])
     model.train()
     print("-" * 40 + "\n" + tok.decode(out[0, 1:].tolist()) + "\n" + "-" * 40, flush=True)
 
@@ -670,6 +689,9 @@ def print_sample(model, tok, cfg, system):
 def print_fill_mask(model, tok, cfg, data_dir, meta, system):
     """An encoder's demo: mask some tokens of a validation window and show its guesses."""
     from sample import fill_mask
+    model = unsharded(model, system)
+    if not system.master:
+        return
     data = read_bin(data_dir, "val", meta)
     ids = data[: min(64, cfg.block_size)].astype(np.int64).tolist()
     g = random.Random(cfg.seed)

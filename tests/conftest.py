@@ -20,3 +20,67 @@ def shared_data():
     if not os.path.isdir(SHARED_DATA):
         pytest.skip(f"{SHARED_DATA} is absent: this test reads real data from the project's shared folder")
     return SHARED_DATA
+
+
+class FileServer:
+    """A local HTTP server on 127.0.0.1 serving `files` ({url path: bytes}) with Range support.
+    `drop_after` bytes: the first full response to each path is cut off there, as a flaky network would."""
+
+    def __init__(self, files, drop_after=None):
+        import http.server
+        import threading
+        server_self = self
+        self.files, self.drop_after, self.requests = dict(files), drop_after, []
+        self.dropped = set()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server_self.requests.append((self.path, self.headers.get("Range")))
+                body = server_self.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                if self.headers.get("Range"):
+                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                chunk = body[start:]
+                if server_self.drop_after is not None and self.path not in server_self.dropped:
+                    server_self.dropped.add(self.path)
+                    chunk = chunk[:server_self.drop_after]  # promise the whole body, send part, hang up
+                self.wfile.write(chunk)
+                self.wfile.flush()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def file_server():
+    servers = []
+
+    def start(files, drop_after=None):
+        servers.append(FileServer(files, drop_after))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()

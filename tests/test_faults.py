@@ -1,0 +1,255 @@
+"""
+Reliability guarantees, checked with real processes and signals: exact resume after SIGKILL,
+crash-safe writes, safe loading, numerical faults, bad input, Ctrl-C, determinism.
+"""
+
+import json
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import prepare
+from conftest import ROOT
+from model import CheckpointError, load_checkpoint, save_checkpoint
+from test_train import TINY
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+ARGS = [*TINY, "--always_save_checkpoint=True"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    prepare.main(["shakespeare_char", f"--data_root={root}"])
+    return str(root / "shakespeare_char")
+
+
+def python(*args, **kw):
+    return subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT, **kw)
+
+
+def train_cmd(data, out_dir, *extra):
+    return [sys.executable, os.path.join(ROOT, "train.py"), *ARGS, f"--dataset={data}", f"--out_dir={out_dir}", *extra]
+
+
+def run_until(cmd, marker, sig):
+    """Start cmd, wait until a stdout line contains marker, then send sig. Returns (returncode, stdout, stderr)."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            proc.send_signal(sig)
+            break
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, "".join(seen) + out, err
+
+
+def step_losses(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return {r["iter"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+# --- exact resume ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_sigkill_after_checkpoint_then_resume_is_exact(tmp_path, data, objective):
+    extra = [f"--objective={objective}", "--max_iters=16", "--eval_interval=8", "--dropout=0.1"]
+    straight = python(*train_cmd(data, tmp_path / "straight", *extra)[1:])
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    code, _, _ = run_until(train_cmd(data, tmp_path / "killed", *extra), "saved checkpoint", signal.SIGKILL)
+    assert code == -signal.SIGKILL and load_checkpoint(str(tmp_path / "killed"))["iter_num"] == 8
+    resumed = python(*train_cmd(data, tmp_path / "killed", *extra, "--init_from=resume")[1:])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = step_losses(tmp_path / "straight"), step_losses(tmp_path / "killed")
+    assert sorted(b) == list(range(16)) and b == pytest.approx(a, abs=1e-6)
+    pa, pb = (load_checkpoint(str(tmp_path / d))["model"] for d in ("straight", "killed"))
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_same_seed_same_loss_curve(tmp_path, data):
+    for name in ("a", "b"):
+        assert python(*train_cmd(data, tmp_path / name, "--max_iters=8", "--eval_interval=4", "--dropout=0.1")[1:]).returncode == 0
+    assert step_losses(tmp_path / "a") == step_losses(tmp_path / "b")
+
+
+# --- crash-safe writes ----------------------------------------------------------------------------
+
+SAVE_FOREVER = """
+import sys, torch
+from model import save_checkpoint
+i = 0
+while True:
+    i += 1
+    save_checkpoint({"iter_num": i, "model": {"w": torch.full((256, 1024), float(i))}}, sys.argv[1], keep_last=3)
+    print(i, flush=True)
+"""
+
+
+def test_sigkill_during_checkpoint_writes_never_leaves_a_torn_file(tmp_path):
+    rng = random.Random(0)
+    for trial in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(tmp_path)], env=ENV, stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # at least one checkpoint exists
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.kill()
+        proc.wait()
+        ckpt = load_checkpoint(str(tmp_path))
+        assert (ckpt["model"]["w"] == ckpt["iter_num"]).all()  # the old file or the new one, whole
+        numbered = sorted(p for p in os.listdir(tmp_path) if p.startswith("ckpt-") and p.endswith(".pt"))
+        assert 1 <= len(numbered) <= 3  # keep_last rotation
+
+
+def test_sigkill_during_prepare_keeps_previous_outputs(tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_text("All the world's a stage, and all the men and women merely players.\n" * 200_000)
+    args = ["prepare.py", f"--input={big}", "--name=big", f"--data_root={tmp_path}", "--curate=False"]
+    assert python(*args).returncode == 0
+    before = {f: (tmp_path / "big" / f).read_bytes() for f in ("train.bin", "val.bin", "meta.json")}
+    (tmp_path / "big.txt").write_text("Now is the winter of our discontent.\n" * 300_000)
+    proc = subprocess.Popen([sys.executable, *args], env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)  # mid-way: reading, tokenizing or writing the new bins
+    proc.kill()
+    proc.wait()
+    assert {f: (tmp_path / "big" / f).read_bytes() for f in before} == before
+
+
+def test_disk_full_while_writing_bins_is_a_clean_error(tmp_path):
+    src = tmp_path / "text.txt"
+    src.write_text("to be or not to be " * 50_000)
+    args = [f"--input={src}", "--name=full", f"--data_root={tmp_path}", "--curate=False"]
+    assert python("prepare.py", *args).returncode == 0
+    before = (tmp_path / "full" / "train.bin").read_bytes()
+
+    def small_disk():  # the kernel refuses writes past 100 kB, as a full disk would
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    run = python("prepare.py", *args, preexec_fn=small_disk)
+    assert run.returncode == 1 and "free some disk space" in run.stderr and "Traceback" not in run.stderr
+    assert (tmp_path / "full" / "train.bin").read_bytes() == before
+    assert not [p for p in os.listdir(tmp_path / "full") if ".tmp" in p]
+
+
+# --- safe loading ---------------------------------------------------------------------------------
+
+class Exploit:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"model": {}, "payload": Exploit(marker)}, tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match="refusing to load.*could run code"):
+        load_checkpoint(str(tmp_path))
+    run = python("sample.py", f"--out_dir={tmp_path}")
+    assert run.returncode == 1 and "refusing to load" in run.stderr and "Traceback" not in run.stderr
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_names_the_last_good_one(tmp_path, data):
+    out = tmp_path / "out"
+    assert python(*train_cmd(data, out, "--max_iters=4", "--eval_interval=2", "--keep_last=2")[1:]).returncode == 0
+    path = out / "ckpt.pt"
+    good = sorted(p for p in os.listdir(out) if p.startswith("ckpt-"))
+    path.unlink()  # ckpt.pt is a hard link of the newest numbered file: break only ckpt.pt
+    (out / "ckpt.pt").write_bytes((out / good[-1]).read_bytes()[:5000])
+    run = python(*train_cmd(data, out, "--max_iters=6", "--eval_interval=2", "--init_from=resume")[1:])
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    line = run.stderr.strip().splitlines()[-1]
+    assert "ckpt.pt is truncated or corrupt" in line and f"last good checkpoint is {out / good[-1]}" in line
+
+
+# --- numerical faults -----------------------------------------------------------------------------
+
+def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data):
+    out = tmp_path / "out"
+    first = python(*train_cmd(data, out, "--max_iters=4", "--eval_interval=4")[1:])
+    assert first.returncode == 0
+    good = out.joinpath("ckpt.pt").read_bytes()
+    run = python(*train_cmd(data, out, "--init_from=resume", "--max_iters=30", "--eval_interval=100",
+                            "--learning_rate=1e5", "--grad_clip=0", "--decay_lr=False")[1:])
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "at step" in run.stderr and f"last good checkpoint is {out / 'ckpt.pt'}" in run.stderr
+    assert out.joinpath("ckpt.pt").read_bytes() == good
+
+
+def test_nan_skip_counts_skipped_steps(tmp_path, data):
+    run = python(*train_cmd(data, tmp_path, "--max_iters=12", "--eval_interval=100", "--learning_rate=1e5",
+                            "--grad_clip=0", "--decay_lr=False", "--nan_policy=skip")[1:])
+    assert run.returncode == 0, run.stderr[-2000:]
+    skipped = [json.loads(line) for line in open(tmp_path / "log.jsonl") if '"skipped"' in line]
+    assert len(skipped) >= 1 and load_checkpoint(str(tmp_path))["counters"]["skipped_steps"] == len(skipped)
+
+
+def test_fp16_overflow_is_handled_by_the_grad_scaler(tmp_path, data):
+    run = python(*train_cmd(data, tmp_path, "--dtype=float16", "--max_iters=6", "--eval_interval=6", "--init_loss_scale=1e30")[1:])
+    assert run.returncode == 0, run.stderr[-2000:]
+    # a loss scaled by 1e30 overflows float16 gradients: GradScaler skips the step and halves the scale, logged
+    assert "step 0: fp16 gradient overflow, step skipped by GradScaler, loss scale -> 5e+29" in run.stdout
+    assert load_checkpoint(str(tmp_path))["counters"]["fp16_overflows"] >= 1
+
+
+# --- Ctrl-C ---------------------------------------------------------------------------------------
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, data):
+    code, out, err = run_until(train_cmd(data, tmp_path, "--max_iters=100000", "--eval_interval=100000"), "iter 3:", signal.SIGINT)
+    assert code == 130 and "Traceback" not in err
+    assert "interrupted at step" in out and "--init_from=resume" in out
+    step = load_checkpoint(str(tmp_path))["iter_num"]
+    assert step >= 4 and f"interrupted at step {step}" in out
+
+
+# --- bad input --------------------------------------------------------------------------------------
+
+def one_line_error(run):
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    return run.stderr.strip().splitlines()[-1]
+
+
+def test_bad_config_values_are_one_line_errors(tmp_path, data):
+    assert "did you mean batch_size" in one_line_error(python(*train_cmd(data, tmp_path, "--batchsize=4")[1:]))
+    assert "batch_size=0 must be at least 1" in one_line_error(python(*train_cmd(data, tmp_path, "--batch_size=0")[1:]))
+    assert "expects int" in one_line_error(python(*train_cmd(data, tmp_path, "--n_layer=two")[1:]))
+
+
+def test_missing_dataset_and_block_size_larger_than_data(tmp_path, data):
+    assert "prepare the dataset first" in one_line_error(python(*train_cmd(tmp_path / "nothing", tmp_path / "o")[1:]))
+    small = tmp_path / "small.txt"
+    small.write_text("a tiny corpus of a few words only " * 3)
+    assert python("prepare.py", f"--input={small}", "--name=small", f"--data_root={tmp_path}", "--curate=False").returncode == 0
+    line = one_line_error(python(*train_cmd(tmp_path / "small", tmp_path / "o", "--block_size=64")[1:]))
+    assert "fewer than block_size" in line and "lower block_size" in line
+
+
+def test_vocab_mismatch_between_data_and_checkpoint(tmp_path, data):
+    assert python(*train_cmd(data, tmp_path, "--max_iters=2", "--eval_interval=2")[1:]).returncode == 0
+    other = tmp_path / "other.txt"
+    other.write_text("completely different characters: 0123456789 ∑∂ " * 100)
+    assert python("prepare.py", f"--input={other}", "--name=other", f"--data_root={tmp_path}", "--curate=False").returncode == 0
+    line = one_line_error(python(*train_cmd(tmp_path / "other", tmp_path, "--init_from=resume", "--max_iters=4")[1:]))
+    assert "does not match the checkpoint" in line
+
+
+def test_url_that_times_out(tmp_path):
+    import socket
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts the connection, never answers
+    try:
+        with pytest.raises(prepare.DataError, match="could not download.*after 2 tries"):
+            prepare.download(f"http://127.0.0.1:{silent.getsockname()[1]}/x.txt", str(tmp_path / "x.txt"),
+                             retries=1, timeout=0.5, progress=False)
+    finally:
+        silent.close()

@@ -1,0 +1,160 @@
+import gzip
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+import prepare
+from prepare import DataError, download, in_val_split, read_path
+from tokenizer import load_tokenizer
+
+from conftest import ROOT
+
+
+def run_prepare(tmp_path, *args):
+    prepare.main([*args, f"--data_root={tmp_path}"])
+    return json.loads((tmp_path / _name(args) / "meta.json").read_text())
+
+
+def _name(args):
+    for a in args:
+        if a.startswith("--name="):
+            return a.split("=", 1)[1]
+    return args[0]
+
+
+def test_shakespeare_char_bins_and_meta(tmp_path):
+    meta = run_prepare(tmp_path, "shakespeare_char")
+    out = tmp_path / "shakespeare_char"
+    train = np.memmap(out / "train.bin", dtype=np.uint16, mode="r")
+    val = np.memmap(out / "val.bin", dtype=np.uint16, mode="r")
+    text = open(os.path.join(ROOT, "data", "tinyshakespeare", "input.txt")).read()
+    assert meta["dtype"] == "uint16" and meta["tokenizer"]["kind"] == "char"
+    assert len(train) == meta["train_tokens"] and len(val) == meta["val_tokens"]
+    assert len(train) + len(val) == len(text) + 1  # every character, plus the end-of-text token
+    tok = load_tokenizer(str(out))
+    assert tok.vocab_size == 65 + 5
+    assert tok.decode(train[:14]) == "First Citizen:"
+    assert abs(len(val) / (len(train) + len(val)) - 0.1) < 1e-3  # one document: split by position
+    assert val[-1] == tok.special_ids["<|endoftext|>"]
+
+
+def test_shakespeare_gpt2_tokens(tmp_path):
+    meta = run_prepare(tmp_path, "shakespeare")
+    train = np.memmap(tmp_path / "shakespeare" / "train.bin", dtype=np.uint16, mode="r")
+    assert meta["tokenizer"]["kind"] == "gpt2" and meta["vocab_size"] == 50261
+    assert train[:3].tolist() == [5962, 22307, 25]  # "First Citizen:"
+
+
+def test_split_is_deterministic_and_by_document(tmp_path):
+    docs = [{"text": f"document number {i} " * 3} for i in range(200)]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("\n".join(json.dumps(d) for d in docs))
+    metas = [run_prepare(tmp_path, f"--input={src}", f"--name=run{k}", "--tokenizer=char", "--curate=False") for k in range(2)]
+    for split in ("train", "val"):
+        a, b = ((tmp_path / f"run{k}" / f"{split}.bin").read_bytes() for k in range(2))
+        assert a == b
+    expected_val = sum(in_val_split(i, 0.1, 1337) for i in range(200))
+    assert metas[0]["val_docs"] == expected_val and metas[0]["train_docs"] == 200 - expected_val
+    assert 5 <= expected_val <= 40
+
+
+def test_jsonl_bad_lines_are_skipped_and_counted(tmp_path):
+    src = tmp_path / "mixed.jsonl.gz"
+    lines = ['{"text": "good one"}', "{not json", '{"title": "no text"}', '{"text": 5}', "", '{"text": "good two"}']
+    with gzip.open(src, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    meta = run_prepare(tmp_path, f"--input={src}", "--name=mixed", "--curate=False")
+    assert meta["train_docs"] + meta["val_docs"] == 2
+    assert meta["input_stats"] == {"skipped_bad_json": 1, "skipped_no_text_field": 2}
+
+
+def test_folder_invalid_utf8_and_binary_files(tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "a.txt").write_text("alpha beta gamma\n" * 20)
+    (folder / "b.txt").write_bytes(b"caf\xe9 latin-1 text\n" * 20)
+    (folder / "c.bin").write_bytes(b"\x00\x01\x02binary")
+    stats = {}
+    from collections import Counter
+    stats = Counter()
+    docs = list(read_path(str(folder), stats))
+    assert len(docs) == 2 and "caf\ufffd" in docs[1]
+    assert stats == {"invalid_utf8_docs": 1, "invalid_utf8_chars": 20, "skipped_binary_files": 1}
+    with pytest.raises(DataError, match="binary"):
+        list(read_path(str(folder / "c.bin"), Counter()))
+
+
+def test_huge_single_line_is_read_in_bounded_pieces(tmp_path):
+    from collections import Counter
+    src = tmp_path / "one_line.txt"
+    src.write_text("x" * 5000)
+    stats = Counter()
+    docs = list(prepare.read_text_file(str(src), stats, max_doc_bytes=1024))
+    assert "".join(docs) == "x" * 5000 and max(map(len, docs)) <= 1024 and stats["large_file_pieces"] == len(docs)
+
+
+def test_missing_and_empty_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        prepare.main([f"--input={tmp_path / 'nope.txt'}", f"--data_root={tmp_path}"])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(SystemExit, match="no text|no documents"):
+        prepare.main([f"--input={empty}", f"--data_root={tmp_path}"])
+    with pytest.raises(SystemExit, match="unknown recipe"):
+        prepare.main(["shakespear", f"--data_root={tmp_path}"])
+
+
+def test_failed_write_keeps_previous_outputs(tmp_path, monkeypatch):
+    run_prepare(tmp_path, "shakespeare_char")
+    before = (tmp_path / "shakespeare_char" / "train.bin").read_bytes()
+
+    def disk_full(self, split, ids):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prepare.BinWriter, "write", disk_full)
+    with pytest.raises(OSError):
+        run_prepare(tmp_path, "shakespeare_char")
+    assert (tmp_path / "shakespeare_char" / "train.bin").read_bytes() == before
+    assert not [p for p in os.listdir(tmp_path / "shakespeare_char") if ".tmp" in p]
+
+
+def test_download_resumes_an_interrupted_transfer(tmp_path, file_server):
+    body = os.urandom(300_000)
+    server = file_server({"/data/corpus.txt": body}, drop_after=100_000)
+    dest = tmp_path / "corpus.txt"
+    download(server.url + "/data/corpus.txt", str(dest), sha256=hashlib.sha256(body).hexdigest(), progress=False)
+    assert dest.read_bytes() == body
+    path, resumed_from = server.requests[1]  # the second request continued where the first broke off
+    assert path == "/data/corpus.txt" and 0 < int(resumed_from[6:-1]) <= 100_000
+    assert not (tmp_path / "corpus.txt.part").exists()
+
+
+def test_download_rejects_wrong_sha256_and_404(tmp_path, file_server):
+    server = file_server({"/a.txt": b"hello"})
+    with pytest.raises(DataError, match="sha256"):
+        download(server.url + "/a.txt", str(tmp_path / "a.txt"), sha256="0" * 64, progress=False)
+    assert not (tmp_path / "a.txt").exists() and not (tmp_path / "a.txt.part").exists()
+    with pytest.raises(DataError, match="HTTP 404"):
+        download(server.url + "/missing.txt", str(tmp_path / "m.txt"), progress=False)
+
+
+def test_download_from_mirror(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror" / "example.org" / "files"
+    mirror.mkdir(parents=True)
+    (mirror / "c.txt").write_bytes(b"offline copy")
+    monkeypatch.setenv("NANOROOTS_MIRROR", str(tmp_path / "mirror"))
+    dest = tmp_path / "got.txt"
+    download("https://example.org/files/c.txt", str(dest), progress=False)
+    assert dest.read_bytes() == b"offline copy"
+    with pytest.raises(DataError, match="NANOROOTS_MIRROR"):
+        download("https://example.org/files/other.txt", str(tmp_path / "o.txt"), progress=False)
+
+
+def test_prepare_from_url(tmp_path, file_server):
+    docs = "\n".join(json.dumps({"text": f"web page {i} says hello"}) for i in range(30)).encode()
+    server = file_server({"/crawl.jsonl": docs})
+    meta = run_prepare(tmp_path, f"--input={server.url}/crawl.jsonl", "--name=web", "--tokenizer=gpt2", "--curate=False")
+    assert meta["train_docs"] + meta["val_docs"] == 30

@@ -981,7 +981,7 @@ def curate_shard(documents, rank, world, cfg, stage_path, removed_path):
                 lang, score = identify_language(text, res)
             clock = tally.lap("lang", clock, size)
             tally.langs[lang] += 1
-            if wanted is not None and lang not in wanted or wanted is None and lang.startswith("und"):
+            if (lang not in wanted) if wanted is not None else lang.startswith("und"):
                 drop("lang", doc, lang, size, {"lang_score": round(score, 4)}, text)
                 continue
 
@@ -1199,13 +1199,11 @@ def atomic_gzip_text(path):
 
 def write_removed(path, removed_paths, drop):
     """removed.jsonl.gz: every removed document's index, reason and filter values, in input order."""
-    files = [open(p, encoding="utf-8") for p in removed_paths]
     dups = ({"doc": doc, "reason": reason, "values": {"duplicate_of": kept}} for doc, (reason, kept) in sorted(drop.items()))
-    with atomic_gzip_text(path) as out:
-        for record in heapq.merge(*(map(json.loads, f) for f in files), dups, key=lambda r: r["doc"]):
+    with contextlib.ExitStack() as files, atomic_gzip_text(path) as out:
+        ranks = [map(json.loads, files.enter_context(open(p, encoding="utf-8"))) for p in removed_paths]
+        for record in heapq.merge(*ranks, dups, key=lambda r: r["doc"]):
             out.write(json.dumps(record) + "\n")
-    for f in files:
-        f.close()
 
 
 def write_corpus(cfg, out_dir, source, world, shards, stats, started):
@@ -1248,8 +1246,8 @@ def write_corpus(cfg, out_dir, source, world, shards, stats, started):
 
     counts, meta = {}, None
     if kept:
-        tok = fit_tokenizer(cfg.tokenizer, kept_texts)
         clock = time.perf_counter()
+        tok = fit_tokenizer(cfg.tokenizer, kept_texts)
         counts = write_dataset(kept_texts(), tok, out_dir, cfg.val_fraction, cfg.seed, cfg.max_tokens)
         tally.lap("tokenize", clock, kept_bytes)
         meta = write_meta(out_dir, tok, counts, source, stats)
@@ -1285,7 +1283,7 @@ def build_report(cfg, out_dir, source, world, tally, clusters, cluster_text, cou
         size_out = size - sum(tally.bytes["removed:" + r] for r in reasons) + tally.bytes["changed:" + stage]
         stages.append({"stage": stage, "docs_in": docs, "docs_out": docs_out, "bytes_in": size, "bytes_out": size_out})
         docs, size = docs_out, size_out
-    throughput = [{"stage": stage, "seconds": round(tally.seconds[stage], 3),
+    throughput = [{"stage": stage, "seconds": round(tally.seconds[stage], 6),
                    "mb_per_s": round(tally.work[stage] / tally.seconds[stage] / 1e6, 3) if tally.work[stage] else None}
                   for stage in (*STAGES, "dedup_decision", "tokenize") if tally.seconds[stage]]
     langs = sorted({lang for _, lang in tally.hist}, key=lambda l: -tally.langs[l])
@@ -1409,7 +1407,7 @@ def report_markdown(r, plots):
     out += ["## PII\n", f"Spans redacted in the kept documents ({r['pii']['docs']} documents had some):\n",
             md_table(["kind", "spans"], sorted(r["pii"]["spans"].items())) if r["pii"]["spans"] else "None found.\n",
             "## Throughput\n", "MB of input to each stage per second of one process (all ranks' seconds added).\n",
-            md_table(["stage", "seconds", "MB/s per process"], [[t["stage"], t["seconds"], t["mb_per_s"]] for t in r["throughput"]]),
+            md_table(["stage", "seconds", "MB/s per process"], [[t["stage"], f"{t['seconds']:.2f}", t["mb_per_s"] or "-"] for t in r["throughput"]]),
             "Peak memory (RSS) per rank: " + ", ".join(f"rank {k}: {v:,.0f} MB" for k, v in sorted(r["peak_rss_mb"].items())) + ".\n",
             "## Examples of removed documents\n",
             "The first three of each reason, after cleaning, PII redacted, cut at 300 characters; every removal is "

@@ -102,7 +102,7 @@ def bench_generate(cfg, system):
     prompt = torch.zeros(cfg.gen_batch, 1, dtype=torch.long, device=system.device)
     rows, speed = [], {}
     for cache in (True, False):
-        def gen():
+        def gen(cache=cache):
             with system.autocast:
                 model.generate(prompt, n, temperature=0, use_kv_cache=cache)
         dt = median_time(gen, max(1, cfg.bench_iters // 3), 1, system.device)

@@ -15,7 +15,7 @@ import os
 import pickle
 import re
 import zipfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn

@@ -249,7 +249,7 @@ def read_jsonl(path, stats, text_field, max_doc_bytes):
     """One document per line; bad JSON, a missing field and over-long lines are skipped and counted."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
-        for lineno, line in enumerate(iter(lambda: f.readline(max_doc_bytes + 1), b""), 1):
+        for line in iter(lambda: f.readline(max_doc_bytes + 1), b""):
             if len(line) > max_doc_bytes and not line.endswith(b"\n"):
                 while line and not line.endswith(b"\n"):  # skip the rest without holding it
                     line = f.readline(max_doc_bytes)

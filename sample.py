@@ -10,6 +10,8 @@ terminal as it is produced.
 """
 
 import codecs
+import json
+import math
 import os
 import sys
 
@@ -32,6 +34,10 @@ DEFAULTS = dict(
     seed=1337,
     use_kv_cache=True,
     fill_order="left_to_right",  # masked LM: fill several [MASK]s left_to_right or most_confident first
+    attention="",               # write the prompt's attention map to this PNG instead of sampling
+    attention_json="",          # ... and/or its raw attention probabilities to this JSON file
+    attention_layer=-1,         # which layer (-1 = the last)
+    attention_head=-1,          # which head (-1 = all heads in a grid)
     device="auto",
     dtype="auto",
 )
@@ -118,6 +124,94 @@ def fill_mask(model, tok, ids, device, top_k=5, order="left_to_right", out=None)
     return ids, found
 
 
+# -----------------------------------------------------------------------------
+# attention maps
+
+def token_labels(tok, ids):
+    """One readable label per token: whitespace made visible, specials kept as they are."""
+    specials = {i: s for s, i in tok.special_ids.items()}
+    labels = []
+    for i in ids:
+        text = specials.get(i) or tok.decode_bytes([i]).decode("utf-8", errors="replace")
+        labels.append(text.replace(" ", "␣").replace("\n", "\\n").replace("\t", "\\t") or "∅")
+    return labels
+
+
+def font_covering(text):
+    """Path of an installed font that has a glyph for every character of text, or None."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+    needed = {ord(c) for c in text}
+    cjk_first = sorted(font_manager.fontManager.ttflist,
+                       key=lambda f: not any(k in f.name for k in ("CJK", "Hei", "Han", "Ming", "Song", "Kai", "Fallback")))
+    for font in cjk_first:
+        try:
+            charmap = FT2Font(font.fname).get_charmap()
+        except (RuntimeError, OSError):  # an unreadable font file is simply not a candidate
+            continue
+        if needed <= charmap.keys():
+            return font.fname
+    return None
+
+
+def plot_attention(maps, labels, path, layer, heads, title):
+    """A heatmap per head: row i is how token i spreads its attention over the tokens (columns)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import PowerNorm
+    from matplotlib.font_manager import FontProperties
+    font = None
+    if any(ord(c) > 0x2E7F for label in labels for c in label):  # CJK and beyond: DejaVu lacks them
+        found = font_covering("".join(labels))
+        if found:
+            font = FontProperties(fname=found)
+        else:
+            print("note: no installed font has glyphs for these characters (install e.g. fonts-noto-cjk); "
+                  "labels show code points instead", file=sys.stderr)
+            labels = ["".join(c if ord(c) <= 0x2E7F else f"U+{ord(c):04X}" for c in label) for label in labels]
+    cols = math.ceil(math.sqrt(len(heads)))
+    rows = math.ceil(len(heads) / cols)
+    size = 2.2 + 0.16 * len(labels)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size + 1, rows * size), squeeze=False, layout="constrained")
+    ticks = range(0, len(labels), max(1, len(labels) // 48))  # at most ~48 labels per axis
+    for ax in axes.flat[len(heads):]:
+        ax.axis("off")
+    for ax, h in zip(axes.flat, heads):
+        im = ax.imshow(maps[h], cmap="viridis", norm=PowerNorm(gamma=0.5, vmin=0, vmax=1))  # sqrt: weak links stay visible
+        ax.set_title(f"layer {layer} head {h}", fontsize=9)
+        ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=90, fontsize=7, fontproperties=font)
+        ax.set_yticks(list(ticks), [labels[i] for i in ticks], fontsize=7, fontproperties=font)
+        ax.set_xlabel("attended token (key)", fontsize=8)
+        ax.set_ylabel("token (query)", fontsize=8)
+    fig.colorbar(im, ax=axes, shrink=0.6, label="attention probability (square-root colour scale)")
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+@torch.no_grad()
+def write_attention(model, tok, ids, cfg, device):
+    """Run the prompt once, collecting attention probabilities; write the PNG and/or JSON asked for."""
+    maps = model.attention_maps(torch.tensor([ids], dtype=torch.long, device=device))
+    n_layer, n_head = len(maps), maps[0].size(1)
+    layer = cfg.attention_layer % n_layer if -n_layer <= cfg.attention_layer < n_layer else None
+    if layer is None or not -1 <= cfg.attention_head < n_head:
+        raise SampleError(f"attention_layer must be in [-{n_layer}, {n_layer - 1}] and attention_head in [-1, {n_head - 1}]")
+    heads = list(range(n_head)) if cfg.attention_head == -1 else [cfg.attention_head]
+    probs = maps[layer][0].float().cpu()  # (nh, T, T)
+    labels = token_labels(tok, ids)
+    if cfg.attention_json:
+        with open(cfg.attention_json, "w", encoding="utf-8") as f:
+            json.dump({"tokens": labels, "token_ids": ids, "layer": layer, "heads": heads,
+                       "causal": model.config.causal, "weights": [probs[h].tolist() for h in heads]}, f, ensure_ascii=False)
+        print(f"wrote {cfg.attention_json}")
+    if cfg.attention:
+        kind = "causal" if model.config.causal else "bidirectional"
+        plot_attention(probs.numpy(), labels, cfg.attention, layer, heads, f"{cfg.out_dir}: {kind} attention, {len(ids)} tokens")
+        print(f"wrote {cfg.attention}")
+
+
 def main(argv=None):
     cfg = configure(DEFAULTS, argv, verbose=False)  # stdout carries only the samples
     from train import setup_system  # the same device and precision choices as training
@@ -126,6 +220,10 @@ def main(argv=None):
         model, tok, checkpoint = load_model(cfg.out_dir, system.device)
         prompt = read_prompt(cfg.start)
         ids = crop_prompt(tok.encode(prompt, allow_special=True), model.config.block_size)
+        if cfg.attention or cfg.attention_json:
+            with system.autocast:
+                write_attention(model, tok, ids, cfg, system.device)
+            return
         if not model.config.causal:
             if tok.special_ids["[MASK]"] not in ids:
                 raise SampleError(f"{cfg.out_dir} is a masked-LM encoder: put [MASK] where a token should be predicted, "

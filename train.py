@@ -71,6 +71,8 @@ DEFAULTS = dict(
     # objective
     objective="clm",              # clm (GPT) | mlm (BERT-style masked LM)
     mask_prob=0.15,               # mlm: share of tokens chosen for prediction (BERT); 80% [MASK], 10% random, 10% kept
+    mlm_baselines="",             # mlm with eval_only: also score a CLM checkpoint (this out_dir) and the most
+                                  # frequent token at the same masked positions
     # AdamW optimizer
     learning_rate=6e-4,
     max_iters=600000,
@@ -359,6 +361,39 @@ def evaluate_lm(model, batch_fn, cfg, system):
     out["val_ppl"] = math.exp(min(out["val_loss"], 50))  # for mlm this is the pseudo-perplexity
     model.train()
     return out
+
+
+@torch.no_grad()
+def mlm_baselines(model, batch_fn, cfg, data_dir, meta, system):
+    """
+    Masked-token accuracy of the encoder next to two baselines at the very same val positions:
+    always guessing the most frequent training token, and a causal LM that sees only the tokens to
+    the left of the mask (so position 0, which has no left context, is left out for all three).
+    """
+    clm = load_checkpoint(cfg.mlm_baselines)
+    clm_model = model_from_checkpoint(clm, system.device).eval()
+    if clm_model.config.block_size < cfg.block_size or clm.get("tokenizer") != load_tokenizer(data_dir).spec():
+        raise TrainError(f"{cfg.mlm_baselines} must use this dataset's tokenizer and a block_size of at least {cfg.block_size}")
+    counts = np.bincount(read_bin(data_dir, "train", meta), minlength=meta["vocab_size"])
+    most_frequent = int(counts.argmax())
+    model.eval()
+    hits, total = np.zeros(3), 0
+    for k in range(cfg.eval_iters):
+        x, labels = batch_fn(k, split="val", kind="eval")
+        original = torch.where(labels != -100, labels, x)
+        labels[:, 0] = -100  # no left context there
+        chosen = labels != -100
+        with system.autocast:
+            mlm_logits = model(x)[0]
+            clm_logits = clm_model(original)[0]
+        left_context_guess = torch.roll(clm_logits.argmax(-1), 1, dims=1)  # logits at i-1 predict token i
+        hits += [(mlm_logits.argmax(-1)[chosen] == labels[chosen]).sum().item(),
+                 (left_context_guess[chosen] == labels[chosen]).sum().item(),
+                 (labels[chosen] == most_frequent).sum().item()]
+        total += chosen.sum().item()
+    model.train()
+    return {"mlm_acc": hits[0] / total, "clm_left_context_acc": hits[1] / total,
+            "most_frequent_acc": hits[2] / total, "positions": total}
 
 
 def get_lr(it, cfg):
@@ -659,6 +694,9 @@ def main(argv=None):
         extra = lambda: {"tokenizer": tok.spec(), "dataset": cfg.dataset}  # noqa: E731
         sample_fn = (lambda m: print_sample(m, tok, cfg, system)) if cfg.objective == "clm" else None
         train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_fn, eval_fn, extra, state, sample_fn)
+        if cfg.eval_only and cfg.mlm_baselines and system.master:
+            scores = mlm_baselines(raw_model, batch_fn, cfg, data_dir, meta, system)
+            print(f"masked-token accuracy on {scores.pop('positions')} val positions: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if not cfg.eval_only:
             if cfg.objective == "clm":
                 print_sample(raw_model, tok, cfg, system)

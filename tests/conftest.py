@@ -15,6 +15,16 @@ needs_shared_data = pytest.mark.skipif(
     reason=f"{SHARED_DATA} is absent: these tests read real data from the project's shared folder")
 
 
+def assert_real_png(path, min_side=200):
+    """A PNG file with a real picture in it: the signature, a size, more than a few distinct colours."""
+    import matplotlib.image
+    import numpy as np
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(path)
+    assert min(img.shape[:2]) >= min_side and len(np.unique(img[..., :3].reshape(-1, 3), axis=0)) > 10
+
+
 @pytest.fixture
 def shared_data():
     if not os.path.isdir(SHARED_DATA):

@@ -17,7 +17,7 @@ import torch
 
 import prepare
 from conftest import ROOT
-from model import CheckpointError, load_checkpoint, save_checkpoint
+from model import CheckpointError, load_checkpoint
 from test_train import TINY
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
@@ -95,7 +95,7 @@ while True:
 
 def test_sigkill_during_checkpoint_writes_never_leaves_a_torn_file(tmp_path):
     rng = random.Random(0)
-    for trial in range(5):
+    for _ in range(5):
         proc = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(tmp_path)], env=ENV, stdout=subprocess.PIPE, text=True)
         proc.stdout.readline()  # at least one checkpoint exists
         time.sleep(rng.uniform(0.0, 0.4))

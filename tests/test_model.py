@@ -163,3 +163,15 @@ def test_kvcache_update_returns_prefix():
     assert k.shape == (1, 2, 3, 4)
     k, v = cache.update(3, torch.full((1, 2, 1, 4), 2.0), torch.ones(1, 2, 1, 4))
     assert k.shape == (1, 2, 4, 4) and k[0, 0, 3, 0] == 2.0
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny(dropout=0.0).train()
+        model.grad_checkpoint = checkpointing
+        x = torch.randint(0, 70, (2, 16), generator=torch.Generator().manual_seed(1))
+        _, loss = model(x, torch.roll(x, -1, 1))
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))

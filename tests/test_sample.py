@@ -1,9 +1,13 @@
+import json
+
+import numpy as np
 import pytest
 
 import prepare
 import sample
 import train
 
+from conftest import assert_real_png
 from test_train import TINY
 
 
@@ -75,3 +79,42 @@ def test_mlm_prompt_without_mask_is_a_clear_error(memorised_mlm):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint"):
         sample.main([f"--out_dir={tmp_path}", "--device=cpu"])
+
+
+def test_attention_map_of_a_causal_model(clm_checkpoint, tmp_path):
+    png, js = tmp_path / "attn.png", tmp_path / "attn.json"
+    sample.main([f"--out_dir={clm_checkpoint}", "--start=ROMEO: my love", f"--attention={png}", f"--attention_json={js}", "--device=cpu"])
+    data = json.loads(js.read_text())
+    w = np.array(data["weights"])
+    assert w.shape == (2, 14, 14) and data["layer"] == 1 and data["heads"] == [0, 1]  # TINY: 2 layers, 2 heads
+    assert np.allclose(w.sum(-1), 1, atol=1e-5)
+    assert np.allclose(np.triu(w, 1), 0)  # a causal model never looks ahead
+    assert data["tokens"][:2] == ["R", "O"] and data["tokens"][6] == "\u2423"
+    assert_real_png(png)
+
+
+def test_attention_map_of_an_encoder_looks_both_ways(memorised_mlm, tmp_path):
+    js = tmp_path / "attn.json"
+    sample.main([f"--out_dir={memorised_mlm}", "--start=brown f[MASK]x", f"--attention_json={js}",
+                 "--attention_layer=0", "--attention_head=1", "--device=cpu"])
+    data = json.loads(js.read_text())
+    w = np.array(data["weights"])
+    assert w.shape == (1, 9, 9) and data["heads"] == [1] and data["tokens"][7] == "[MASK]"
+    assert np.allclose(w.sum(-1), 1, atol=1e-5) and np.triu(w, 1).sum() > 0.1
+
+
+def test_attention_map_with_chinese_tokens(tmp_path, capsys):
+    root = tmp_path
+    (root / "poem.txt").write_text("床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。\n" * 50)
+    prepare.main([f"--input={root}/poem.txt", "--name=poem", f"--data_root={root}"])
+    train.main([*TINY, f"--dataset={root}/poem", f"--out_dir={root}/out", "--max_iters=2", "--eval_interval=2"])
+    sample.main([f"--out_dir={root}/out", "--start=床前明月光", f"--attention={root}/a.png", "--device=cpu"])
+    assert_real_png(root / "a.png", min_side=100)
+    err = capsys.readouterr().err
+    # either a font with the glyphs was found, or the labels fall back to code points with a notice
+    assert err == "" or "labels show code points" in err
+
+
+def test_attention_layer_out_of_range(clm_checkpoint, tmp_path):
+    with pytest.raises(SystemExit, match="attention_layer must be in"):
+        sample.main([f"--out_dir={clm_checkpoint}", f"--attention={tmp_path / 'a.png'}", "--attention_layer=5", "--device=cpu"])

@@ -7,6 +7,7 @@ import torch
 
 import prepare
 import train
+from conftest import assert_real_png
 from model import load_checkpoint
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--eval_iters=2",
@@ -35,7 +36,7 @@ def test_tiny_run_lowers_loss(tmp_path, char_data, capsys):
     log = run(tmp_path, char_data, "--max_iters=60", "--eval_interval=30")
     evals = [r for r in log if "val_loss" in r]
     assert evals[0]["val_loss"] > math.log(60) and evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.8
-    assert (tmp_path / "loss.png").stat().st_size > 5000
+    assert_real_png(tmp_path / "loss.png")
     out = capsys.readouterr().out
     assert "-" * 40 in out  # a sample is printed at the end
     ckpt = load_checkpoint(str(tmp_path))
@@ -113,3 +114,16 @@ def test_bf16_autocast_on_cpu_trains(tmp_path, char_data):
 def test_compiled_checkpoint_has_plain_names(tmp_path, char_data):
     run(tmp_path, char_data, "--compile=True", "--max_iters=2", "--eval_interval=2", "--n_layer=1")
     assert not any("_orig_mod" in k for k in load_checkpoint(str(tmp_path))["model"])
+
+
+def test_mlm_baselines_score_the_same_positions(tmp_path, char_data, capsys):
+    run(tmp_path / "clm", char_data, "--max_iters=30", "--eval_interval=30")
+    run(tmp_path / "mlm", char_data, "--objective=mlm", "--max_iters=30", "--eval_interval=30")
+    capsys.readouterr()
+    run(tmp_path / "mlm", char_data, "--objective=mlm", "--init_from=resume", "--eval_only=True", "--eval_iters=20",
+        f"--mlm_baselines={tmp_path / 'clm'}")
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("masked-token accuracy")][0]
+    scores = {k: float(v) for k, v in (item.split() for item in line.split(": ", 1)[1].split(", "))}
+    assert set(scores) == {"mlm_acc", "clm_left_context_acc", "most_frequent_acc"}
+    # the most frequent character (space) is right about one time in six in Shakespeare
+    assert 0.1 < scores["most_frequent_acc"] < 0.25 and all(0 <= v <= 1 for v in scores.values())

@@ -1,0 +1,17 @@
+import json
+
+import bench
+
+from conftest import assert_real_png
+
+
+def test_bench_prints_a_table_and_plots_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bench.main(["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--bench_iters=2",
+                "--bench_warmup=1", "--gen_tokens=8", "--vocab_size=70", "--threads=1", "--plot", f"--bench_out={tmp_path / 'b.json'}"])
+    out = capsys.readouterr().out
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    names = {r["benchmark"] for r in rows}
+    assert any("train mlm" in n for n in names) and any("train clm" in n for n in names) and "generate: KV cache speed-up" in names
+    assert all(r["value"] > 0 for r in rows) and "| benchmark" in out
+    assert_real_png(tmp_path / "bench.png")

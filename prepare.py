@@ -1344,7 +1344,7 @@ def plot_report(report, plot_dir):
         written[name] = f"filter_{name}.png"
     if report["removed"]:
         reasons = list(report["removed"])
-        fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(reasons) + 1.2))
+        fig, ax = plt.subplots(figsize=(6.4, max(3.2, 0.45 * len(reasons) + 1.2)))
         ax.barh(reasons, [report["removed"][r]["docs"] for r in reasons], color="C3")
         ax.invert_yaxis()
         ax.set(title="documents removed, by reason", xlabel="documents")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import prepare as P
-from conftest import ROOT, needs_shared_data
+from conftest import ROOT, assert_real_png, needs_shared_data
 from model import GPT, GPTConfig
 from tokenizer import EOT, CharTokenizer
 
@@ -283,7 +283,6 @@ def test_pipeline_removes_each_reason_redacts_pii_and_writes_a_readable_report(e
 
 
 def test_report_plots_are_real_pngs_for_every_filter_with_thresholds(english_run):
-    import matplotlib.image
     _, out = english_run
     report = json.load(open(out / "report.json"))
     md = open(out / "report.md", encoding="utf-8").read()
@@ -293,10 +292,7 @@ def test_report_plots_are_real_pngs_for_every_filter_with_thresholds(english_run
     for name in checked + ["removals"]:
         file = "removals.png" if name == "removals" else f"filter_{name}.png"
         assert f"(plots/{file})" in md
-        with open(out / "plots" / file, "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-        image = matplotlib.image.imread(out / "plots" / file)
-        assert image.shape[0] > 200 and image.shape[1] > 400 and len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 10
+        assert_real_png(out / "plots" / file)
     assert "| char_rep | filters | 1 |" in md and "doc 6 (en): words=126" in md
 
 

@@ -110,7 +110,7 @@ def test_sigkill_during_checkpoint_writes_never_leaves_a_torn_file(tmp_path):
 def test_sigkill_during_prepare_keeps_previous_outputs(tmp_path):
     big = tmp_path / "big.txt"
     big.write_text("All the world's a stage, and all the men and women merely players.\n" * 200_000)
-    args = ["prepare.py", f"--input={big}", "--name=big", f"--data_root={tmp_path}"]
+    args = ["prepare.py", f"--input={big}", "--name=big", f"--data_root={tmp_path}", "--curate=False"]
     assert python(*args).returncode == 0
     before = {f: (tmp_path / "big" / f).read_bytes() for f in ("train.bin", "val.bin", "meta.json")}
     (tmp_path / "big.txt").write_text("Now is the winter of our discontent.\n" * 300_000)
@@ -124,7 +124,7 @@ def test_sigkill_during_prepare_keeps_previous_outputs(tmp_path):
 def test_disk_full_while_writing_bins_is_a_clean_error(tmp_path):
     src = tmp_path / "text.txt"
     src.write_text("to be or not to be " * 50_000)
-    args = [f"--input={src}", "--name=full", f"--data_root={tmp_path}"]
+    args = [f"--input={src}", "--name=full", f"--data_root={tmp_path}", "--curate=False"]
     assert python("prepare.py", *args).returncode == 0
     before = (tmp_path / "full" / "train.bin").read_bytes()
 
@@ -228,7 +228,7 @@ def test_missing_dataset_and_block_size_larger_than_data(tmp_path, data):
     assert "prepare the dataset first" in one_line_error(python(*train_cmd(tmp_path / "nothing", tmp_path / "o")[1:]))
     small = tmp_path / "small.txt"
     small.write_text("a tiny corpus of a few words only " * 3)
-    assert python("prepare.py", f"--input={small}", "--name=small", f"--data_root={tmp_path}").returncode == 0
+    assert python("prepare.py", f"--input={small}", "--name=small", f"--data_root={tmp_path}", "--curate=False").returncode == 0
     line = one_line_error(python(*train_cmd(tmp_path / "small", tmp_path / "o", "--block_size=64")[1:]))
     assert "fewer than block_size" in line and "lower block_size" in line
 
@@ -237,7 +237,7 @@ def test_vocab_mismatch_between_data_and_checkpoint(tmp_path, data):
     assert python(*train_cmd(data, tmp_path, "--max_iters=2", "--eval_interval=2")[1:]).returncode == 0
     other = tmp_path / "other.txt"
     other.write_text("completely different characters: 0123456789 ∑∂ " * 100)
-    assert python("prepare.py", f"--input={other}", "--name=other", f"--data_root={tmp_path}").returncode == 0
+    assert python("prepare.py", f"--input={other}", "--name=other", f"--data_root={tmp_path}", "--curate=False").returncode == 0
     line = one_line_error(python(*train_cmd(tmp_path / "other", tmp_path, "--init_from=resume", "--max_iters=4")[1:]))
     assert "does not match the checkpoint" in line
 

@@ -665,6 +665,9 @@ def main(argv=None):
         tok = load_tokenizer(data_dir)
         for split in ("train", "val"):
             n = len(read_bin(data_dir, split, meta))
+            if n != meta[f"{split}_tokens"]:  # meta.json is renamed into place last: it vouches for the bins
+                raise TrainError(f"{data_dir}/{split}.bin has {n} tokens but meta.json says {meta[f'{split}_tokens']}: "
+                                 f"an interrupted prepare.py run left a mix of old and new files; run prepare.py again")
             if n < cfg.block_size + 2:
                 raise TrainError(f"the {split} split of {cfg.dataset} has {n} tokens, fewer than block_size+2={cfg.block_size + 2}; "
                                  f"lower block_size or prepare more data")

@@ -107,18 +107,31 @@ def test_sigkill_during_checkpoint_writes_never_leaves_a_torn_file(tmp_path):
         assert 1 <= len(numbered) <= 3  # keep_last rotation
 
 
-def test_sigkill_during_prepare_keeps_previous_outputs(tmp_path):
-    big = tmp_path / "big.txt"
-    big.write_text("All the world's a stage, and all the men and women merely players.\n" * 200_000)
-    args = ["prepare.py", f"--input={big}", "--name=big", f"--data_root={tmp_path}", "--curate=False"]
-    assert python(*args).returncode == 0
-    before = {f: (tmp_path / "big" / f).read_bytes() for f in ("train.bin", "val.bin", "meta.json")}
-    (tmp_path / "big.txt").write_text("Now is the winter of our discontent.\n" * 300_000)
-    proc = subprocess.Popen([sys.executable, *args], env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.5)  # mid-way: reading, tokenizing or writing the new bins
-    proc.kill()
-    proc.wait()
-    assert {f: (tmp_path / "big" / f).read_bytes() for f in before} == before
+def test_sigkill_during_prepare_leaves_old_or_new_files(tmp_path, data):
+    """Each output is the old file or the new one, whole; a kill between the renames leaves a mix
+    that train.py refuses in one line, since meta.json (renamed last) no longer matches the bins."""
+    texts = {"old": "All the world's a stage, and all the men and women merely players.\n" * 200_000,
+             "new": "Now is the winter of our discontent.\n" * 300_000}
+    outputs = {}
+    for version, text in texts.items():
+        (tmp_path / f"{version}.txt").write_text(text)
+        assert python("prepare.py", f"--input={tmp_path / version}.txt", f"--name={version}", f"--data_root={tmp_path}",
+                      "--curate=False").returncode == 0
+        outputs[version] = {f: (tmp_path / version / f).read_bytes() for f in ("train.bin", "val.bin")}
+    (tmp_path / "old.txt").write_text(texts["new"])
+    rng = random.Random(1)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "prepare.py", f"--input={tmp_path / 'old.txt'}", "--name=old",
+                                 f"--data_root={tmp_path}", "--curate=False"], env=ENV, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 3.0))  # reading, tokenizing, writing or renaming
+        proc.kill()
+        proc.wait()
+        now = {f: (tmp_path / "old" / f).read_bytes() for f in ("train.bin", "val.bin")}
+        assert all(now[f] in (outputs["old"][f], outputs["new"][f]) for f in now)
+        run = python(*train_cmd(tmp_path / "old", tmp_path / "o", "--max_iters=0")[1:])
+        mixed = [v for v in outputs if outputs[v] == now] == []
+        assert (run.returncode != 0 and "interrupted prepare.py run" in run.stderr) if mixed else run.returncode == 0
 
 
 def test_disk_full_while_writing_bins_is_a_clean_error(tmp_path):

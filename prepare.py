@@ -69,6 +69,7 @@ DEFAULTS = dict(
     val_fraction=0.1,       # share of documents (or of the one document's tokens) kept for validation
     seed=1337,              # seeds the train/val split
     max_tokens=0,           # stop after writing this many tokens (0 = no cap)
+    keep_downloads=True,    # False: delete each downloaded shard once it is read (big corpora)
     # curation, ROOTS-style (see the README's "Data curation"); every stage is on unless switched off
     curate=True,            # False: read and tokenize only (the bundled recipes)
     lang="auto",            # auto (keep every identified language) | en | zh | en,fr ...; others removed as `lang`
@@ -93,9 +94,16 @@ CURATION_KEYS = ("curate", "lang", "lang_id", "clean", "nfc", "filters", "char_r
 
 # Built-in recipes: overrides applied to keys the user left at their defaults.
 SHAKESPEARE = os.path.join(HERE, "data", "tinyshakespeare", "input.txt")
+# English C4 (Raffel et al. 2020, allenai/c4 on the Hugging Face hub): 1024 gzipped JSONL shards of
+# ~356k documents (~150M GPT-2 tokens) each. C4 is already filtered and deduplicated, so the recipe
+# only tokenizes, streaming shard by shard and deleting each one once read, up to 10B tokens: the
+# budget llm.c used to reproduce GPT-2 124M (config/gpt2.py).
+C4_SHARD = "https://huggingface.co/datasets/allenai/c4/resolve/main/en/c4-train.{:05d}-of-01024.json.gz"
 RECIPES = {
     "shakespeare_char": dict(input=SHAKESPEARE, tokenizer="char", name="shakespeare_char", curate=False),
     "shakespeare": dict(input=SHAKESPEARE, tokenizer="gpt2", name="shakespeare", curate=False),
+    "c4": dict(input=[C4_SHARD.format(i) for i in range(1024)], tokenizer="gpt2", name="c4", curate=False,
+               max_tokens=10_000_000_000, val_fraction=0.0005, keep_downloads=False),
 }
 
 
@@ -211,6 +219,9 @@ def _decode(raw, stats):
         return text
 
 
+SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 def _looks_binary(path):
     with open(path, "rb") as f:
         return b"\x00" in f.read(8192)
@@ -266,6 +277,9 @@ def read_jsonl(path, stats, text_field, max_doc_bytes):
             if not isinstance(text, str):
                 stats["skipped_no_text_field"] += 1
                 continue
+            if SURROGATES.search(text):  # JSON can hold lone surrogates, which UTF-8 cannot: replaced, counted
+                text, n = SURROGATES.subn("\ufffd", text)
+                stats["lone_surrogates"] += n
             yield text
 
 
@@ -291,13 +305,32 @@ def read_path(path, stats, text_field="text", max_doc_bytes=64 << 20):
         yield from read_text_file(path, stats, max_doc_bytes)
 
 
-def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, download_dir=None, sha256=None):
-    """Documents from every source in order: local paths, or URLs downloaded to `download_dir` first."""
+def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, download_dir=None, sha256=None,
+                 keep_downloads=True, dist=None):
+    """
+    Documents from every source in order. A URL is downloaded to `download_dir` just before it is
+    read (so a corpus of many shards streams shard by shard) and, with keep_downloads=False,
+    deleted once read. Under torchrun rank 0 downloads while the others wait at a barrier, then
+    every rank reads the file (download_dir must be on a file system every rank sees).
+    """
+    rank = dist.get_rank() if dist is not None else 0
     for source in sources:
-        if source.startswith(("http://", "https://")):
+        url = source.startswith(("http://", "https://"))
+        if url:
             dest = os.path.join(download_dir or tempfile.gettempdir(), os.path.basename(source.split("?")[0]))
-            source = download(source, dest, sha256=sha256 or None)
-        yield from read_path(source, stats, text_field, max_doc_bytes)
+            if rank == 0:
+                download(source, dest, sha256=sha256 or None)
+            if dist is not None:
+                dist.barrier()
+            source = dest
+        try:
+            yield from read_path(source, stats, text_field, max_doc_bytes)
+        finally:  # also when the reader stops early (max_tokens)
+            if url and not keep_downloads:
+                if dist is not None:
+                    dist.barrier()  # every rank has finished reading it
+                if rank == 0:
+                    os.remove(source)
 
 
 # -----------------------------------------------------------------------------
@@ -928,28 +961,15 @@ def peak_rss_mb():
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-def utf8_size(text, tally):
-    """(text, its UTF-8 size). JSON can hold lone surrogates, which UTF-8 cannot: replaced by U+FFFD, counted."""
-    try:
-        return text, len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        text, n = SURROGATES.subn("\ufffd", text)
-        tally.docs["lone_surrogates"] += n
-        return text, len(text.encode("utf-8"))
-
-
 def curate_shard(documents, rank, world, cfg, stage_path, removed_path):
     """
     Pass 1 over this rank's documents (index % world == rank): language, cleaning, filters, dedup keys, PII.
     Survivors are staged to `stage_path` as {"i", "lang", "text", "bytes", "pii"} lines in index order, every
     removal goes to `removed_path`. Returns (tally, dedup index); the index holds hashes, never text.
     """
-    res = roots_resources() if cfg.curate else None
-    scorer = PerplexityScorer(cfg.ppl_model) if cfg.curate and cfg.filters and cfg.ppl_model else None
-    wanted = wanted_languages(cfg.lang, cfg.lang_id) if cfg.curate else None
+    res = roots_resources()
+    scorer = PerplexityScorer(cfg.ppl_model) if cfg.filters and cfg.ppl_model else None
+    wanted = wanted_languages(cfg.lang, cfg.lang_id)
     fixed_lang = "default" if cfg.lang == "auto" else cfg.lang
     pii_kinds = ("EMAIL", "IP_ADDRESS", "KEY", "USER") + (("PHONE",) if cfg.pii_phone else ())
     tally = Tally()
@@ -965,13 +985,10 @@ def curate_shard(documents, rank, world, cfg, stage_path, removed_path):
             if doc % world != rank:  # reading the other ranks' documents is this rank's cost too
                 clock = tally.lap("read", clock)
                 continue
-            text, size = utf8_size(text, tally)
+            size = len(text.encode("utf-8"))
             tally.docs["read"] += 1
             tally.bytes["read"] += size
             clock = tally.lap("read", clock, size)
-            if not cfg.curate:
-                staged.write(json.dumps({"i": doc, "text": text, "bytes": size}, ensure_ascii=False) + "\n")
-                continue
 
             lang, score = fixed_lang, 1.0
             if not text.strip():
@@ -1108,7 +1125,7 @@ def write_dataset(docs, tok, out_dir, val_fraction=0.1, seed=1337, max_tokens=0,
         bar.update(len(batch))
 
     try:
-        batch = []
+        batch, pending_chars = [], 0
         for text in docs:
             n_docs += 1
             if n_docs == 1:  # held back: a corpus of one document is split by position instead
@@ -1116,11 +1133,15 @@ def write_dataset(docs, tok, out_dir, val_fraction=0.1, seed=1337, max_tokens=0,
                 continue
             if first_doc is not None:
                 batch.append((0, first_doc))
+                pending_chars += len(first_doc)
                 first_doc = None
             batch.append((n_docs - 1, text))
-            if len(batch) >= batch_docs:
+            pending_chars += len(text)
+            written = sum(writer.tokens.values())
+            # a character is at most one token: near the cap, write early so no further shard is read
+            if len(batch) >= batch_docs or (max_tokens and written + pending_chars >= max_tokens):
                 flush(batch)
-                batch = []
+                batch, pending_chars = [], 0
                 if max_tokens and sum(writer.tokens.values()) >= max_tokens:
                     break
         flush(batch)
@@ -1209,7 +1230,7 @@ def write_removed(path, removed_paths, drop):
 def write_corpus(cfg, out_dir, source, world, shards, stats, started):
     """After pass 1, on rank 0: decide duplicates for the whole corpus from every rank's hashes, then stream
     the kept documents in input order to count PII and write clean.jsonl.gz, to fit the tokenizer, and to
-    write the bins. Writes meta.json, and for a curated run removed.jsonl.gz and the report."""
+    write the bins. Writes meta.json, removed.jsonl.gz and the report."""
     tally = functools.reduce(Tally.add, (t for t, _ in shards), Tally())
     clock = time.perf_counter()
     exact = tuple(np.concatenate(parts) for parts in zip(*(index["exact"] for _, index in shards)))
@@ -1252,10 +1273,9 @@ def write_corpus(cfg, out_dir, source, world, shards, stats, started):
         tally.lap("tokenize", clock, kept_bytes)
         meta = write_meta(out_dir, tok, counts, source, stats)
     tally.peak_rss_mb[0] = peak_rss_mb()
-    if cfg.curate:
-        write_removed(os.path.join(out_dir, "removed.jsonl.gz"), [os.path.join(out_dir, f".removed-{r}.jsonl") for r in range(world)], drop)
-        report = build_report(cfg, out_dir, source, world, tally, clusters, cluster_text, counts, stats, time.time() - started)
-        write_report(out_dir, report)
+    write_removed(os.path.join(out_dir, "removed.jsonl.gz"), [os.path.join(out_dir, f".removed-{r}.jsonl") for r in range(world)], drop)
+    report = build_report(cfg, out_dir, source, world, tally, clusters, cluster_text, counts, stats, time.time() - started)
+    write_report(out_dir, report)
     if not tally.docs["read"]:
         raise DataError("the input has no documents; check the path, or the text_field of your .jsonl")
     if not kept:
@@ -1460,19 +1480,6 @@ def gather_to_rank0(obj, rank, world, dist):
     return gathered
 
 
-def local_sources(sources, download_dir, sha256, rank, dist):
-    """Local paths for the sources. Under torchrun rank 0 downloads the URLs while the others wait, then they
-    find the files in place (the output folder must be on a file system every rank sees)."""
-    def fetch():
-        return [download(s, os.path.join(download_dir, os.path.basename(s.split("?")[0])), sha256=sha256 or None)
-                if s.startswith(("http://", "https://")) else s for s in sources]
-    paths = fetch() if rank == 0 else None
-    if dist is not None:
-        dist.barrier()
-        paths = paths or fetch()
-    return paths
-
-
 # -----------------------------------------------------------------------------
 
 def check_config(cfg):
@@ -1503,13 +1510,46 @@ def prepare(cfg):
     out_dir = os.path.join(cfg.data_root, name)
     os.makedirs(out_dir, exist_ok=True)
     started = time.time()
+    if not cfg.curate:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise DataError("curate=False streams the corpus in one process (nothing to split); run it without torchrun")
+        meta = write_uncurated(cfg, sources, out_dir)
+    else:
+        meta = curate_and_write(cfg, sources, out_dir, started)
+        if meta is None:  # ranks other than 0
+            return None
+    print(f"wrote {out_dir}: {meta['train_tokens']:,} train tokens ({meta['train_docs']} docs), "
+          f"{meta['val_tokens']:,} val tokens ({meta['val_docs']} docs), {meta['tokenizer']['kind']} vocab "
+          f"{meta['vocab_size']}, {time.time() - started:.1f}s" + (f"; input: {meta['input_stats']}" if meta['input_stats'] else "")
+          + (f"; report: {os.path.join(out_dir, 'report.md')}" if cfg.curate else ""))
+    return meta
+
+
+def write_uncurated(cfg, sources, out_dir):
+    """Without curation no decision depends on other documents: read, tokenize and write in one
+    stream, shard by shard, until max_tokens. A learned vocabulary takes a first pass over the
+    corpus, which keeps its downloads for the second."""
+    stats = Counter()
+
+    def documents(counts, keep):
+        return read_sources(sources, counts, cfg.text_field, cfg.max_doc_mb << 20, os.path.join(out_dir, "downloads"),
+                            cfg.sha256, keep)
+
+    tok = fit_tokenizer(cfg.tokenizer, lambda: documents(Counter(), True))
+    counts = write_dataset(documents(stats, cfg.keep_downloads), tok, out_dir, cfg.val_fraction, cfg.seed, cfg.max_tokens)
+    return write_meta(out_dir, tok, counts, ",".join(sources), stats)
+
+
+def curate_and_write(cfg, sources, out_dir, started):
+    """Pass 1 on every rank over its share, then rank 0 decides and writes (write_corpus).
+    Returns the meta.json dict on rank 0, None elsewhere."""
     rank, world, dist = init_distributed()
     scratch = [os.path.join(out_dir, f".{kind}-{r}.jsonl") for r in range(world) for kind in ("staged", "removed")]
     finished = False
     try:
-        paths = local_sources(sources, os.path.join(out_dir, "downloads"), cfg.sha256, rank, dist)
         stats = Counter()
-        documents = read_sources(paths, stats, cfg.text_field, cfg.max_doc_mb << 20)
+        documents = read_sources(sources, stats, cfg.text_field, cfg.max_doc_mb << 20, os.path.join(out_dir, "downloads"),
+                                 cfg.sha256, cfg.keep_downloads, dist)
         try:
             shard = curate_shard(documents, rank, world, cfg, os.path.join(out_dir, f".staged-{rank}.jsonl"),
                                  os.path.join(out_dir, f".removed-{rank}.jsonl"))
@@ -1522,10 +1562,7 @@ def prepare(cfg):
         finished = rank != 0  # rank 0 reads the other ranks' staged files and removes them
         if rank != 0:
             return None
-        surrogates = sum(t.docs["lone_surrogates"] for t, _ in shards)
-        if surrogates:
-            stats["lone_surrogates"] = surrogates
-        meta = write_corpus(cfg, out_dir, ",".join(sources), world, shards, stats, started)
+        return write_corpus(cfg, out_dir, ",".join(sources), world, shards, stats, started)
     finally:
         if not finished:
             for path in scratch if rank == 0 else scratch[2 * rank:2 * rank + 2]:
@@ -1533,11 +1570,6 @@ def prepare(cfg):
                     os.remove(path)
         if dist is not None:
             dist.destroy_process_group()
-    print(f"wrote {out_dir}: {meta['train_tokens']:,} train tokens ({meta['train_docs']} docs), "
-          f"{meta['val_tokens']:,} val tokens ({meta['val_docs']} docs), {meta['tokenizer']['kind']} vocab "
-          f"{meta['vocab_size']}, {time.time() - started:.1f}s" + (f"; input: {dict(stats)}" if stats else "")
-          + (f"; report: {os.path.join(out_dir, 'report.md')}" if cfg.curate else ""))
-    return meta
 
 
 def bench_data_stages(input_path, lang="en", tokenizer="char", **overrides):

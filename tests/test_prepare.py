@@ -158,3 +158,23 @@ def test_prepare_from_url(tmp_path, file_server):
     server = file_server({"/crawl.jsonl": docs})
     meta = run_prepare(tmp_path, f"--input={server.url}/crawl.jsonl", "--name=web", "--tokenizer=gpt2", "--curate=False")
     assert meta["train_docs"] + meta["val_docs"] == 30
+
+
+def test_sharded_corpus_streams_shard_by_shard_up_to_max_tokens(tmp_path, file_server):
+    shards = {}
+    for k in range(4):
+        lines = "\n".join(json.dumps({"text": f"shard {k} document {i}: " + "words and more words " * 20}) for i in range(50))
+        shards[f"/c4/part-{k}.json.gz"] = gzip.compress(lines.encode())
+    server = file_server(shards)
+    urls = ",".join(f"{server.url}/c4/part-{k}.json.gz" for k in range(4))
+    meta = run_prepare(tmp_path, f"--input={urls}", "--name=big", "--tokenizer=gpt2", "--curate=False",
+                       "--max_tokens=12000", "--keep_downloads=False")
+    fetched = [path for path, _ in server.requests]
+    assert fetched == [f"/c4/part-{k}.json.gz" for k in range(3)]  # ~4,400 tokens a shard: the cap falls in the third
+    assert 12000 <= meta["train_tokens"] + meta["val_tokens"] < 12000 + 500  # within a few documents of the cap
+    assert not os.listdir(tmp_path / "big" / "downloads")  # each shard deleted once read
+
+
+def test_c4_recipe_names_the_public_shards():
+    urls = prepare.RECIPES["c4"]["input"]
+    assert len(urls) == 1024 and urls[0].endswith("/en/c4-train.00000-of-01024.json.gz") and urls[0].startswith("https://")

@@ -1,6 +1,7 @@
 """Our byte-level BPE: the trainer against a naive reference, tiktoken encoding, specials, files, recipes."""
 
 import functools
+import gzip
 import http.server
 import inspect
 import json
@@ -182,7 +183,7 @@ def test_bpe_is_fitted_on_the_train_split_only(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
     cfg = configure(prepare.DEFAULTS, [f"--input={path}", "--name=docs", f"--data_root={tmp_path}",
-                                               "--tokenizer=bpe", "--vocab_size=400"], verbose=False)
+                                               "--tokenizer=bpe", "--vocab_size=400", "--curate=False"], verbose=False)
     prepare.prepare(cfg)
     tok = load_tokenizer(tmp_path / "docs")
     train = tok.decode(np.fromfile(tmp_path / "docs" / "train.bin", dtype=np.uint16)).split(EOT)[:-1]
@@ -192,6 +193,19 @@ def test_bpe_is_fitted_on_the_train_split_only(tmp_path):
     sample = prepare.train_split_texts(docs, 0.1, 1337, max_bytes=2000)
     assert sample == prepare.train_split_texts(docs, 0.1, 1337, max_bytes=2000)
     assert 0 < sum(len(d) for d in sample) <= 2000 and set(sample) < set(train)
+
+
+def test_bpe_after_curation_is_fitted_on_the_kept_train_documents(shared_data, tmp_path):
+    c4 = os.path.join(shared_data, "clean_text_sample", "c4_demo.jsonl")
+    cfg = configure(prepare.DEFAULTS, [f"--input={c4}", "--name=c4", f"--data_root={tmp_path}", "--tokenizer=bpe",
+                                       "--vocab_size=600", "--lang=en", "--keep_text=True"], verbose=False)
+    meta = prepare.prepare(cfg)
+    with gzip.open(tmp_path / "c4" / "clean.jsonl.gz", "rt", encoding="utf-8") as f:
+        kept = [json.loads(line)["text"] for line in f]
+    assert 0 < len(kept) < 300 and meta["train_docs"] + meta["val_docs"] == len(kept)  # curation removed some
+    tok = load_tokenizer(tmp_path / "c4")
+    train = tok.decode(np.fromfile(tmp_path / "c4" / "train.bin", dtype=meta["dtype"])).split(EOT)[:-1]
+    assert tok.vocab_size == 600 and train == prepare.train_split_texts(kept, 0.1, 1337)
 
 
 def prepare_tang_poems(tmp_path, *args):
@@ -261,7 +275,8 @@ def test_bpe_data_trains_resumes_and_samples(tmp_path, capsys):
     from model import load_checkpoint
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"text": SHAKESPEARE[i:i + 2000]}) + "\n" for i in range(0, 60_000, 2000)))
-    prepare.main([f"--input={path}", "--name=bpe_docs", f"--data_root={tmp_path}", "--tokenizer=bpe", "--vocab_size=400"])
+    prepare.main([f"--input={path}", "--name=bpe_docs", f"--data_root={tmp_path}", "--tokenizer=bpe", "--vocab_size=400",
+                  "--curate=False"])
     data, out = str(tmp_path / "bpe_docs"), str(tmp_path / "out")
     tiny = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_iters=1",
             "--eval_interval=2", "--max_time=0", "--device=cpu", "--dtype=float32", "--sample_tokens=5", "--threads=1",

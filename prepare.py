@@ -347,8 +347,9 @@ def read_json_array(path, stats, text_field, max_doc_bytes):
         else:
             stats["skipped_no_text_field"] += 1
             continue
-        text, n = SURROGATES.subn("\ufffd", text)  # as in read_jsonl
-        stats["lone_surrogates"] += n
+        if SURROGATES.search(text):  # as in read_jsonl: lone surrogates cannot be UTF-8; replaced, counted
+            text, n = SURROGATES.subn("\ufffd", text)
+            stats["lone_surrogates"] += n
         yield text
 
 

@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import threading
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -206,6 +207,20 @@ def test_bpe_after_curation_is_fitted_on_the_kept_train_documents(shared_data, t
     tok = load_tokenizer(tmp_path / "c4")
     train = tok.decode(np.fromfile(tmp_path / "c4" / "train.bin", dtype=meta["dtype"])).split(EOT)[:-1]
     assert tok.vocab_size == 600 and train == prepare.train_split_texts(kept, 0.1, 1337)
+
+
+def test_json_arrays_give_one_document_per_record(tmp_path):
+    records = [{"text": "plain"}, {"title": "春曉", "author": "孟浩然", "paragraphs": ["春眠不覺曉，處處聞啼鳥。"]},
+               {"other": 1}, "not a record", {"text": "lone \ud800 surrogate"}]
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps(records), encoding="utf-8")  # json escapes the surrogate as \\ud800
+    stats = Counter()
+    assert list(prepare.read_path(str(path), stats)) == ["plain", "春曉\n孟浩然\n春眠不覺曉，處處聞啼鳥。",
+                                                         "lone \ufffd surrogate"]
+    assert stats == {"skipped_no_text_field": 2, "lone_surrogates": 1}
+    path.write_text('{"text": "an object, not an array"}', encoding="utf-8")
+    with pytest.raises(prepare.DataError, match="not an array"):
+        list(prepare.read_path(str(path), Counter()))
 
 
 def prepare_tang_poems(tmp_path, *args):

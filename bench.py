@@ -25,7 +25,7 @@ from model import GPT, GPTConfig
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 DEFAULTS = dict(train.DEFAULTS) | dict(
-    sections="mlm,generate",        # which benchmarks to run, comma-separated: train, mlm (clm and mlm), generate, tokenizers
+    sections="mlm,generate",        # comma-separated: train, mlm (clm next to mlm), generate, tokenizers, data
     vocab_size=0,                   # model vocabulary; 0 = the dataset's tokenizer, or GPT-2's 50257 without data
     bench_iters=10,                 # measured steps
     bench_warmup=3,                 # unmeasured steps first
@@ -120,66 +120,6 @@ def bench_mlm(cfg, system):
     return rows + [dict(benchmark="train: mlm / clm tokens/s", metric="x", value=tps[1] / tps[0])]
 
 
-SECTIONS = {"train": bench_train, "generate": bench_generate, "mlm": bench_mlm}
-
-
-def print_table(rows, header):
-    print(header)
-    width = max(len(r["benchmark"]) for r in rows)
-    print(f"| {'benchmark'.ljust(width)} | {'metric':>9} | {'value':>12} |")
-    print(f"|{'-' * (width + 2)}|{'-' * 11}|{'-' * 14}|")
-    for r in rows:
-        print(f"| {r['benchmark'].ljust(width)} | {r['metric']:>9} | {r['value']:>12,.2f} |")
-
-
-def plot_rows(rows, path, title):
-    """bench.png: one horizontal bar chart per metric."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(10, 1.2 + 0.5 * len(rows)), squeeze=False)
-    for ax, metric in zip(axes[:, 0], metrics):
-        chosen = [r for r in rows if r["metric"] == metric]
-        ax.barh([r["benchmark"] for r in chosen], [r["value"] for r in chosen], color="tab:blue")
-        for i, r in enumerate(chosen):
-            ax.text(r["value"], i, f" {r['value']:,.1f}", va="center", fontsize=8)
-        ax.set_xlabel(metric)
-        ax.invert_yaxis()
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def machine_description(system):
-    if system.device_type == "cuda":
-        return torch.cuda.get_device_name(system.device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def main(argv=None):
-    cfg = configure(DEFAULTS, argv, default_config=os.path.join(HERE, "config", "shakespeare_char.py"))
-    system = train.setup_system(cfg)
-    if not cfg.vocab_size:
-        meta_path = os.path.join(HERE, "data", cfg.dataset, "meta.json")
-        cfg.vocab_size = json.load(open(meta_path))["vocab_size"] if os.path.exists(meta_path) else 50257
-    rows = []
-    for name in cfg.sections.split(","):
-        if name not in SECTIONS:
-            raise SystemExit(f"bench.py: unknown section {name!r}; choose from {', '.join(SECTIONS)}")
-        rows += SECTIONS[name](cfg, system)
-    header = (f"nanoroots bench on {machine_description(system)}, torch {torch.__version__}, dtype {system.dtype}, "
-              f"compile={cfg.compile}, {cfg.n_layer}x{cfg.n_embd}, vocab {cfg.vocab_size}")
-    print_table(rows, header)
-    if cfg.bench_out:
-        with open(cfg.bench_out, "w") as f:
-            json.dump({"machine": header, "rows": rows}, f, indent=2)
-    if cfg.plot:
-        plot_rows(rows, "bench.png", header)
-        print("wrote bench.png")
-    train.teardown(system)
-
 
 # -----------------------------------------------------------------------------
 # tokenizers (python bench.py --sections=tokenizers): bytes per token on held-out English and
@@ -267,7 +207,85 @@ def bench_tokenizers(vocab_sizes=(1024, 4096, 16384), mixed_vocab_sizes=(8192, 3
     return rows
 
 
-SECTIONS["tokenizers"] = lambda cfg, system: bench_tokenizers()
+
+
+# -----------------------------------------------------------------------------
+# data stage (python bench.py --sections=data): MB/s per process of each curation stage on the raw
+# Common Crawl sample of ../shared/data (prepare.py's report measures them; this runs it once)
+
+CRAWL_SAMPLE = os.path.join(os.path.dirname(HERE), "shared", "data", "web_crawl_sample",
+                            "CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz")
+
+
+def bench_data(cfg, system):
+    from prepare import bench_data_stages
+    if not os.path.exists(CRAWL_SAMPLE):
+        raise SystemExit(f"bench.py: the data section reads {CRAWL_SAMPLE}, which is absent")
+    size = os.path.getsize(CRAWL_SAMPLE) / 1e6
+    return [dict(benchmark=f"data stage on the crawl sample ({size:.1f} MB gz), 1 process: {r['stage']}",
+                 metric="MB/s", value=r["mb_per_s"]) for r in bench_data_stages(CRAWL_SAMPLE, lang="en") if r["mb_per_s"]]
+
+
+SECTIONS = {"train": bench_train, "generate": bench_generate, "mlm": bench_mlm,
+            "tokenizers": lambda cfg, system: bench_tokenizers(), "data": bench_data}
+
+
+def print_table(rows, header):
+    print(header)
+    width = max(len(r["benchmark"]) for r in rows)
+    print(f"| {'benchmark'.ljust(width)} | {'metric':>9} | {'value':>12} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 11}|{'-' * 14}|")
+    for r in rows:
+        print(f"| {r['benchmark'].ljust(width)} | {r['metric']:>9} | {r['value']:>12,.2f} |")
+
+
+def plot_rows(rows, path, title):
+    """bench.png: one horizontal bar chart per metric."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(10, 1.2 + 0.5 * len(rows)), squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics):
+        chosen = [r for r in rows if r["metric"] == metric]
+        ax.barh([r["benchmark"] for r in chosen], [r["value"] for r in chosen], color="tab:blue")
+        for i, r in enumerate(chosen):
+            ax.text(r["value"], i, f" {r['value']:,.1f}", va="center", fontsize=8)
+        ax.set_xlabel(metric)
+        ax.invert_yaxis()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def machine_description(system):
+    if system.device_type == "cuda":
+        return torch.cuda.get_device_name(system.device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def main(argv=None):
+    cfg = configure(DEFAULTS, argv, default_config=os.path.join(HERE, "config", "shakespeare_char.py"))
+    system = train.setup_system(cfg)
+    if not cfg.vocab_size:
+        meta_path = os.path.join(HERE, "data", cfg.dataset, "meta.json")
+        cfg.vocab_size = json.load(open(meta_path))["vocab_size"] if os.path.exists(meta_path) else 50257
+    rows = []
+    for name in cfg.sections.split(","):
+        if name not in SECTIONS:
+            raise SystemExit(f"bench.py: unknown section {name!r}; choose from {', '.join(SECTIONS)}")
+        rows += SECTIONS[name](cfg, system)
+    header = (f"nanoroots bench on {machine_description(system)}, torch {torch.__version__}, dtype {system.dtype}, "
+              f"compile={cfg.compile}, {cfg.n_layer}x{cfg.n_embd}, vocab {cfg.vocab_size}")
+    print_table(rows, header)
+    if cfg.bench_out:
+        with open(cfg.bench_out, "w") as f:
+            json.dump({"machine": header, "rows": rows}, f, indent=2)
+    if cfg.plot:
+        plot_rows(rows, "bench.png", header)
+        print("wrote bench.png")
+    train.teardown(system)
 
 
 if __name__ == "__main__":

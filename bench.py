@@ -25,7 +25,7 @@ from model import GPT, GPTConfig
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 DEFAULTS = dict(train.DEFAULTS) | dict(
-    sections="mlm,generate",        # which benchmarks to run, comma-separated: train, mlm (clm and mlm), generate
+    sections="mlm,generate",        # comma-separated: train, mlm (clm next to mlm), generate, tokenizers, data
     vocab_size=0,                   # model vocabulary; 0 = the dataset's tokenizer, or GPT-2's 50257 without data
     bench_iters=10,                 # measured steps
     bench_warmup=3,                 # unmeasured steps first
@@ -120,7 +120,114 @@ def bench_mlm(cfg, system):
     return rows + [dict(benchmark="train: mlm / clm tokens/s", metric="x", value=tps[1] / tps[0])]
 
 
-SECTIONS = {"train": bench_train, "generate": bench_generate, "mlm": bench_mlm}
+
+# -----------------------------------------------------------------------------
+# tokenizers (python bench.py --sections=tokenizers): bytes per token on held-out English and
+# Chinese, BPE training time, encoding MB/s of our BPE next to GPT-2's. CPU only; a few minutes.
+
+def tokenizer_corpora():
+    """{name: (language, train texts, held-out texts)}: every 10th document is held out (Shakespeare,
+    one document, keeps its last 10%). Shakespeare is bundled; the others come from ../shared/data."""
+    from prepare import poem_text
+    shared = os.path.join(os.path.dirname(HERE), "shared", "data")
+    with open(os.path.join(HERE, "data", "tinyshakespeare", "input.txt"), encoding="utf-8") as f:
+        text = f.read()
+    corpora = {"Shakespeare": ("en", [text[: len(text) * 9 // 10]], [text[len(text) * 9 // 10:]])}
+    if not os.path.isdir(shared):
+        print(f"note: {shared} is absent: tokenizers are measured on Shakespeare only")
+        return corpora
+    with open(os.path.join(shared, "clean_text_sample", "c4_demo.jsonl"), encoding="utf-8") as f:
+        docs = {"C4 sample": ("en", [json.loads(line)["text"] for line in f])}
+    poems = []
+    for name in sorted(os.listdir(os.path.join(shared, "chinese_poetry"))):
+        if name.startswith("poet.tang."):
+            with open(os.path.join(shared, "chinese_poetry", name), encoding="utf-8") as f:
+                poems += [poem_text(p) for p in json.load(f)]
+    docs["Tang poems"] = ("zh", poems)
+    with open(os.path.join(shared, "chinese_web_sample", "cmrc2018_dev.json"), encoding="utf-8") as f:
+        docs["zh Wikipedia"] = ("zh", [p["context"] for d in json.load(f)["data"] for p in d["paragraphs"]])
+    for name, (lang, texts) in docs.items():
+        corpora[name] = (lang, [t for i, t in enumerate(texts) if i % 10], texts[::10])
+    return corpora
+
+
+def encode_mb_per_s(tok, text, repeats=3):
+    """Single-threaded encoding speed in MB of UTF-8 per second of wall time and per CPU second (the
+    second holds on a busy machine), best of `repeats`."""
+    wall = cpu = float("inf")
+    for _ in range(repeats):
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        tok.enc.encode_ordinary(text)
+        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - cpu0)
+    mb = len(text.encode()) / 1e6
+    return mb / wall, mb / cpu
+
+
+def bench_tokenizers(vocab_sizes=(1024, 4096, 16384), mixed_vocab_sizes=(8192, 32768)):
+    """
+    Bytes per token of each corpus's held-out part for char (one token per character), GPT-2, our BPE
+    trained on the corpus's train part at each of `vocab_sizes`, and on all the train parts together
+    (English and Chinese) at `mixed_vocab_sizes`; BPE training time (wall and CPU seconds); encoding
+    MB/s in one thread, our mixed BPEs next to GPT-2.
+    """
+    from tokenizer import build_tokenizer, gpt2_tokenizer
+    corpora, rows, trained = tokenizer_corpora(), [], {}
+
+    def train_bpe_timed(label, texts, vocab_size):
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        tok = build_tokenizer("bpe", texts, vocab_size=vocab_size, progress=False)
+        name = f"BPE training: {label}, {sum(len(t.encode()) for t in texts) / 1e6:.1f} MB -> vocab {tok.vocab_size}"
+        rows.extend([dict(benchmark=name, metric="s", value=time.perf_counter() - t0),
+                     dict(benchmark=name, metric="CPU s", value=time.process_time() - cpu0)])
+        return tok
+
+    for name, (_, train_texts, _) in corpora.items():
+        for v in vocab_sizes:
+            trained[f"bpe {v} (own)", name] = train_bpe_timed(name, train_texts, v)
+    mixed = [t for _, train_texts, _ in corpora.values() for t in train_texts]
+    for v in mixed_vocab_sizes:
+        trained[f"bpe {v} (en+zh)", None] = train_bpe_timed(" + ".join(corpora), mixed, v)
+    gpt2 = gpt2_tokenizer()
+    for name, (lang, _, held_out) in corpora.items():
+        n_bytes = sum(len(t.encode()) for t in held_out)
+        ratios = {"char": n_bytes / sum(map(len, held_out)), "gpt2": n_bytes / sum(map(len, gpt2.encode_batch(held_out)))}
+        for (label, trained_on), tok in trained.items():
+            if trained_on in (name, None):
+                ratios[label] = n_bytes / sum(map(len, tok.encode_batch(held_out)))
+        rows += [dict(benchmark=f"{name} ({lang}, {n_bytes / 1e6:.2f} MB held out): {label}", metric="bytes/token", value=r)
+                 for label, r in ratios.items()]
+    for lang in ("en", "zh"):
+        text = "\n".join(t for language, train_texts, held_out in corpora.values() if language == lang
+                         for t in train_texts + held_out)
+        if text:
+            for label, tok in [("gpt2", gpt2)] + [(k[0], t) for k, t in trained.items() if k[1] is None]:
+                name = f"encode {lang}, {len(text.encode()) / 1e6:.1f} MB, 1 thread: {label}"
+                wall, cpu = encode_mb_per_s(tok, text)
+                rows += [dict(benchmark=name, metric="MB/s", value=wall), dict(benchmark=name, metric="MB/CPU s", value=cpu)]
+    return rows
+
+
+
+
+# -----------------------------------------------------------------------------
+# data stage (python bench.py --sections=data): MB/s per process of each curation stage on the raw
+# Common Crawl sample of ../shared/data (prepare.py's report measures them; this runs it once)
+
+CRAWL_SAMPLE = os.path.join(os.path.dirname(HERE), "shared", "data", "web_crawl_sample",
+                            "CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz")
+
+
+def bench_data(cfg, system):
+    from prepare import bench_data_stages
+    if not os.path.exists(CRAWL_SAMPLE):
+        raise SystemExit(f"bench.py: the data section reads {CRAWL_SAMPLE}, which is absent")
+    size = os.path.getsize(CRAWL_SAMPLE) / 1e6
+    return [dict(benchmark=f"data stage on the crawl sample ({size:.1f} MB gz), 1 process: {r['stage']}",
+                 metric="MB/s", value=r["mb_per_s"]) for r in bench_data_stages(CRAWL_SAMPLE, lang="en") if r["mb_per_s"]]
+
+
+SECTIONS = {"train": bench_train, "generate": bench_generate, "mlm": bench_mlm,
+            "tokenizers": lambda cfg, system: bench_tokenizers(), "data": bench_data}
 
 
 def print_table(rows, header):

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 import train
 from configurator import configure
-from model import GPT, GPTConfig, CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint
+from model import GPT, GPTConfig, CheckpointError, checkpoint_path, load_checkpoint, load_pretrained, model_from_checkpoint
 from prepare import SHARED_DATA, DataError, in_val_split, read_labelled_lines
 from tokenizer import EOT, TokenizerError, build_tokenizer, load_tokenizer, tokenizer_from_spec
 
@@ -46,7 +46,7 @@ PRETRAINING_ONLY = ("objective", "mlm_baselines", "sample_every", "sample_tokens
 DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k not in PRETRAINING_ONLY} | dict(
     # I/O and init (see train.py for the keys shared with pretraining)
     out_dir="out-finetune",
-    init_from="out-mlm-reviews",  # an out_dir or .pt of a nanoroots model | resume | scratch | gpt2* or an HF folder
+    init_from="out-mlm-reviews",  # an out_dir or .pt | resume | scratch | gpt2[-medium|-large|-xl] | a Hugging Face folder
     tokenizer="gpt2",             # init_from=scratch only: gpt2, or a prepared dataset whose tokenizer to use
     eval_interval=100,
     eval_iters=20,                # lm: batches per split; classify/sft: train batches evaluated (val is read whole)
@@ -80,9 +80,6 @@ DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k not in PRETRAINING_ONLY
     weight_decay=0.01,
     beta2=0.99,
 )
-
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-
 
 class FinetuneError(RuntimeError):
     """A configuration or data problem; the message says what to do."""
@@ -242,29 +239,20 @@ def count_parameters(raw_model):
 # -----------------------------------------------------------------------------
 # the pretrained model
 
-def pretrained_gpt2(name):
-    """GPT-2 weights by name or from an HF-format folder: model.py's Hugging Face import provides this."""
-    raise FinetuneError(f"init_from={name!r} needs the Hugging Face weight import in model.py, which this checkout "
-                        f"does not have yet; start from a nanoroots checkpoint (an out_dir or a .pt file)")
-
-
-def load_pretrained(cfg):
-    """(GPT, tokenizer, checkpoint or None) to start from; cfg.dropout replaces the pretraining dropout."""
-    source = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
-    nanoroots = os.path.exists(checkpoint_path(source))  # an out_dir may also hold an HF export: ckpt.pt comes first
-    if not nanoroots and (source in GPT2_NAMES or os.path.isfile(os.path.join(source, "config.json"))):
-        return pretrained_gpt2(source)
-    if source == "scratch":
+def load_start(cfg):
+    """(GPT, tokenizer, checkpoint or None) to start from: a new model, the run being resumed, or
+    whatever model.load_pretrained reads (our checkpoint, a Hugging Face folder, a GPT-2 name).
+    cfg.dropout replaces the pretraining dropout; a smaller cfg.block_size crops the context."""
+    if cfg.init_from == "scratch":
         if cfg.block_size < 1:
             raise FinetuneError("init_from=scratch needs a block_size (the context of the new model)")
         tok = build_tokenizer("gpt2") if cfg.tokenizer == "gpt2" else load_tokenizer(train.ensure_dataset(cfg.tokenizer, True))
         args = {k: getattr(cfg, k) for k in train.MODEL_KEYS} | {"vocab_size": tok.vocab_size}
         return GPT(GPTConfig.from_dict(args)), tok, None
-    if not nanoroots:
-        raise FinetuneError(f"init_from={source!r}: no checkpoint at {checkpoint_path(source)}; give a trained out_dir "
-                            f"(e.g. python train.py config/mlm_pretrain_reviews.py makes out-mlm-reviews), "
-                            f"scratch, resume, or a GPT-2 name")
-    checkpoint = load_checkpoint(source)
+    checkpoint = load_checkpoint(cfg.out_dir) if cfg.init_from == "resume" else load_pretrained(cfg.init_from)
+    if checkpoint.get("tokenizer") is None:
+        raise FinetuneError(f"{cfg.init_from} does not say which tokenizer its ids belong to; start from a checkpoint "
+                            f"that records one (nanoroots checkpoints and GPT-2 do)")
     if cfg.init_from != "resume":
         checkpoint["model_args"] = {**checkpoint["model_args"], "dropout": cfg.dropout}
     model = model_from_checkpoint(checkpoint)
@@ -629,7 +617,7 @@ def main(argv=None):
     try:
         check_config(cfg)
         train.seed_everything(cfg.seed)  # the same new weights (head, adapters) on every rank
-        gpt, tok, source = load_pretrained(cfg)
+        gpt, tok, source = load_start(cfg)
         if cfg.predict:
             return predict_with_checkpoint(cfg, gpt, tok, source, system)
         if cfg.init_from == "resume" and source["config"].get("task") != cfg.task:

@@ -2,7 +2,10 @@
 One Transformer, read top to bottom: a GPT (causal, autoregressive) or a BERT-style encoder
 (bidirectional, masked LM), with GPT-2's architecture by default and LLaMA's options
 (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases, untied head) behind config switches.
-Also here: generation with a preallocated KV cache, MFU, and checkpoint I/O.
+Also here: generation with a preallocated KV cache, MFU, checkpoint I/O, and Hugging Face weight I/O
+(GPT-2 and LLaMA layouts, in and out):
+
+    python model.py --init_from=out-shakespeare-char --export_hf=hf-shakespeare-char
 
 References: GPT-2 (Radford et al. 2019), nanoGPT's model.py, BERT (Devlin et al. 2019),
 RoFormer (Su et al. 2021), LLaMA (Touvron et al. 2023), GQA (Ainslie et al. 2023).
@@ -10,12 +13,13 @@ RoFormer (Su et al. 2021), LLaMA (Touvron et al. 2023), GQA (Ainslie et al. 2023
 
 import glob
 import inspect
+import json
 import math
 import os
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -420,6 +424,19 @@ class GPT(nn.Module):
         new = list(self.generate_tokens(idx, max_new_tokens, **kwargs))
         return torch.cat([idx] + [t[:, None] for t in new], dim=1) if new else idx
 
+    # --- Hugging Face weights (the functions are in the last section of this file) ---------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_path):
+        """GPT-2 by name (gpt2, gpt2-medium, gpt2-large, gpt2-xl; downloaded once and cached), a
+        Hugging Face folder in GPT-2 or LLaMA layout, or one of our checkpoints. See load_pretrained."""
+        return model_from_checkpoint(load_pretrained(name_or_path))
+
+    def export_hf(self, out_dir, tokenizer=None):
+        """Write out_dir/config.json + model.safetensors that transformers loads as GPT2LMHeadModel
+        or LlamaForCausalLM with the same logits. `tokenizer` (a tokenizer spec) is recorded for re-import."""
+        return write_hf_folder(self, out_dir, tokenizer)
+
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """One token id per row of logits (B, V): greedy at temperature 0, else sampled from the
@@ -537,3 +554,296 @@ def model_from_checkpoint(checkpoint, device="cpu"):
     if unexpected or [k for k in missing if not k.endswith("lm_head.weight") or not model.config.tie_embeddings]:
         raise CheckpointError(f"checkpoint does not match its model_args: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.to(device)
+
+
+def load_pretrained(source, map_location="cpu"):
+    """
+    Weights from anywhere `init_from` can point, as a checkpoint dict (`model`, `model_args`,
+    `tokenizer`): our checkpoint (a .pt file or an out_dir holding ckpt.pt), a Hugging Face folder
+    (config.json + weights, GPT-2 or LLaMA layout), or a GPT-2 name, downloaded once and cached.
+    train.py, sample.py and finetune.py all start from this one function.
+    """
+    if source in GPT2_NAMES and not os.path.exists(source):
+        source = download_gpt2(source)
+    if not os.path.exists(source):
+        raise CheckpointError(f"{source} is neither a checkpoint, an out_dir or a Hugging Face folder, nor one of "
+                              f"{', '.join(GPT2_NAMES)}; check --init_from")
+    if os.path.isfile(os.path.join(source, "config.json")) and not os.path.isfile(os.path.join(source, "ckpt.pt")):
+        return read_hf_folder(source)
+    return load_checkpoint(source, map_location)
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face weight I/O: GPT-2 (Radford et al. 2019) and LLaMA (Touvron et al. 2023) checkpoints in
+# the layout of the transformers library (GPT2LMHeadModel, LlamaForCausalLM; huggingface.co/docs/
+# transformers, model_doc/gpt2 and model_doc/llama), read and written without depending on it.
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+# sha256 of the hub's weights for openai-community/gpt2 (revision 607a30d783df, 548,105,171 bytes);
+# the other sizes are not pinned here: their downloads are checked by the safetensors header and by
+# the shape of every tensor
+HUB_SHA256 = {"gpt2/model.safetensors": "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707"}
+# tensors that are not weights: GPT-2's causal-mask buffers, LLaMA's rotary inverse frequencies
+HF_BUFFERS = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|rotary_emb\.inv_freq)$")
+
+
+def download_gpt2(name):
+    """
+    The hub's config.json and model.safetensors for `name` in $NANOROOTS_CACHE/hf/<name>/ (default
+    ~/.cache/nanoroots), through prepare.download: progress bar, resume of a partial file, retries,
+    sha256. HF_ENDPOINT replaces https://huggingface.co (a mirror site); NANOROOTS_MIRROR=<dir> reads
+    local copies instead. Returns the folder.
+    """
+    from prepare import DataError, download
+    cache = os.environ.get("NANOROOTS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "nanoroots")
+    folder = os.path.join(cache, "hf", name)
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    for file in ("config.json", "model.safetensors"):
+        try:
+            download(f"{endpoint}/{name}/resolve/main/{file}", os.path.join(folder, file), HUB_SHA256.get(f"{name}/{file}"))
+        except DataError as e:
+            raise CheckpointError(f"{name}: {e}") from None
+    return folder
+
+
+def hf_tensor_names(c, layout):
+    """
+    How each of our tensors is stored in a Hugging Face model with config c: a list of (our name,
+    HF names, transposed, row split). Several HF tensors stacked along the output dimension make one
+    of ours: LLaMA's q, k, v projections are our c_attn, its gate and up projections our SwiGLU
+    c_fc. GPT-2's Conv1D layers keep (in, out) matrices, the transpose of nn.Linear's.
+    """
+    if layout == "gpt2":  # our names are GPT-2's (nanoGPT kept them), and GPT-2 always has biases
+        names = [(n, [n], False, None) for n in ("transformer.wte.weight", "transformer.wpe.weight")]
+        modules = [f"transformer.h.{i}.{m}" for i in range(c.n_layer)
+                   for m in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")]
+        for m in modules + ["transformer.ln_f"]:
+            names += [(m + ".weight", [m + ".weight"], ".c_" in m, None), (m + ".bias", [m + ".bias"], False, None)]
+    else:
+        names = [("transformer.wte.weight", ["model.embed_tokens.weight"], False, None),
+                 ("transformer.ln_f.weight", ["model.norm.weight"], False, None)]
+        qkv = [c.n_head * c.head_size, c.n_kv_head * c.head_size, c.n_kv_head * c.head_size]
+        for i in range(c.n_layer):
+            ours, hf = f"transformer.h.{i}.", f"model.layers.{i}."
+            names += [(ours + "ln_1.weight", [hf + "input_layernorm.weight"], False, None),
+                      (ours + "ln_2.weight", [hf + "post_attention_layernorm.weight"], False, None)]
+            for p in ("weight", "bias") if c.bias else ("weight",):
+                names += [(ours + "attn.c_attn." + p, [hf + f"self_attn.{x}_proj.{p}" for x in "qkv"], False, qkv),
+                          (ours + "attn.c_proj." + p, [hf + "self_attn.o_proj." + p], False, None),
+                          (ours + "mlp.c_fc." + p, [hf + "mlp.gate_proj." + p, hf + "mlp.up_proj." + p], False,
+                           [c.hidden_size, c.hidden_size]),
+                          (ours + "mlp.c_proj." + p, [hf + "mlp.down_proj." + p], False, None)]
+    if not c.tie_embeddings:
+        names.append(("lm_head.weight", ["lm_head.weight"], False, None))
+    return names
+
+
+def hf_layout(c):
+    """'gpt2' or 'llama': the Hugging Face architecture that computes exactly what config c does."""
+    arch = (c.pos, c.norm, c.mlp)
+    if c.causal and arch == ("learned", "layernorm", "gelu") and c.n_kv_head == c.n_head:
+        return "gpt2"
+    if c.causal and arch == ("rope", "rmsnorm", "swiglu"):
+        return "llama"
+    raise ValueError(f"no Hugging Face layout holds this model exactly (causal={c.causal}, pos={c.pos}, norm={c.norm}, "
+                     f"mlp={c.mlp}, n_kv_head={c.n_kv_head}): export needs GPT-2's learned/layernorm/gelu with "
+                     f"n_kv_head=n_head, or LLaMA's rope/rmsnorm/swiglu")
+
+
+def hf_config_dict(c, tokenizer=None):
+    """config.json for config c, in the field names of transformers' GPT2Config or LlamaConfig."""
+    layout = hf_layout(c)
+    eot = None
+    if tokenizer is not None:
+        from tokenizer import EOT, tokenizer_from_spec
+        eot = tokenizer_from_spec(tokenizer).special_ids[EOT]
+    common = {"vocab_size": c.vocab_size, "tie_word_embeddings": c.tie_embeddings, "bos_token_id": eot,
+              "eos_token_id": eot,
+              "nanoroots": {"bias": c.bias, "tokenizer": tokenizer}}  # what the HF fields cannot say
+    if layout == "gpt2":
+        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_layer": c.n_layer, "n_head": c.n_head,
+                "n_embd": c.n_embd, "n_positions": c.block_size, "n_inner": c.hidden_size,
+                "activation_function": "gelu_new", "layer_norm_epsilon": c.norm_eps, "resid_pdrop": c.dropout,
+                "embd_pdrop": c.dropout, "attn_pdrop": c.dropout, **common}
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": c.n_layer,
+            "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head, "hidden_size": c.n_embd,
+            "head_dim": c.head_size, "intermediate_size": c.hidden_size, "hidden_act": "silu",
+            "max_position_embeddings": c.block_size, "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta}, "rope_scaling": None,
+            "attention_bias": c.bias, "mlp_bias": c.bias, "attention_dropout": c.dropout, **common}
+
+
+def model_args_from_hf(hf, where):
+    """(GPTConfig fields, layout, tokenizer spec or None, the file's vocabulary size) for a
+    Hugging Face config.json dict; a config we cannot reproduce exactly is a one-line error."""
+    kind = hf.get("model_type") or ""
+    ours = hf.get("nanoroots") or {}
+    problems = []
+    if kind == "gpt2":
+        layout, vocab = "gpt2", hf.get("vocab_size", 50257)
+        args = dict(n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=hf.get("n_embd", 768),
+                    block_size=hf.get("n_positions", 1024), norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                    mlp_hidden=hf.get("n_inner") or 0, bias=ours.get("bias", True))
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            problems.append(f"activation_function={hf['activation_function']!r} (only GPT-2's tanh GELU is supported)")
+        for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False)):
+            if hf.get(key, want) != want:
+                problems.append(f"{key}={hf[key]}")
+    elif kind == "llama":
+        layout, vocab = "llama", hf.get("vocab_size", 32000)
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        args = dict(pos="rope", norm="rmsnorm", mlp="swiglu", n_layer=hf["num_hidden_layers"],
+                    n_head=hf["num_attention_heads"], n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+                    n_embd=hf["hidden_size"], mlp_hidden=hf["intermediate_size"], block_size=hf.get("max_position_embeddings", 2048),
+                    norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+                    bias=bool(hf.get("attention_bias", False)))
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            problems.append(f"rope type {rope.get('rope_type', rope.get('type'))!r} (only plain RoPE is supported)")
+        if hf.get("hidden_act", "silu") != "silu":
+            problems.append(f"hidden_act={hf['hidden_act']!r} (SwiGLU needs silu)")
+        if bool(hf.get("mlp_bias", False)) != args["bias"]:
+            problems.append(f"attention_bias={hf.get('attention_bias')} but mlp_bias={hf.get('mlp_bias')}")
+        if hf.get("head_dim") not in (None, args["n_embd"] // args["n_head"]):
+            problems.append(f"head_dim={hf['head_dim']} is not hidden_size/num_attention_heads")
+    else:
+        raise CheckpointError(f"{where} has model_type={kind!r}; only Hugging Face GPT-2 (gpt2) and LLaMA (llama) "
+                              f"folders can be read")
+    if problems:
+        raise CheckpointError(f"{where} describes a {kind} variant this model cannot reproduce: {'; '.join(problems)}")
+    tokenizer = ours.get("tokenizer")
+    if tokenizer is None and kind == "gpt2" and vocab == 50257:  # OpenAI's GPT-2 BPE: our gpt2 tokenizer
+        tokenizer = {"kind": "gpt2"}
+    # the tokenizer's own count when known (ours adds BERT's specials after GPT-2's 50257 tokens),
+    # so that every id it produces has an embedding; rows the file lacks are filled in on import
+    args["vocab_size"] = vocab
+    if tokenizer is not None:
+        from tokenizer import tokenizer_from_spec
+        args["vocab_size"] = max(vocab, tokenizer_from_spec(tokenizer).vocab_size)
+    args["tie_embeddings"] = bool(hf.get("tie_word_embeddings", kind == "gpt2"))
+    return args, layout, tokenizer, vocab
+
+
+def read_hf_tensors(folder):
+    """Every tensor of a Hugging Face folder: model.safetensors or pytorch_model.bin, or their
+    sharded forms (an .index.json whose weight_map names the file of each tensor)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    for weights in ("model.safetensors", "pytorch_model.bin"):
+        index = os.path.join(folder, weights + ".index.json")
+        if os.path.isfile(os.path.join(folder, weights)):
+            files = [os.path.join(folder, weights)]
+        elif os.path.isfile(index):
+            with open(index, encoding="utf-8") as f:
+                files = [os.path.join(folder, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+        else:
+            continue
+        tensors = {}
+        for path in files:
+            try:  # .bin files are pickles: weights_only=True loads their tensors without running code
+                tensors.update(load_file(path) if path.endswith(".safetensors")
+                               else torch.load(path, map_location="cpu", weights_only=True))
+            except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+                raise CheckpointError(f"{path} is truncated, corrupt or not plain tensors ({type(e).__name__}: "
+                                      f"{str(e).splitlines()[0][:120]}); download it again") from None
+        return tensors
+    raise CheckpointError(f"{folder} has a config.json but no model.safetensors or pytorch_model.bin (or their .index.json)")
+
+
+def read_hf_folder(folder):
+    """A Hugging Face GPT-2 or LLaMA folder as one of our checkpoint dicts. Every tensor of the
+    file is used exactly once and has the shape config.json implies; anything else is an error."""
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            args, layout, tokenizer, vocab = model_args_from_hf(json.load(f), path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); download it again") from None
+    except KeyError as e:
+        raise CheckpointError(f"{path} has no {e} field; it is incomplete, download it again") from None
+    try:
+        config = GPTConfig.from_dict(args)
+    except ValueError as e:
+        raise CheckpointError(f"{folder}/config.json: {e}") from None
+    tensors = read_hf_tensors(folder)
+    if layout == "gpt2":  # GPT2Model's files (the original gpt2 ones) lack GPT2LMHeadModel's "transformer." prefix
+        tensors = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in tensors.items()}
+    with_biases = GPTConfig.from_dict(args | {"bias": True}) if layout == "gpt2" else config  # GPT-2 files always have them
+    with torch.device("meta"):  # the shape of every tensor, without allocating or initialising any
+        shapes = {k: v.shape for k, v in GPT(with_biases).state_dict().items()}
+    state = {}
+    for ours, theirs, transposed, _ in hf_tensor_names(config, layout):
+        missing = [n for n in theirs if n not in tensors]
+        if missing:
+            raise CheckpointError(f"{folder} has no tensor {missing[0]}: it is not a complete {layout} checkpoint for its config.json")
+        parts = [tensors.pop(n) for n in theirs]
+        t = torch.cat([p.t() if transposed else p for p in parts], dim=0)
+        want = shapes[ours] if not ours.endswith(("wte.weight", "lm_head.weight")) else torch.Size([vocab, config.n_embd])
+        if t.shape != want:
+            shown = theirs[0] if len(theirs) == 1 else "+".join(theirs)
+            raise CheckpointError(f"{shown} in {folder} has shape {tuple(t.shape)}{' (transposed)' if transposed else ''}, "
+                                  f"but config.json implies {tuple(want)}: the weights and the config do not match")
+        if ours.endswith(("wte.weight", "lm_head.weight")) and config.padded_vocab_size > vocab:
+            # rows for tokens the file lacks (our extra special tokens, the padding to a multiple of 64)
+            # start as the mean embedding: their logits are then average, not dominant (Hewitt 2021)
+            t = torch.cat([t, t.float().mean(0, keepdim=True).to(t.dtype).expand(config.padded_vocab_size - vocab, -1)])
+        state[ours] = t.contiguous()  # in the file's dtype: loading into the model converts it
+    if not config.bias:  # our export wrote GPT-2's biases as zeros for a model that has none
+        for name in [n for n in state if n.endswith(".bias")]:
+            if state[name].any():
+                raise CheckpointError(f"{folder}/config.json says bias=False but {name} is not zero; remove \"nanoroots\" "
+                                      f"from config.json to load the biases")
+            del state[name]
+    stored_head = tensors.pop("lm_head.weight", None) if config.tie_embeddings else None  # some files store a tied head
+    if stored_head is not None and not torch.equal(stored_head.float(), state["transformer.wte.weight"][:vocab].float()):
+        raise CheckpointError(f"{folder}/config.json ties the embeddings but lm_head.weight differs from them; "
+                              f"set tie_word_embeddings to false in config.json")
+    unused = sorted(n for n in tensors if not HF_BUFFERS.search(n))
+    if unused:
+        raise CheckpointError(f"{folder} has {len(unused)} tensors the {layout} layout does not use ({', '.join(unused[:3])}"
+                              f"{', ...' if len(unused) > 3 else ''}): its config.json does not describe these weights")
+    return {"model": state, "model_args": asdict(config), "tokenizer": tokenizer, "source": folder}
+
+
+def write_hf_folder(model, out_dir, tokenizer=None):
+    """out_dir/config.json + model.safetensors in the Hugging Face layout of the model's architecture
+    (GPT-2 or LLaMA), each written to a temporary name and renamed. Returns out_dir."""
+    from safetensors.torch import save_file
+    c = model.config
+    layout = hf_layout(c)
+    state = {k: v.detach().cpu() for k, v in clean_state_dict(model.state_dict()).items()}
+    if layout == "gpt2" and not c.bias:  # GPT-2 has a bias wherever a model without biases has zeros
+        for name in [n for n in state if n.endswith(".weight") and not n.endswith(("wte.weight", "wpe.weight", "lm_head.weight"))]:
+            state[name[:-len("weight")] + "bias"] = torch.zeros(state[name].shape[0])
+    tensors = {}
+    for ours, theirs, transposed, split in hf_tensor_names(c, layout):
+        t = state[ours]
+        if ours.endswith(("wte.weight", "lm_head.weight")):
+            t = t[:c.vocab_size]  # the padding rows are ours alone
+        for name, part in zip(theirs, t.split(split) if split else [t]):
+            tensors[name] = (part.t() if transposed else part).contiguous()
+    os.makedirs(out_dir, exist_ok=True)
+    weights, config = os.path.join(out_dir, "model.safetensors"), os.path.join(out_dir, "config.json")
+    save_file(tensors, weights + ".tmp", metadata={"format": "pt"})
+    with open(config + ".tmp", "w", encoding="utf-8") as f:
+        dtype = str(state["transformer.wte.weight"].dtype).removeprefix("torch.")
+        json.dump(hf_config_dict(c, tokenizer) | {"torch_dtype": dtype}, f, indent=2)
+    os.replace(weights + ".tmp", weights)
+    os.replace(config + ".tmp", config)
+    return out_dir
+
+
+if __name__ == "__main__":
+    # python model.py --init_from=out-shakespeare-char --export_hf=hf-shakespeare-char
+    from configurator import configure
+    cfg = configure(dict(init_from="",   # a checkpoint, out_dir, Hugging Face folder or GPT-2 name
+                         export_hf=""))  # the folder to write config.json + model.safetensors into
+    if not cfg.init_from or not cfg.export_hf:
+        raise SystemExit("model.py: give both --init_from=<checkpoint, out_dir or GPT-2 name> and --export_hf=<new folder>")
+    try:
+        checkpoint = load_pretrained(cfg.init_from)
+        model = model_from_checkpoint(checkpoint)
+        model.export_hf(cfg.export_hf, checkpoint.get("tokenizer"))
+    except (CheckpointError, ValueError) as e:
+        raise SystemExit(f"model.py: {e}")
+    print(f"wrote {cfg.export_hf} ({hf_layout(model.config)} layout); in Python: "
+          f"transformers.AutoModelForCausalLM.from_pretrained({cfg.export_hf!r})")

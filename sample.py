@@ -6,6 +6,8 @@ Use a trained model: generate text from a GPT, or fill [MASK] tokens with a mask
     python sample.py --start=FILE:prompt.txt --top_p=0.9 --temperature=0.7
     python sample.py --out_dir=out-sft-alpaca --template=alpaca --start="Name three primary colors."
     python sample.py --out_dir=out-sft-alpaca --chat=True        # one instruction per line on stdin
+    python sample.py --init_from=gpt2 --start="The meaning of life is"   # GPT-2 weights from the hub
+    python sample.py --init_from=path/to/hf-folder                         # a Hugging Face GPT-2/LLaMA folder
 
 Samples are generated together as one batch through the KV cache; the first is streamed to the
 terminal as it is produced.
@@ -21,11 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from configurator import configure
-from model import CheckpointError, load_checkpoint, model_from_checkpoint
+from model import CheckpointError, load_pretrained, model_from_checkpoint
 from tokenizer import BERT_SPECIALS, EOT, TokenizerError, tokenizer_from_spec
 
 DEFAULTS = dict(
-    out_dir="out-shakespeare-char",  # the checkpoint to load (out_dir/ckpt.pt), or a path to a .pt file
+    init_from="resume",         # resume: the checkpoint in out_dir | gpt2[-medium|-large|-xl] | a .pt file or Hugging Face folder
+    out_dir="out-shakespeare-char",  # the checkpoint to load with init_from=resume (out_dir/ckpt.pt, or an HF folder)
     start="\n",                 # the prompt, or FILE:path to read it from a file
     num_samples=3,              # generated together as one batch
     max_new_tokens=500,
@@ -51,9 +54,12 @@ class SampleError(ValueError):
     """A prompt or option that cannot be used; the message says what to do."""
 
 
-def load_model(out_dir, device):
-    """Model and tokenizer from a checkpoint, ready for inference."""
-    checkpoint = load_checkpoint(out_dir, map_location="cpu")
+def load_model(source, device):
+    """Model and tokenizer from a checkpoint, Hugging Face folder or GPT-2 name, ready for inference."""
+    checkpoint = load_pretrained(source, map_location="cpu")
+    if checkpoint.get("tokenizer") is None:
+        raise SampleError(f"{source} does not say which tokenizer its ids belong to (nanoroots knows char and gpt2); "
+                          f"finetune it with train.py on a prepared dataset, whose tokenizer the checkpoint then records")
     model = model_from_checkpoint(checkpoint, device).eval()
     tok = tokenizer_from_spec(checkpoint["tokenizer"])
     return model, tok, checkpoint
@@ -232,7 +238,8 @@ def main(argv=None):
     from train import setup_system  # the same device and precision choices as training
     system = setup_system(cfg)
     try:
-        model, tok, checkpoint = load_model(cfg.out_dir, system.device)
+        source = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
+        model, tok, checkpoint = load_model(source, system.device)
         prompt = read_prompt(cfg.start)
         ids = crop_prompt(tok.encode(prompt, allow_special=True), model.config.block_size)
         if cfg.attention or cfg.attention_json:
@@ -241,7 +248,7 @@ def main(argv=None):
             return
         if not model.config.causal:
             if tok.special_ids["[MASK]"] not in ids:
-                raise SampleError(f"{cfg.out_dir} is a masked-LM encoder: put [MASK] where a token should be predicted, "
+                raise SampleError(f"{source} is a masked-LM encoder: put [MASK] where a token should be predicted, "
                                   f'e.g. --start="to be or not to [MASK]"')
             with system.autocast:
                 fill_mask(model, tok, ids, system.device, cfg.top_k if 0 < cfg.top_k <= 20 else 5, cfg.fill_order)

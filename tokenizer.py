@@ -4,17 +4,31 @@ Tokenizers: text <-> token ids.
     char  one token per character, vocabulary taken from the corpus (nanoGPT's shakespeare_char)
     gpt2  OpenAI's GPT-2 byte-level BPE, built with tiktoken from the files bundled in data/gpt2_bpe/
           (no download), identical to tiktoken's "gpt2" encoding
+    bpe   our own byte-level BPE (Sennrich et al. 2016; GPT-2's byte-level variant), trained on the
+          corpus by `train_bpe`, then run by tiktoken's encoder, so it encodes as fast as GPT-2's
 
 Every kind carries the same special tokens, appended after its base vocabulary (GPT-2 already has
 <|endoftext|> = 50256). `load_tokenizer(data_dir)` rebuilds the right tokenizer from meta.json;
 `tokenizer_from_spec(spec)` rebuilds it from the spec stored in a checkpoint.
+
+Training follows minbpe (github.com/karpathy/minbpe): pure functions for the algorithm
+(`chunk_counts`, `merge`, `train_bpe`, `bpe_ranks`) and a thin object for the state. Unlike minbpe's
+loop, which recounts every pair of the whole text for every merge, `train_bpe` counts each distinct
+chunk once, weighted by its frequency, and after a merge updates only the chunks that contain the
+merged pair, picking the next pair from a heap; that is what lets it train on tens of MB. The
+learned ranks then go to tiktoken, whose merge-by-rank gives the same tokens as applying the merges
+in training order (tests/test_bpe.py checks both claims against naive references).
 """
 
+import heapq
 import json
 import os
 import re
+from collections import Counter, defaultdict
 
+import regex  # the `regex` package tiktoken itself depends on: Python's `re` has no \p{L}
 import tiktoken
+from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GPT2_DIR = os.path.join(HERE, "data", "gpt2_bpe")
@@ -24,6 +38,11 @@ EOT = "<|endoftext|>"
 SPECIAL_TOKENS = [EOT, "[MASK]", "[CLS]", "[SEP]", "[PAD]"]
 # GPT-2's pre-tokenisation split (Radford et al. 2019), as tiktoken spells it for "gpt2"/"r50k_base"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# GPT-4's split (cl100k_base in tiktoken_ext/openai_public.py): a run of letters with at most one
+# leading non-letter, numbers in groups of at most 3 digits, punctuation runs, newlines, other
+# whitespace. Han characters are letters (\p{L}), so a run of Chinese up to the next punctuation
+# mark is one chunk; merges never cross chunks.
+GPT4_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 BERT_SPECIALS = SPECIAL_TOKENS[1:]  # inputs of an encoder; a causal model should never generate them
 _SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS) + ")")
 
@@ -53,6 +72,148 @@ def gpt2_ranks(bpe_dir=GPT2_DIR):
         encoder = json.load(f)
     byte_of = gpt2_byte_decoder()
     return {bytes(byte_of[c] for c in token): i for token, i in encoder.items() if token != EOT}
+
+
+# -----------------------------------------------------------------------------
+# training a byte-level BPE: the algorithm, as pure functions
+
+def utf8(text):
+    """The UTF-8 bytes of `text`, lone surrogates replaced by U+FFFD (as tiktoken's encode does)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+
+
+def chunk_counts(texts, pattern=GPT4_PATTERN):
+    """
+    {chunk bytes: occurrences} over `texts`, split by the pre-tokenisation `pattern`. Counting each
+    distinct chunk once is what makes training scale: text repeats its words. Special-token strings
+    are cut out first, so no merge can ever learn (a piece of) one.
+    """
+    split = regex.compile(pattern)
+    counts = Counter()
+    for text in texts:
+        for piece in _SPECIAL_SPLIT.split(text)[::2]:  # the specials sit at the odd positions
+            counts.update(split.findall(piece))
+    by_bytes = Counter()
+    for chunk, n in counts.items():
+        by_bytes[utf8(chunk)] += n
+    return by_bytes
+
+
+def merge(ids, pair, new_id):
+    """
+    `ids` with each occurrence of `pair`, taken left to right, replaced by `new_id` (minbpe's merge),
+    and the positions of the new ids in the result. list.index finds each candidate at C speed.
+    """
+    a, b = pair
+    out, sites, start, end = [], [], 0, len(ids) - 1
+    while True:
+        try:
+            j = ids.index(a, start, end)  # the next `a` that has a token after it
+        except ValueError:
+            break
+        if ids[j + 1] == b:
+            out += ids[start:j]
+            sites.append(len(out))
+            out.append(new_id)
+            start = j + 2
+        else:
+            out += ids[start:j + 1]
+            start = j + 1
+    out += ids[start:]
+    return out, sites
+
+
+def pair_changes(merged, sites, pair, new_id):
+    """
+    How merging `pair` = (a, b) into `new_id` at `sites` changed a word's adjacent pairs: around each
+    new id, (left, a), (a, b), (b, right) became (left, new_id), (new_id, right); between two new
+    ids, (b, a) became (new_id, new_id). Returns [(pair, +1 or -1), ...].
+    """
+    a, b = pair
+    changes = []
+    for j in sites:
+        changes.append((pair, -1))
+        if j > 0:
+            left = merged[j - 1]
+            changes += [((b, a) if left == new_id else (left, a), -1), ((left, new_id), 1)]
+        if j + 1 < len(merged) and merged[j + 1] != new_id:
+            changes += [((b, merged[j + 1]), -1), ((new_id, merged[j + 1]), 1)]
+    return changes
+
+
+def train_bpe(counts, n_tokens, min_frequency=2, progress=True):
+    """
+    BPE merges (Sennrich et al. 2016, "Neural Machine Translation of Rare Words with Subword Units")
+    learned from `counts` {chunk bytes: occurrences}, until there are `n_tokens` tokens (the 256
+    bytes included) or no pair occurs `min_frequency` times. Returns [[id, id], ...] in merge order.
+
+    Each step merges the most frequent adjacent pair into token 256 + (merges so far); ties go to
+    the smallest pair of ids, as in Hugging Face tokenizers' BpeTrainer, so a corpus always gives the
+    same merges. A merge's bytes are never already a token: a span that is one token's bytes and
+    starts and ends at token boundaries is split the same way wherever it occurs, so once (a, b)
+    joined it, no other pair can. The ranks therefore give each byte string one id, as tiktoken needs.
+    """
+    words = [list(chunk) for chunk in counts]   # each distinct chunk as token ids, bytes at first
+    freqs = list(counts.values())
+    pair_counts = defaultdict(int)              # pair -> occurrences, weighted by chunk frequency
+    where = defaultdict(set)                    # pair -> indices of the words that contain it
+    for i, word in enumerate(words):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += freqs[i]
+            where[pair].add(i)
+    # max-heap on count via (-count, pair). An entry goes stale when its pair's count changes: one that
+    # rose is pushed again at once, one that fell is pushed again when its old entry comes out.
+    heap = [(-n, pair) for pair, n in pair_counts.items()]
+    heapq.heapify(heap)
+    merges = []
+    bar = tqdm(total=n_tokens - 256, unit=" merges", desc="training BPE", mininterval=1,
+               disable=None if progress else True)  # None: shown on a terminal only
+    while 256 + len(merges) < n_tokens and heap:
+        neg, pair = heapq.heappop(heap)
+        n = pair_counts.get(pair, 0)
+        if n != -neg:
+            if 0 < n < -neg:
+                heapq.heappush(heap, (-n, pair))
+            continue
+        if n < min_frequency:
+            break
+        new_id = 256 + len(merges)
+        merges.append(list(pair))
+        bar.update()
+        # only the words that contain the pair change, and in them only the pairs next to a merge.
+        # where[p] may still list words that lost p since: merging finds no site in them, a no-op.
+        delta = Counter()
+        for i in where[pair]:
+            words[i], sites = merge(words[i], pair, new_id)
+            for p, d in pair_changes(words[i], sites, pair, new_id):
+                delta[p] += d * freqs[i]
+                if d > 0:
+                    where[p].add(i)
+        for p, d in delta.items():  # the merged pair falls to 0 here and is dropped
+            pair_counts[p] += d
+            if pair_counts[p] == 0:
+                del pair_counts[p], where[p]
+            elif d > 0:
+                heapq.heappush(heap, (-pair_counts[p], p))
+    bar.close()
+    return merges
+
+
+def bpe_ranks(merges):
+    """tiktoken's mergeable ranks {token bytes: id}: the 256 bytes, then merge n's bytes as 256 + n."""
+    vocab = [bytes([b]) for b in range(256)]
+    for n, (a, b) in enumerate(merges):
+        if not (0 <= a < len(vocab) and 0 <= b < len(vocab)):
+            raise TokenizerError(f"merge {n} ({a}, {b}) uses a token that does not exist yet: the tokenizer file "
+                                 f"is corrupt; prepare the data again to retrain it")
+        vocab.append(vocab[a] + vocab[b])
+    ranks = {token: i for i, token in enumerate(vocab)}
+    if len(ranks) < len(vocab):
+        raise TokenizerError("two merges make the same token: the tokenizer file is corrupt; prepare the data again")
+    return ranks
 
 
 class CharTokenizer:
@@ -101,10 +262,10 @@ class CharTokenizer:
 
 
 class TiktokenTokenizer:
-    """Byte-level BPE run by tiktoken's Rust encoder: GPT-2's vocabulary."""
+    """Byte-level BPE run by tiktoken's Rust encoder: GPT-2's vocabulary, or one we trained (`merges`)."""
 
-    def __init__(self, kind, ranks, pattern):
-        self.kind, self.pattern = kind, pattern
+    def __init__(self, kind, ranks, pattern, merges=None):
+        self.kind, self.pattern, self.merges = kind, pattern, merges
         base = max(ranks.values()) + 1
         if kind == "gpt2":  # <|endoftext|> is GPT-2's own token 50256; the other specials follow it
             self.special_ids = {EOT: base} | {s: base + i for i, s in enumerate(SPECIAL_TOKENS[1:], start=1)}
@@ -128,11 +289,20 @@ class TiktokenTokenizer:
         return self.enc.decode_bytes([int(i) for i in ids])
 
     def spec(self):
-        return {"kind": self.kind}
+        """GPT-2's is fixed; a trained one is its merges, pattern and specials: plain lists and strings,
+        so it goes into tokenizer.json and into checkpoints loaded with weights_only=True."""
+        if self.merges is None:
+            return {"kind": self.kind}
+        return {"kind": self.kind, "pattern": self.pattern, "special_tokens": list(self.special_ids),
+                "merges": [list(m) for m in self.merges]}
 
 
 def gpt2_tokenizer():
     return TiktokenTokenizer("gpt2", gpt2_ranks(), GPT2_PATTERN)
+
+
+def bpe_tokenizer(merges, pattern=GPT4_PATTERN):
+    return TiktokenTokenizer("bpe", bpe_ranks(merges), pattern, merges)
 
 
 def tokenizer_from_spec(spec):
@@ -142,15 +312,42 @@ def tokenizer_from_spec(spec):
         return CharTokenizer(spec["chars"])
     if kind == "gpt2":
         return gpt2_tokenizer()
-    raise TokenizerError(f"unknown tokenizer kind {kind!r}; expected one of char, gpt2")
+    if kind == "bpe":
+        missing = [k for k in ("pattern", "special_tokens", "merges") if k not in spec]
+        if missing:
+            raise TokenizerError(f"the bpe tokenizer spec lacks {missing}: the file is incomplete; prepare the data again")
+        if spec["special_tokens"] != SPECIAL_TOKENS:
+            raise TokenizerError(f"the tokenizer's special tokens {spec['special_tokens']} differ from this code's "
+                                 f"{SPECIAL_TOKENS}; prepare the data again with this version")
+        return bpe_tokenizer(spec["merges"], spec["pattern"])
+    raise TokenizerError(f"unknown tokenizer kind {kind!r}; expected one of char, gpt2, bpe")
 
 
-def build_tokenizer(kind, train_text=None):
-    """A new tokenizer of `kind`; char learns its vocabulary from `train_text`."""
+def build_tokenizer(kind, texts=None, vocab_size=8192, min_frequency=2, progress=True):
+    """
+    A new tokenizer of `kind`, fitted to `texts` (strings) where it learns: char takes its characters
+    from them, bpe trains on them up to `vocab_size` tokens, specials included (stopping early
+    when no pair occurs `min_frequency` times); gpt2's vocabulary is fixed.
+    """
+    texts = [texts] if isinstance(texts, str) else texts
     if kind == "char":
-        if not train_text:
+        tok = CharTokenizer.from_text(set().union(*map(set, texts or [])))
+        if not tok.chars:
             raise TokenizerError("a char tokenizer needs training text to take its vocabulary from")
-        return CharTokenizer.from_text(train_text)
+        return tok
+    if kind == "bpe":
+        n_tokens = vocab_size - len(SPECIAL_TOKENS)
+        if n_tokens < 256:
+            raise TokenizerError(f"vocab_size={vocab_size} is too small for a byte-level BPE: it needs 256 byte tokens "
+                                 f"and {len(SPECIAL_TOKENS)} special tokens; use at least {256 + len(SPECIAL_TOKENS)}")
+        counts = chunk_counts(texts or [])
+        if not counts:
+            raise TokenizerError("no text to train the BPE tokenizer on: the training split is empty; give more documents")
+        tok = bpe_tokenizer(train_bpe(counts, n_tokens, min_frequency, progress))
+        if tok.vocab_size < vocab_size:
+            print(f"note: BPE training stopped at {tok.vocab_size} tokens of the {vocab_size} asked for: no pair occurs "
+                  f"min_frequency={min_frequency} times; give more text or lower min_frequency")
+        return tok
     return tokenizer_from_spec({"kind": kind})
 
 

@@ -27,7 +27,8 @@ import torch
 import torch.distributed as dist
 
 from configurator import configure
-from model import GPT, GPTConfig, CheckpointError, clean_state_dict, load_checkpoint, save_checkpoint, model_from_checkpoint
+from model import (GPT, GPTConfig, CheckpointError, clean_state_dict, load_checkpoint, load_pretrained, model_from_checkpoint,
+                   save_checkpoint)
 from tokenizer import BERT_SPECIALS, load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,7 +41,7 @@ DEFAULTS = dict(
     eval_iters=200,
     eval_only=False,              # evaluate the initial/loaded model and exit
     always_save_checkpoint=True,  # else only when val loss improves
-    init_from="scratch",          # scratch | resume | path to a checkpoint or out_dir
+    init_from="scratch",          # scratch | resume | gpt2[-medium|-large|-xl] | a checkpoint, out_dir or Hugging Face folder
     keep_last=1,                  # numbered checkpoints to keep besides ckpt.pt
     sample_every=0,               # print a short sample every this many iters (0 = only at the end)
     sample_tokens=300,            # length of the samples printed during and after training
@@ -635,16 +636,23 @@ def check_config(cfg, system):
 
 
 def init_model(cfg, meta, tok):
-    """The model and, when resuming, its checkpoint. Checks the data's tokenizer against it."""
+    """The model and, when resuming, its checkpoint. Any other init_from is read by
+    model.load_pretrained (a checkpoint, a Hugging Face folder, a GPT-2 name): the model's
+    architecture comes from there, the dropout from this run. Checks the data's tokenizer against it."""
     if cfg.init_from == "scratch":
         args = {k: getattr(cfg, k) for k in MODEL_KEYS} | {"vocab_size": tok.vocab_size}
         return GPT(GPTConfig.from_dict(args)), None
-    path = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
-    checkpoint = load_checkpoint(path)
+    resume = cfg.init_from == "resume"
+    checkpoint = load_checkpoint(cfg.out_dir) if resume else load_pretrained(cfg.init_from)
     ckpt_tok = checkpoint.get("tokenizer")
     if ckpt_tok is not None and ckpt_tok != tok.spec():
         raise TrainError(f"dataset {cfg.dataset} uses a {tok.kind} tokenizer with {tok.vocab_size} tokens, which does not "
                          f"match the checkpoint's ({ckpt_tok['kind']}); prepare the data with the checkpoint's tokenizer")
+    if checkpoint["model_args"]["vocab_size"] < tok.vocab_size:
+        raise TrainError(f"dataset {cfg.dataset} has {tok.vocab_size} token ids but {cfg.init_from} embeds only "
+                         f"{checkpoint['model_args']['vocab_size']}; prepare the data with the model's tokenizer")
+    if not resume:  # as nanoGPT does when it starts from GPT-2: finetuning picks its own dropout
+        checkpoint["model_args"]["dropout"] = cfg.dropout
     model = model_from_checkpoint(checkpoint)
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)
@@ -682,6 +690,9 @@ def main(argv=None):
         tok = load_tokenizer(data_dir)
         for split in ("train", "val"):
             n = len(read_bin(data_dir, split, meta))
+            if n != meta[f"{split}_tokens"]:  # meta.json is renamed into place last: it vouches for the bins
+                raise TrainError(f"{data_dir}/{split}.bin has {n} tokens but meta.json says {meta[f'{split}_tokens']}: "
+                                 f"an interrupted prepare.py run left a mix of old and new files; run prepare.py again")
             if n < cfg.block_size + 2:
                 raise TrainError(f"the {split} split of {cfg.dataset} has {n} tokens, fewer than block_size+2={cfg.block_size + 2}; "
                                  f"lower block_size or prepare more data")
@@ -691,7 +702,7 @@ def main(argv=None):
         model.to(system.device)
         if system.master:
             print(f"{cfg.objective} model: {model.get_num_params() / 1e6:.2f}M parameters, "
-                  f"{cfg.n_layer} layers, vocab {tok.vocab_size} ({tok.kind}), device {system.device}, dtype {system.dtype}"
+                  f"{model.config.n_layer} layers, vocab {tok.vocab_size} ({tok.kind}), device {system.device}, dtype {system.dtype}"
                   + (f", {system.world_size} processes" if system.distributed else ""))
         raw_model = model
         model = wrap_model(model, cfg, system)

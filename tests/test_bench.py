@@ -15,3 +15,10 @@ def test_bench_prints_a_table_and_plots_it(tmp_path, monkeypatch, capsys):
     assert any("train mlm" in n for n in names) and any("train clm" in n for n in names) and "generate: KV cache speed-up" in names
     assert all(r["value"] > 0 for r in rows) and "| benchmark" in out
     assert_real_png(tmp_path / "bench.png")
+
+
+def test_bench_data_section_reports_every_stage(shared_data, capsys):
+    rows = bench.bench_data(None, None)
+    stages = [r["benchmark"].rsplit(": ", 1)[1] for r in rows]
+    assert stages == ["read", "lang", "clean", "filters", "exact_dedup", "near_dedup", "pii", "tokenize"]
+    assert all(r["metric"] == "MB/s" and r["value"] > 0 for r in rows)

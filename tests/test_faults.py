@@ -107,24 +107,37 @@ def test_sigkill_during_checkpoint_writes_never_leaves_a_torn_file(tmp_path):
         assert 1 <= len(numbered) <= 3  # keep_last rotation
 
 
-def test_sigkill_during_prepare_keeps_previous_outputs(tmp_path):
-    big = tmp_path / "big.txt"
-    big.write_text("All the world's a stage, and all the men and women merely players.\n" * 200_000)
-    args = ["prepare.py", f"--input={big}", "--name=big", f"--data_root={tmp_path}"]
-    assert python(*args).returncode == 0
-    before = {f: (tmp_path / "big" / f).read_bytes() for f in ("train.bin", "val.bin", "meta.json")}
-    (tmp_path / "big.txt").write_text("Now is the winter of our discontent.\n" * 300_000)
-    proc = subprocess.Popen([sys.executable, *args], env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.5)  # mid-way: reading, tokenizing or writing the new bins
-    proc.kill()
-    proc.wait()
-    assert {f: (tmp_path / "big" / f).read_bytes() for f in before} == before
+def test_sigkill_during_prepare_leaves_old_or_new_files(tmp_path, data):
+    """Each output is the old file or the new one, whole; a kill between the renames leaves a mix
+    that train.py refuses in one line, since meta.json (renamed last) no longer matches the bins."""
+    texts = {"old": "All the world's a stage, and all the men and women merely players.\n" * 200_000,
+             "new": "Now is the winter of our discontent.\n" * 300_000}
+    outputs = {}
+    for version, text in texts.items():
+        (tmp_path / f"{version}.txt").write_text(text)
+        assert python("prepare.py", f"--input={tmp_path / version}.txt", f"--name={version}", f"--data_root={tmp_path}",
+                      "--curate=False").returncode == 0
+        outputs[version] = {f: (tmp_path / version / f).read_bytes() for f in ("train.bin", "val.bin")}
+    (tmp_path / "old.txt").write_text(texts["new"])
+    rng = random.Random(1)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "prepare.py", f"--input={tmp_path / 'old.txt'}", "--name=old",
+                                 f"--data_root={tmp_path}", "--curate=False"], env=ENV, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 3.0))  # reading, tokenizing, writing or renaming
+        proc.kill()
+        proc.wait()
+        now = {f: (tmp_path / "old" / f).read_bytes() for f in ("train.bin", "val.bin")}
+        assert all(now[f] in (outputs["old"][f], outputs["new"][f]) for f in now)
+        run = python(*train_cmd(tmp_path / "old", tmp_path / "o", "--max_iters=0")[1:])
+        mixed = [v for v in outputs if outputs[v] == now] == []
+        assert (run.returncode != 0 and "interrupted prepare.py run" in run.stderr) if mixed else run.returncode == 0
 
 
 def test_disk_full_while_writing_bins_is_a_clean_error(tmp_path):
     src = tmp_path / "text.txt"
     src.write_text("to be or not to be " * 50_000)
-    args = [f"--input={src}", "--name=full", f"--data_root={tmp_path}"]
+    args = [f"--input={src}", "--name=full", f"--data_root={tmp_path}", "--curate=False"]
     assert python("prepare.py", *args).returncode == 0
     before = (tmp_path / "full" / "train.bin").read_bytes()
 
@@ -228,7 +241,7 @@ def test_missing_dataset_and_block_size_larger_than_data(tmp_path, data):
     assert "prepare the dataset first" in one_line_error(python(*train_cmd(tmp_path / "nothing", tmp_path / "o")[1:]))
     small = tmp_path / "small.txt"
     small.write_text("a tiny corpus of a few words only " * 3)
-    assert python("prepare.py", f"--input={small}", "--name=small", f"--data_root={tmp_path}").returncode == 0
+    assert python("prepare.py", f"--input={small}", "--name=small", f"--data_root={tmp_path}", "--curate=False").returncode == 0
     line = one_line_error(python(*train_cmd(tmp_path / "small", tmp_path / "o", "--block_size=64")[1:]))
     assert "fewer than block_size" in line and "lower block_size" in line
 
@@ -237,7 +250,7 @@ def test_vocab_mismatch_between_data_and_checkpoint(tmp_path, data):
     assert python(*train_cmd(data, tmp_path, "--max_iters=2", "--eval_interval=2")[1:]).returncode == 0
     other = tmp_path / "other.txt"
     other.write_text("completely different characters: 0123456789 ∑∂ " * 100)
-    assert python("prepare.py", f"--input={other}", "--name=other", f"--data_root={tmp_path}").returncode == 0
+    assert python("prepare.py", f"--input={other}", "--name=other", f"--data_root={tmp_path}", "--curate=False").returncode == 0
     line = one_line_error(python(*train_cmd(tmp_path / "other", tmp_path, "--init_from=resume", "--max_iters=4")[1:]))
     assert "does not match the checkpoint" in line
 

@@ -245,7 +245,7 @@ def test_lm_task_stops_early_when_val_loss_stalls(tmp_path):
 def test_unknown_task_and_missing_init_are_one_line_errors(tmp_path):
     with pytest.raises(SystemExit, match="task='summarize' is not one of lm, classify, sft"):
         run_finetune("--task=summarize")
-    with pytest.raises(SystemExit, match="no checkpoint at"):
+    with pytest.raises(SystemExit, match="is neither a checkpoint"):
         run_finetune(f"--init_from={tmp_path / 'nothing'}")
 
 
@@ -258,7 +258,7 @@ def test_labelled_lines_and_the_reviews_recipe_drop_labels(tmp_path):
     assert list(prepare.read_labelled_lines(str(path), stats)) == [("1", "a fine film"), ("0", "not good \ufffd at all")]
     assert stats["invalid_utf8_chars"] == 1 and stats["skipped_no_text"] == 1
     assert list(prepare.read_sources([f"labelled:{path}"], Counter())) == ["a fine film", "not good \ufffd at all"]
-    assert "labelled:" in prepare.RECIPES["reviews"]["input"]
+    assert any(source.startswith("labelled:") for source in prepare.RECIPES["reviews"]["input"])
 
 
 def test_tsv_and_jsonl_examples_are_read_and_bad_lines_counted(tmp_path):

@@ -52,7 +52,7 @@ def test_split_is_deterministic_and_by_document(tmp_path):
     docs = [{"text": f"document number {i} " * 3} for i in range(200)]
     src = tmp_path / "docs.jsonl"
     src.write_text("\n".join(json.dumps(d) for d in docs))
-    metas = [run_prepare(tmp_path, f"--input={src}", f"--name=run{k}", "--tokenizer=char") for k in range(2)]
+    metas = [run_prepare(tmp_path, f"--input={src}", f"--name=run{k}", "--tokenizer=char", "--curate=False") for k in range(2)]
     for split in ("train", "val"):
         a, b = ((tmp_path / f"run{k}" / f"{split}.bin").read_bytes() for k in range(2))
         assert a == b
@@ -66,7 +66,7 @@ def test_jsonl_bad_lines_are_skipped_and_counted(tmp_path):
     lines = ['{"text": "good one"}', "{not json", '{"title": "no text"}', '{"text": 5}', "", '{"text": "good two"}']
     with gzip.open(src, "wt") as f:
         f.write("\n".join(lines) + "\n")
-    meta = run_prepare(tmp_path, f"--input={src}", "--name=mixed")
+    meta = run_prepare(tmp_path, f"--input={src}", "--name=mixed", "--curate=False")
     assert meta["train_docs"] + meta["val_docs"] == 2
     assert meta["input_stats"] == {"skipped_bad_json": 1, "skipped_no_text_field": 2}
 
@@ -156,5 +156,25 @@ def test_download_from_mirror(tmp_path, monkeypatch):
 def test_prepare_from_url(tmp_path, file_server):
     docs = "\n".join(json.dumps({"text": f"web page {i} says hello"}) for i in range(30)).encode()
     server = file_server({"/crawl.jsonl": docs})
-    meta = run_prepare(tmp_path, f"--input={server.url}/crawl.jsonl", "--name=web", "--tokenizer=gpt2")
+    meta = run_prepare(tmp_path, f"--input={server.url}/crawl.jsonl", "--name=web", "--tokenizer=gpt2", "--curate=False")
     assert meta["train_docs"] + meta["val_docs"] == 30
+
+
+def test_sharded_corpus_streams_shard_by_shard_up_to_max_tokens(tmp_path, file_server):
+    shards = {}
+    for k in range(4):
+        lines = "\n".join(json.dumps({"text": f"shard {k} document {i}: " + "words and more words " * 20}) for i in range(50))
+        shards[f"/c4/part-{k}.json.gz"] = gzip.compress(lines.encode())
+    server = file_server(shards)
+    urls = ",".join(f"{server.url}/c4/part-{k}.json.gz" for k in range(4))
+    meta = run_prepare(tmp_path, f"--input={urls}", "--name=big", "--tokenizer=gpt2", "--curate=False",
+                       "--max_tokens=12000", "--keep_downloads=False")
+    fetched = [path for path, _ in server.requests]
+    assert fetched == [f"/c4/part-{k}.json.gz" for k in range(3)]  # ~4,400 tokens a shard: the cap falls in the third
+    assert 12000 <= meta["train_tokens"] + meta["val_tokens"] < 12000 + 500  # within a few documents of the cap
+    assert not os.listdir(tmp_path / "big" / "downloads")  # each shard deleted once read
+
+
+def test_c4_recipe_names_the_public_shards():
+    urls = prepare.RECIPES["c4"]["input"]
+    assert len(urls) == 1024 and urls[0].endswith("/en/c4-train.00000-of-01024.json.gz") and urls[0].startswith("https://")

@@ -24,7 +24,7 @@ def memorised_mlm(tmp_path_factory):
     """An encoder trained until it knows one sentence by heart."""
     root = tmp_path_factory.mktemp("mlm")
     (root / "fox.txt").write_text("the quick brown fox jumps over the lazy dog. " * 400)
-    prepare.main([f"--input={root}/fox.txt", "--name=fox", f"--data_root={root}"])
+    prepare.main([f"--input={root}/fox.txt", "--name=fox", f"--data_root={root}", "--curate=False"])
     train.main([*TINY, f"--dataset={root}/fox", f"--out_dir={root}/out", "--objective=mlm", "--max_iters=300",
                 "--eval_interval=300", "--mask_prob=0.3", "--n_head=4", "--n_embd=64", "--batch_size=32",
                 "--block_size=24", "--weight_decay=0"])
@@ -106,7 +106,7 @@ def test_attention_map_of_an_encoder_looks_both_ways(memorised_mlm, tmp_path):
 def test_attention_map_with_chinese_tokens(tmp_path, capsys):
     root = tmp_path
     (root / "poem.txt").write_text("床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。\n" * 50)
-    prepare.main([f"--input={root}/poem.txt", "--name=poem", f"--data_root={root}"])
+    prepare.main([f"--input={root}/poem.txt", "--name=poem", f"--data_root={root}", "--curate=False"])
     train.main([*TINY, f"--dataset={root}/poem", f"--out_dir={root}/out", "--max_iters=2", "--eval_interval=2"])
     sample.main([f"--out_dir={root}/out", "--start=床前明月光", f"--attention={root}/a.png", "--device=cpu"])
     assert_real_png(root / "a.png", min_side=100)

@@ -386,6 +386,31 @@ def read_path(path, stats, text_field="text", max_doc_bytes=64 << 20):
         yield from read_text_file(path, stats, max_doc_bytes)
 
 
+def read_labelled_lines(path, stats):
+    """(label, text) from lines `<label> <text>` (SST-2's `1 a stirring , funny ...`, TREC's `LOC:city
+    Which city ...`). Invalid UTF-8 is replaced and counted; lines without text are skipped and counted."""
+    if not os.path.exists(path):
+        raise DataError(f"input {path} does not exist")
+    with open(path, "rb") as f:
+        for raw in f:
+            label, _, text = _decode(raw, stats).strip().partition(" ")
+            if not text.strip():
+                stats["skipped_no_text"] += bool(label)
+                continue
+            yield label, text.strip()
+
+
+def read_lines(path, stats):
+    """Every non-empty line of a text file is one document (e.g. one Wikipedia article per line)."""
+    if not os.path.exists(path):
+        raise DataError(f"input {path} does not exist")
+    with open(path, "rb") as f:
+        for raw in f:
+            line = _decode(raw, stats).strip()
+            if line:
+                yield line
+
+
 def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, download_dir=None, sha256=None,
                  keep_downloads=True, dist=None):
     """

@@ -152,7 +152,7 @@ RECIPES = {
     "reviews": dict(input=[f"labelled:{SHARED_DATA}/sst2/stsa.binary.train",
                            f"{SHARED_DATA}/clean_text_sample/c4_demo.jsonl",
                            f"lines:{SHARED_DATA}/clean_text_sample/wiki_demo.txt"],
-                    tokenizer="bpe", vocab_size=8192, name="reviews", curate=False),
+                    tokenizer="gpt2", name="reviews", curate=False),
 }
 
 

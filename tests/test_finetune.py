@@ -229,7 +229,7 @@ def test_sft_then_sample_with_the_same_template(tmp_path, capsys):
 def test_lm_task_stops_early_when_val_loss_stalls(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the cat sat on the mat. " * 400)
-    prepare.main([f"--input={corpus}", "--name=lmtoy", f"--data_root={tmp_path}", "--tokenizer=char"])
+    prepare.main([f"--input={corpus}", "--name=lmtoy", f"--data_root={tmp_path}", "--tokenizer=char", "--curate=False"])
     from tokenizer import load_tokenizer
     tok = load_tokenizer(str(tmp_path / "lmtoy"))
     init = save_pretrained(tmp_path / "pretrained", tiny_gpt(True, tok.vocab_size), tok)

@@ -248,7 +248,8 @@ def plot_rows(rows, path, title):
     fig, axes = plt.subplots(len(metrics), 1, figsize=(10, 1.2 + 0.5 * len(rows)), squeeze=False)
     for ax, metric in zip(axes[:, 0], metrics):
         chosen = [r for r in rows if r["metric"] == metric]
-        ax.barh([r["benchmark"] for r in chosen], [r["value"] for r in chosen], color="tab:blue")
+        ax.barh(range(len(chosen)), [r["value"] for r in chosen], color="tab:blue")  # by position: names may repeat
+        ax.set_yticks(range(len(chosen)), [r["benchmark"] for r in chosen])
         for i, r in enumerate(chosen):
             ax.text(r["value"], i, f" {r['value']:,.1f}", va="center", fontsize=8)
         ax.set_xlabel(metric)

@@ -55,7 +55,7 @@ import requests
 from tqdm import tqdm
 
 from configurator import configure
-from tokenizer import EOT, TokenizerError, build_tokenizer
+from tokenizer import EOT, TokenizerError, build_tokenizer, load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -69,7 +69,9 @@ DEFAULTS = dict(
     # what to write
     name="",                # output folder data/<name>/
     data_root=os.path.join(HERE, "data"),
-    tokenizer="char",       # char | gpt2 | bpe (our own byte-level BPE, trained on the train split)
+    tokenizer="char",       # char | gpt2 | bpe (our own byte-level BPE, trained on the train split) | a prepared
+                            # dataset (name under data_root, or path) whose tokenizer to reuse, e.g. to continue
+                            # training a model on new text
     vocab_size=8192,        # bpe: tokens in all, the 5 special tokens included
     min_frequency=2,        # bpe: stop merging when the most frequent pair occurs fewer times
     tokenizer_train_bytes=20_000_000,  # bpe: train on a sample of this many bytes of the train split (0 = all of it)
@@ -152,7 +154,7 @@ RECIPES = {
     "reviews": dict(input=[f"labelled:{SHARED_DATA}/sst2/stsa.binary.train",
                            f"{SHARED_DATA}/clean_text_sample/c4_demo.jsonl",
                            f"lines:{SHARED_DATA}/clean_text_sample/wiki_demo.txt"],
-                    tokenizer="gpt2", name="reviews", curate=False),
+                    tokenizer="bpe", vocab_size=8192, name="reviews", curate=False),
 }
 
 
@@ -1331,10 +1333,26 @@ def staged_records(paths):
             f.close()
 
 
+def tokenizer_source(cfg):
+    """The prepared dataset whose tokenizer `--tokenizer=` names (a folder under data_root, or a path),
+    or None when it names a kind to build."""
+    if cfg.tokenizer in ("char", "gpt2", "bpe"):
+        return None
+    path = cfg.tokenizer if os.path.isdir(cfg.tokenizer) else os.path.join(cfg.data_root, cfg.tokenizer)
+    if not os.path.exists(os.path.join(path, "meta.json")):
+        raise DataError(f"tokenizer={cfg.tokenizer!r} is neither char, gpt2 or bpe nor a prepared dataset "
+                        f"({path}/meta.json does not exist)")
+    return path
+
+
 def fit_tokenizer(cfg, texts):
     """The tokenizer the corpus is written with, fitted on the kept documents (`texts()` gives a fresh
     iterator over them): char takes its vocabulary from all of them; a BPE trains on the train split
-    only (sampled to tokenizer_train_bytes), so validation text stays unseen; GPT-2's vocabulary is fixed."""
+    only (sampled to tokenizer_train_bytes), so validation text stays unseen; GPT-2's vocabulary is fixed;
+    a prepared dataset lends its own."""
+    source = tokenizer_source(cfg)
+    if source:
+        return load_tokenizer(source)
     if cfg.tokenizer == "bpe":
         return build_tokenizer("bpe", train_split_texts(texts(), cfg.val_fraction, cfg.seed, cfg.tokenizer_train_bytes),
                                vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency)
@@ -1628,7 +1646,7 @@ def gather_to_rank0(obj, rank, world, dist):
 # -----------------------------------------------------------------------------
 
 def check_config(cfg):
-    """Curation settings that cannot work, as one-line errors."""
+    """Settings that cannot work, as one-line errors before any reading."""
     if cfg.char_rep_k not in ("code", "paper"):
         raise DataError(f"char_rep_k={cfg.char_rep_k!r}: use code (ROOTS' code) or paper (the paper's App. C)")
     if cfg.minhash_bands < 1 or cfg.minhash_rows < 1:
@@ -1637,6 +1655,7 @@ def check_config(cfg):
         raise DataError(f"ppl_max={cfg.ppl_max} needs --ppl_model=<checkpoint> to score perplexity with")
     if cfg.curate:
         wanted_languages(cfg.lang, cfg.lang_id)
+    tokenizer_source(cfg)
 
 
 def prepare(cfg):

@@ -1,10 +1,11 @@
-# Continued causal-LM training on new text: Shakespeare (GPT-2 tokens) from the GPT pretrained on the
-# reviews corpus (python train.py config/mlm_pretrain_reviews.py --objective=clm --out_dir=out-clm-reviews ...).
-# A low constant learning rate and early stopping once val loss stops improving, as in nanoGPT's
-# finetune_shakespeare; init_from=gpt2 works the same once model.py imports Hugging Face weights.
+# Continued causal-LM training on new text: Shakespeare, from the GPT pretrained on the reviews corpus
+# (python train.py config/mlm_pretrain_reviews.py --objective=clm --out_dir=out-clm-reviews ...), with
+# that model's own BPE. A low constant learning rate and early stopping once val loss stops improving,
+# as in nanoGPT's finetune_shakespeare (which starts from GPT-2: config/shakespeare_from_gpt2.py).
+#   python prepare.py shakespeare --tokenizer=reviews --name=shakespeare_reviews   # encode with its BPE
 #   python finetune.py config/finetune_shakespeare.py
 task = "lm"
-dataset = "shakespeare"         # prepared on first use: python prepare.py shakespeare
+dataset = "shakespeare_reviews"
 init_from = "out-clm-reviews"
 out_dir = "out-shakespeare-ft"
 

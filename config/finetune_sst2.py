@@ -1,11 +1,11 @@
 # SST-2 sentiment (Socher et al. 2013; binary, sentence level) from the MLM encoder that
 # config/mlm_pretrain_reviews.py pretrains: a linear head on the mean of the encoder's hidden states,
-# the whole model finetuned, dev accuracy at every eval. About 5 CPU-minutes on one thread.
+# the whole model finetuned, dev accuracy at every eval. About 2 CPU-minutes on one thread.
 #   python train.py config/mlm_pretrain_reviews.py && python finetune.py config/finetune_sst2.py
 # The transfer table in the README runs this file with overrides:
-#   --init_from=scratch --tokenizer=gpt2 --causal=False --block_size=128   (same architecture, no pretraining)
-#   --init_from=out-clm-reviews                                            (CLM-pretrained: last-token pooling)
-#   --lora_rank=8                                                          (adapters only)
+#   --init_from=scratch --tokenizer=reviews --causal=False --block_size=128   (same architecture, no pretraining)
+#   --init_from=out-clm-reviews                                               (CLM-pretrained: last-token pooling)
+#   --lora_rank=8 --learning_rate=3e-3 --min_lr=3e-4                          (adapters only)
 task = "classify"
 dataset = "sst2"                # ../shared/data/sst2: stsa.binary.train (6,920), evaluated on stsa.binary.dev (872)
 init_from = "out-mlm-reviews"

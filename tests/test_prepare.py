@@ -48,6 +48,19 @@ def test_shakespeare_gpt2_tokens(tmp_path):
     assert train[:3].tolist() == [5962, 22307, 25]  # "First Citizen:"
 
 
+def test_a_prepared_dataset_lends_its_tokenizer(tmp_path):
+    src = tmp_path / "more.txt"
+    src.write_text("Thou art more lovely and more temperate.\n" * 3)
+    run_prepare(tmp_path, "shakespeare", "--tokenizer=bpe", "--vocab_size=300")
+    meta = run_prepare(tmp_path, f"--input={src}", "--name=more", "--tokenizer=shakespeare", "--curate=False")
+    lender, tok = load_tokenizer(str(tmp_path / "shakespeare")), load_tokenizer(str(tmp_path / "more"))
+    assert tok.spec() == lender.spec() and meta["vocab_size"] == 300  # the same BPE, not a new one
+    train = np.fromfile(tmp_path / "more" / "train.bin", dtype=np.uint16)
+    assert train[:8].tolist() == lender.encode(src.read_text())[:8]
+    with pytest.raises(SystemExit, match="neither char, gpt2 or bpe nor a prepared dataset"):
+        run_prepare(tmp_path, f"--input={src}", "--name=x", "--tokenizer=bpee")
+
+
 def test_split_is_deterministic_and_by_document(tmp_path):
     docs = [{"text": f"document number {i} " * 3} for i in range(200)]
     src = tmp_path / "docs.jsonl"

@@ -14,10 +14,13 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
+from types import SimpleNamespace
 
 import torch
 
+import prepare
 import train
 from configurator import configure
 from model import GPT, GPTConfig
@@ -128,8 +131,7 @@ def bench_mlm(cfg, system):
 def tokenizer_corpora():
     """{name: (language, train texts, held-out texts)}: every 10th document is held out (Shakespeare,
     one document, keeps its last 10%). Shakespeare is bundled; the others come from ../shared/data."""
-    from prepare import poem_text
-    shared = os.path.join(os.path.dirname(HERE), "shared", "data")
+    shared = prepare.SHARED_DATA
     with open(os.path.join(HERE, "data", "tinyshakespeare", "input.txt"), encoding="utf-8") as f:
         text = f.read()
     corpora = {"Shakespeare": ("en", [text[: len(text) * 9 // 10]], [text[len(text) * 9 // 10:]])}
@@ -142,7 +144,7 @@ def tokenizer_corpora():
     for name in sorted(os.listdir(os.path.join(shared, "chinese_poetry"))):
         if name.startswith("poet.tang."):
             with open(os.path.join(shared, "chinese_poetry", name), encoding="utf-8") as f:
-                poems += [poem_text(p) for p in json.load(f)]
+                poems += [prepare.poem_text(p) for p in json.load(f)]
     docs["Tang poems"] = ("zh", poems)
     with open(os.path.join(shared, "chinese_web_sample", "cmrc2018_dev.json"), encoding="utf-8") as f:
         docs["zh Wikipedia"] = ("zh", [p["context"] for d in json.load(f)["data"] for p in d["paragraphs"]])
@@ -213,17 +215,26 @@ def bench_tokenizers(vocab_sizes=(1024, 4096, 16384), mixed_vocab_sizes=(8192, 3
 # data stage (python bench.py --sections=data): MB/s per process of each curation stage on the raw
 # Common Crawl sample of ../shared/data (prepare.py's report measures them; this runs it once)
 
-CRAWL_SAMPLE = os.path.join(os.path.dirname(HERE), "shared", "data", "web_crawl_sample",
-                            "CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz")
+CRAWL_SAMPLE = os.path.join(prepare.SHARED_DATA, "web_crawl_sample", "CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz")
+
+
+def data_stage_throughput(input_path, lang="en", tokenizer="char", **overrides):
+    """MB/s per process of each data stage on `input_path`: one curated prepare.py run into a temporary
+    folder; returns its report's rows [{stage, mb_per_s, seconds}]."""
+    with tempfile.TemporaryDirectory() as root:
+        cfg = SimpleNamespace(**(prepare.DEFAULTS | dict(input=input_path, name="bench", data_root=root, lang=lang,
+                                                         tokenizer=tokenizer) | overrides))
+        prepare.prepare(cfg)
+        with open(os.path.join(root, "bench", "report.json"), encoding="utf-8") as f:
+            return json.load(f)["throughput"]
 
 
 def bench_data(cfg, system):
-    from prepare import bench_data_stages
     if not os.path.exists(CRAWL_SAMPLE):
         raise SystemExit(f"bench.py: the data section reads {CRAWL_SAMPLE}, which is absent")
     size = os.path.getsize(CRAWL_SAMPLE) / 1e6
     return [dict(benchmark=f"data stage on the crawl sample ({size:.1f} MB gz), 1 process: {r['stage']}",
-                 metric="MB/s", value=r["mb_per_s"]) for r in bench_data_stages(CRAWL_SAMPLE, lang="en") if r["mb_per_s"]]
+                 metric="MB/s", value=r["mb_per_s"]) for r in data_stage_throughput(CRAWL_SAMPLE, lang="en") if r["mb_per_s"]]
 
 
 SECTIONS = {"train": bench_train, "generate": bench_generate, "mlm": bench_mlm,

@@ -1736,17 +1736,6 @@ def curate_and_write(cfg, sources, out_dir, started):
             dist.destroy_process_group()
 
 
-def bench_data_stages(input_path, lang="en", tokenizer="char", **overrides):
-    """MB/s per process of each data stage on `input_path` (bench.py runs it on the bundled crawl sample):
-    one curated run into a temporary folder; returns its report's rows [{stage, mb_per_s, seconds}]."""
-    with tempfile.TemporaryDirectory() as root:
-        cfg = SimpleNamespace(**(DEFAULTS | dict(input=input_path, name="bench", data_root=root, lang=lang,
-                                                 tokenizer=tokenizer) | overrides))
-        prepare(cfg)
-        with open(os.path.join(root, "bench", "report.json"), encoding="utf-8") as f:
-            return json.load(f)["throughput"]
-
-
 def main(argv=None):
     cfg = configure(DEFAULTS, argv, positional="recipe")
     try:

@@ -435,10 +435,3 @@ def test_data_juicer_duplicates_are_found(shared_data):
     assert drop[11] == ("exact_dup", 6)  # the same sentence twice
     assert drop[8][1] in (7,) and drop[10][1] in (7, 9) and drop[13] == ("near_dup", 12)  # two edited words; zh
     assert not any(d in drop for d in (0, 1, 2, 3, 4, 5))  # short, distinct sentences
-
-
-def test_bench_data_stages_gives_mb_per_s_for_each_stage():
-    rows = P.bench_data_stages(FIXTURE)
-    stages = [r["stage"] for r in rows]
-    assert stages[:7] == ["read", "lang", "clean", "filters", "exact_dedup", "near_dedup", "pii"] and "tokenize" in stages
-    assert all(r["seconds"] > 0 for r in rows) and all(r["mb_per_s"] > 0 for r in rows if r["stage"] != "dedup_decision")

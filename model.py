@@ -806,8 +806,9 @@ def read_hf_folder(folder):
 
 def write_hf_folder(model, out_dir, tokenizer=None):
     """out_dir/config.json + model.safetensors in the Hugging Face layout of the model's architecture
-    (GPT-2 or LLaMA), each written to a temporary name and renamed. Returns out_dir."""
+    (GPT-2 or LLaMA), each written to a temporary name, fsynced and renamed. Returns out_dir."""
     from safetensors.torch import save_file
+    from prepare import atomic_write_text
     c = model.config
     layout = hf_layout(c)
     state = {k: v.detach().cpu() for k, v in clean_state_dict(model.state_dict()).items()}
@@ -824,11 +825,11 @@ def write_hf_folder(model, out_dir, tokenizer=None):
     os.makedirs(out_dir, exist_ok=True)
     weights, config = os.path.join(out_dir, "model.safetensors"), os.path.join(out_dir, "config.json")
     save_file(tensors, weights + ".tmp", metadata={"format": "pt"})
-    with open(config + ".tmp", "w", encoding="utf-8") as f:
-        dtype = str(state["transformer.wte.weight"].dtype).removeprefix("torch.")
-        json.dump(hf_config_dict(c, tokenizer) | {"torch_dtype": dtype}, f, indent=2)
+    with open(weights + ".tmp", "rb") as f:
+        os.fsync(f.fileno())
     os.replace(weights + ".tmp", weights)
-    os.replace(config + ".tmp", config)
+    dtype = str(state["transformer.wte.weight"].dtype).removeprefix("torch.")
+    atomic_write_text(config, json.dumps(hf_config_dict(c, tokenizer) | {"torch_dtype": dtype}, indent=2))
     return out_dir
 
 

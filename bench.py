@@ -23,7 +23,6 @@ import torch
 import prepare
 import train
 from configurator import configure
-from model import GPT, GPTConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -58,9 +57,8 @@ def median_time(fn, iters, warmup, device):
 
 
 def build(cfg, system, objective):
-    args = {k: getattr(cfg, k) for k in train.MODEL_KEYS} | {"vocab_size": cfg.vocab_size, "causal": objective == "clm"}
     torch.manual_seed(cfg.seed)
-    return GPT(GPTConfig.from_dict(args)).to(system.device)
+    return train.new_model(cfg, cfg.vocab_size, causal=objective == "clm").to(system.device)
 
 
 def bench_train(cfg, system, objective="clm"):

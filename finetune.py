@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 import train
 from configurator import configure
-from model import GPT, GPTConfig, CheckpointError, checkpoint_path, load_checkpoint, load_pretrained, model_from_checkpoint
+from model import GPT, CheckpointError, checkpoint_path, load_checkpoint, load_pretrained, model_from_checkpoint
 from prepare import SHARED_DATA, DataError, in_val_split, read_labelled_lines
 from tokenizer import EOT, TokenizerError, build_tokenizer, load_tokenizer, tokenizer_from_spec
 
@@ -247,8 +247,7 @@ def load_start(cfg):
         if cfg.block_size < 1:
             raise FinetuneError("init_from=scratch needs a block_size (the context of the new model)")
         tok = build_tokenizer("gpt2") if cfg.tokenizer == "gpt2" else load_tokenizer(train.ensure_dataset(cfg.tokenizer, True))
-        args = {k: getattr(cfg, k) for k in train.MODEL_KEYS} | {"vocab_size": tok.vocab_size}
-        return GPT(GPTConfig.from_dict(args)), tok, None
+        return train.new_model(cfg, tok.vocab_size), tok, None
     checkpoint = load_checkpoint(cfg.out_dir) if cfg.init_from == "resume" else load_pretrained(cfg.init_from)
     if checkpoint.get("tokenizer") is None:
         raise FinetuneError(f"{cfg.init_from} does not say which tokenizer its ids belong to; start from a checkpoint "

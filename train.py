@@ -635,13 +635,18 @@ def check_config(cfg, system):
         raise TrainError("; ".join(problems))
 
 
+def new_model(cfg, vocab_size, **overrides):
+    """A freshly initialised model with the run's architecture keys (MODEL_KEYS)."""
+    args = {k: getattr(cfg, k) for k in MODEL_KEYS} | {"vocab_size": vocab_size} | overrides
+    return GPT(GPTConfig.from_dict(args))
+
+
 def init_model(cfg, meta, tok):
     """The model and, when resuming, its checkpoint. Any other init_from is read by
     model.load_pretrained (a checkpoint, a Hugging Face folder, a GPT-2 name): the model's
     architecture comes from there, the dropout from this run. Checks the data's tokenizer against it."""
     if cfg.init_from == "scratch":
-        args = {k: getattr(cfg, k) for k in MODEL_KEYS} | {"vocab_size": tok.vocab_size}
-        return GPT(GPTConfig.from_dict(args)), None
+        return new_model(cfg, tok.vocab_size), None
     resume = cfg.init_from == "resume"
     checkpoint = load_checkpoint(cfg.out_dir) if resume else load_pretrained(cfg.init_from)
     ckpt_tok = checkpoint.get("tokenizer")

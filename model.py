@@ -511,12 +511,14 @@ def save_checkpoint(checkpoint, out_dir, keep_last=1):
         f.flush()
         os.fsync(f.fileno())
     if keep_last > 1:
+        # prune before linking, so that a kill at any point leaves at most keep_last numbered files
         numbered = os.path.join(out_dir, f"ckpt-{checkpoint.get('iter_num', 0):07d}.pt")
+        others = sorted(p for p in glob.glob(os.path.join(out_dir, "ckpt-*.pt")) if p != numbered)
+        for old in others[:-(keep_last - 1)]:
+            os.remove(old)
         if os.path.exists(numbered):
             os.remove(numbered)
         os.link(tmp, numbered)
-        for old in sorted(glob.glob(os.path.join(out_dir, "ckpt-*.pt")))[:-keep_last]:
-            os.remove(old)
     os.replace(tmp, final)
     return final
 

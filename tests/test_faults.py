@@ -17,7 +17,7 @@ import torch
 
 import prepare
 from conftest import ROOT
-from model import CheckpointError, load_checkpoint
+from model import CheckpointError, load_checkpoint, save_checkpoint
 from test_train import TINY
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
@@ -104,7 +104,14 @@ def test_sigkill_during_checkpoint_writes_never_leaves_a_torn_file(tmp_path):
         ckpt = load_checkpoint(str(tmp_path))
         assert (ckpt["model"]["w"] == ckpt["iter_num"]).all()  # the old file or the new one, whole
         numbered = sorted(p for p in os.listdir(tmp_path) if p.startswith("ckpt-") and p.endswith(".pt"))
-        assert 1 <= len(numbered) <= 3  # keep_last rotation
+        assert 1 <= len(numbered) <= 3  # keep_last rotation holds at every instant, not only after a save ends
+
+
+def test_keep_last_keeps_the_newest_and_resaving_an_iteration_drops_nothing_else(tmp_path):
+    for i in (1, 2, 3, 4, 4):
+        save_checkpoint({"iter_num": i, "model": {"w": torch.full((2,), float(i))}}, str(tmp_path), keep_last=3)
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith("ckpt-")) == [f"ckpt-{i:07d}.pt" for i in (2, 3, 4)]
+    assert load_checkpoint(str(tmp_path))["iter_num"] == 4
 
 
 def test_sigkill_during_prepare_leaves_old_or_new_files(tmp_path, data):

@@ -117,6 +117,10 @@ def test_keep_last_keeps_the_newest_and_resaving_an_iteration_drops_nothing_else
 def test_sigkill_during_prepare_leaves_old_or_new_files(tmp_path, data):
     """Each output is the old file or the new one, whole; a kill between the renames leaves a mix
     that train.py refuses in one line, since meta.json (renamed last) no longer matches the bins."""
+    def files(out):  # the bins' bytes and the token counts meta.json vouches for
+        meta = json.loads((out / "meta.json").read_text())
+        return {**{f: (out / f).read_bytes() for f in ("train.bin", "val.bin")}, "meta": (meta["train_tokens"], meta["val_tokens"])}
+
     texts = {"old": "All the world's a stage, and all the men and women merely players.\n" * 200_000,
              "new": "Now is the winter of our discontent.\n" * 300_000}
     outputs = {}
@@ -124,7 +128,7 @@ def test_sigkill_during_prepare_leaves_old_or_new_files(tmp_path, data):
         (tmp_path / f"{version}.txt").write_text(text)
         assert python("prepare.py", f"--input={tmp_path / version}.txt", f"--name={version}", f"--data_root={tmp_path}",
                       "--curate=False").returncode == 0
-        outputs[version] = {f: (tmp_path / version / f).read_bytes() for f in ("train.bin", "val.bin")}
+        outputs[version] = files(tmp_path / version)
     (tmp_path / "old.txt").write_text(texts["new"])
     rng = random.Random(1)
     for _ in range(3):
@@ -134,10 +138,10 @@ def test_sigkill_during_prepare_leaves_old_or_new_files(tmp_path, data):
         time.sleep(rng.uniform(0.5, 3.0))  # reading, tokenizing, writing or renaming
         proc.kill()
         proc.wait()
-        now = {f: (tmp_path / "old" / f).read_bytes() for f in ("train.bin", "val.bin")}
+        now = files(tmp_path / "old")
         assert all(now[f] in (outputs["old"][f], outputs["new"][f]) for f in now)
         run = python(*train_cmd(tmp_path / "old", tmp_path / "o", "--max_iters=0")[1:])
-        mixed = [v for v in outputs if outputs[v] == now] == []
+        mixed = [v for v in outputs if outputs[v] == now] == []  # the kill can land between any two renames
         assert (run.returncode != 0 and "interrupted prepare.py run" in run.stderr) if mixed else run.returncode == 0
 
 

@@ -22,7 +22,9 @@ import torch
 
 import prepare
 import train
-from configurator import configure
+from configurator import ConfigError, configure, script_main
+from dataset import SHARED_DATA, DataError, dataset_dir, read_meta
+from tokenizer import build_tokenizer, gpt2_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -129,7 +131,7 @@ def bench_mlm(cfg, system):
 def tokenizer_corpora():
     """{name: (language, train texts, held-out texts)}: every 10th document is held out (Shakespeare,
     one document, keeps its last 10%). Shakespeare is bundled; the others come from ../shared/data."""
-    shared = prepare.SHARED_DATA
+    shared = SHARED_DATA
     with open(os.path.join(HERE, "data", "tinyshakespeare", "input.txt"), encoding="utf-8") as f:
         text = f.read()
     corpora = {"Shakespeare": ("en", [text[: len(text) * 9 // 10]], [text[len(text) * 9 // 10:]])}
@@ -170,7 +172,6 @@ def bench_tokenizers(vocab_sizes=(1024, 4096, 16384), mixed_vocab_sizes=(8192, 3
     (English and Chinese) at `mixed_vocab_sizes`; BPE training time (wall and CPU seconds); encoding
     MB/s in one thread, our mixed BPEs next to GPT-2.
     """
-    from tokenizer import build_tokenizer, gpt2_tokenizer
     corpora, rows, trained = tokenizer_corpora(), [], {}
 
     def train_bpe_timed(label, texts, vocab_size):
@@ -213,7 +214,7 @@ def bench_tokenizers(vocab_sizes=(1024, 4096, 16384), mixed_vocab_sizes=(8192, 3
 # data stage (python bench.py --sections=data): MB/s per process of each curation stage on the raw
 # Common Crawl sample of ../shared/data (prepare.py's report measures them; this runs it once)
 
-CRAWL_SAMPLE = os.path.join(prepare.SHARED_DATA, "web_crawl_sample", "CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz")
+CRAWL_SAMPLE = os.path.join(SHARED_DATA, "web_crawl_sample", "CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz")
 
 
 def data_stage_throughput(input_path, lang="en", tokenizer="char", **overrides):
@@ -229,7 +230,7 @@ def data_stage_throughput(input_path, lang="en", tokenizer="char", **overrides):
 
 def bench_data(cfg, system):
     if not os.path.exists(CRAWL_SAMPLE):
-        raise SystemExit(f"bench.py: the data section reads {CRAWL_SAMPLE}, which is absent")
+        raise DataError(f"the data section reads {CRAWL_SAMPLE}, which is absent")
     size = os.path.getsize(CRAWL_SAMPLE) / 1e6
     return [dict(benchmark=f"data stage on the crawl sample ({size:.1f} MB gz), 1 process: {r['stage']}",
                  metric="MB/s", value=r["mb_per_s"]) for r in data_stage_throughput(CRAWL_SAMPLE, lang="en") if r["mb_per_s"]]
@@ -275,16 +276,18 @@ def machine_description(system):
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+@script_main
 def main(argv=None):
     cfg = configure(DEFAULTS, argv, default_config=os.path.join(HERE, "config", "shakespeare_char.py"))
+    unknown = [name for name in cfg.sections.split(",") if name not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
     system = train.setup_system(cfg)
     if not cfg.vocab_size:
-        meta_path = os.path.join(HERE, "data", cfg.dataset, "meta.json")
-        cfg.vocab_size = json.load(open(meta_path))["vocab_size"] if os.path.exists(meta_path) else 50257
+        data_dir = dataset_dir(cfg.dataset)
+        cfg.vocab_size = read_meta(data_dir)["vocab_size"] if os.path.exists(os.path.join(data_dir, "meta.json")) else 50257
     rows = []
     for name in cfg.sections.split(","):
-        if name not in SECTIONS:
-            raise SystemExit(f"bench.py: unknown section {name!r}; choose from {', '.join(SECTIONS)}")
         rows += SECTIONS[name](cfg, system)
     header = (f"nanoroots bench on {machine_description(system)}, torch {torch.__version__}, dtype {system.dtype}, "
               f"compile={cfg.compile}, {cfg.n_layer}x{cfg.n_embd}, vocab {cfg.vocab_size}")

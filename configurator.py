@@ -13,6 +13,7 @@ tests and tools can build and inspect.
 
 import ast
 import difflib
+import functools
 import os
 import sys
 import types
@@ -20,9 +21,36 @@ import types
 TRUE_WORDS, FALSE_WORDS = {"true", "1", "yes"}, {"false", "0", "no"}
 
 
-class ConfigError(SystemExit):
-    """A bad key or value. It is a SystemExit, so every script stops with this one line (exit code 1)
-    instead of a traceback, without each of them catching it."""
+class NanorootsError(Exception):
+    """A problem the user can fix: a bad setting, unusable data, a missing or foreign checkpoint. Every
+    error class of the project derives from it, and every script's main (wrapped by `script_main`)
+    prints its message as one line `<script>: <message>` and exits with status 1 instead of a traceback."""
+
+
+class ConfigError(NanorootsError):
+    """A bad key or value."""
+
+
+def script_main(main):
+    """Decorate a script's main(argv=None): a NanorootsError becomes `<script>.py: <message>` and exit code 1."""
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except NanorootsError as e:
+            raise SystemExit(f"{os.path.basename(main.__code__.co_filename)}: {e}") from None
+    return run
+
+
+def file_or_text(value, what="text"):
+    """A command-line value that is either the text itself or FILE:<path> naming a file that holds it."""
+    if not value.startswith("FILE:"):
+        return value
+    path = value[len("FILE:"):]
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} file {path} not found")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
 
 
 def _closest(key, valid):

@@ -31,16 +31,18 @@ import math
 import os
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
 import train
-from configurator import configure
-from model import GPT, CheckpointError, checkpoint_path, load_checkpoint, load_pretrained, model_from_checkpoint
-from prepare import SHARED_DATA, DataError, in_val_split, read_labelled_lines
-from tokenizer import EOT, TokenizerError, build_tokenizer, load_tokenizer, tokenizer_from_spec
+from configurator import ConfigError, configure, file_or_text, script_main
+from dataset import SHARED_DATA, DataError, in_val_split, read_meta
+from model import GPT, checkpoint_path, load_checkpoint
+from prepare import read_labelled_lines
+from tokenizer import EOT, build_tokenizer, encode_known, format_prompt, load_tokenizer
 
 PRETRAINING_ONLY = ("objective", "mlm_baselines", "sample_every", "sample_tokens")  # the objective follows the model
 DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k not in PRETRAINING_ONLY} | dict(
@@ -48,6 +50,7 @@ DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k not in PRETRAINING_ONLY
     out_dir="out-finetune",
     init_from="out-mlm-reviews",  # an out_dir or .pt | resume | scratch | gpt2[-medium|-large|-xl] | a Hugging Face folder
     tokenizer="gpt2",             # init_from=scratch only: gpt2, or a prepared dataset whose tokenizer to use
+    causal=True,                  # init_from=scratch only: False builds a bidirectional encoder (as an MLM would be)
     eval_interval=100,
     eval_iters=20,                # lm: batches per split; classify/sft: train batches evaluated (val is read whole)
     log_interval=10,
@@ -80,33 +83,6 @@ DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k not in PRETRAINING_ONLY
     weight_decay=0.01,
     beta2=0.99,
 )
-
-class FinetuneError(RuntimeError):
-    """A configuration or data problem; the message says what to do."""
-
-
-# -----------------------------------------------------------------------------
-# the prompt template: sft trains with it and sample.py --template=alpaca generates with it
-
-# Stanford Alpaca's template (github.com/tatsu-lab/stanford_alpaca, train.py PROMPT_DICT), verbatim.
-# The response follows "### Response:" directly and ends with the end-of-text token.
-ALPACA_PROMPT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
-                 "Write a response that appropriately completes the request.\n\n"
-                 "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")
-ALPACA_PROMPT_NO_INPUT = ("Below is an instruction that describes a task. "
-                          "Write a response that appropriately completes the request.\n\n"
-                          "### Instruction:\n{instruction}\n\n### Response:")
-TEMPLATES = ("alpaca",)
-
-
-def format_prompt(instruction, input="", template="alpaca"):
-    """The text a model sees before its response."""
-    if template not in TEMPLATES:
-        raise FinetuneError(f"template={template!r} is not one of {', '.join(TEMPLATES)}")
-    if input.strip():
-        return ALPACA_PROMPT.format(instruction=instruction, input=input)
-    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
-
 
 # -----------------------------------------------------------------------------
 # task models: a classification head, and LoRA adapters
@@ -181,14 +157,14 @@ def add_lora(gpt, rank, alpha, dropout, targets):
                     setattr(parent, name, LoRALinear(getattr(parent, name), rank, alpha, dropout))
                     replaced += 1
     if not replaced:
-        raise FinetuneError(f"lora_targets={targets!r} names no Linear layer of the blocks; use some of c_attn, c_proj, c_fc")
+        raise ConfigError(f"lora_targets={targets!r} names no Linear layer of the blocks; use some of c_attn, c_proj, c_fc")
     return replaced
 
 
 def freeze_first_layers(gpt, n):
     """Freeze the token and position embeddings (with a tied output layer) and the first n blocks."""
     if n > gpt.config.n_layer:
-        raise FinetuneError(f"freeze_layers={n} but the model has {gpt.config.n_layer} layers")
+        raise ConfigError(f"freeze_layers={n} but the model has {gpt.config.n_layer} layers")
     for name in ("wte", "wpe"):
         if name in gpt.transformer:
             gpt.transformer[name].requires_grad_(False)
@@ -237,32 +213,6 @@ def count_parameters(raw_model):
 
 
 # -----------------------------------------------------------------------------
-# the pretrained model
-
-def load_start(cfg):
-    """(GPT, tokenizer, checkpoint or None) to start from: a new model, the run being resumed, or
-    whatever model.load_pretrained reads (our checkpoint, a Hugging Face folder, a GPT-2 name).
-    cfg.dropout replaces the pretraining dropout; a smaller cfg.block_size crops the context."""
-    if cfg.init_from == "scratch":
-        if cfg.block_size < 1:
-            raise FinetuneError("init_from=scratch needs a block_size (the context of the new model)")
-        tok = build_tokenizer("gpt2") if cfg.tokenizer == "gpt2" else load_tokenizer(train.ensure_dataset(cfg.tokenizer, True))
-        return train.new_model(cfg, tok.vocab_size), tok, None
-    checkpoint = load_checkpoint(cfg.out_dir) if cfg.init_from == "resume" else load_pretrained(cfg.init_from)
-    if checkpoint.get("tokenizer") is None:
-        raise FinetuneError(f"{cfg.init_from} does not say which tokenizer its ids belong to; start from a checkpoint "
-                            f"that records one (nanoroots checkpoints and GPT-2 do)")
-    if cfg.init_from != "resume":
-        checkpoint["model_args"] = {**checkpoint["model_args"], "dropout": cfg.dropout}
-    model = model_from_checkpoint(checkpoint)
-    if 0 < cfg.block_size < model.config.block_size:
-        model.crop_block_size(cfg.block_size)
-    elif cfg.block_size > model.config.block_size:
-        raise FinetuneError(f"block_size={cfg.block_size} is larger than the checkpoint's {model.config.block_size}")
-    return model, tokenizer_from_spec(checkpoint["tokenizer"]), checkpoint
-
-
-# -----------------------------------------------------------------------------
 # task data: labelled sentences and instruction records, read robustly, examples counted
 
 CLASSIFY_RECIPES = {  # the labels in the files, in class-id order, and what to call them
@@ -277,7 +227,7 @@ def read_examples(path, stats):
     """(text, label) pairs from a .jsonl ({"text", "label"} per line), a .tsv (text<TAB>label, an
     optional header) or `<label> <text>` lines (SST-2, TREC; TREC's fine label LOC:city becomes LOC)."""
     if not os.path.exists(path):
-        raise FinetuneError(f"dataset file {path} not found")
+        raise DataError(f"dataset file {path} not found")
     if path.endswith(".jsonl"):
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in (line for line in f if line.strip()):
@@ -306,11 +256,9 @@ def read_examples(path, stats):
 
 def encode_text(tok, text, stats):
     """Token ids of text; characters that a char vocabulary lacks are dropped and counted."""
-    if tok.kind == "char":
-        known = "".join(c for c in text if c in tok.stoi)
-        stats["unknown_chars_dropped"] += len(text) - len(known)
-        text = known
-    return tok.encode(text)
+    ids, dropped = encode_known(tok, text)
+    stats["unknown_chars_dropped"] += dropped
+    return ids
 
 
 def classification_inputs(tok, texts, block_size, causal, stats):
@@ -338,7 +286,7 @@ def load_classification(cfg, tok, causal):
         paths["val"] = cfg.val_dataset
     pairs = {split: list(read_examples(path, stats)) for split, path in paths.items()}
     if not pairs["train"]:
-        raise FinetuneError(f"{paths['train']} has no usable examples ({dict(stats)}); check its format")
+        raise DataError(f"{paths['train']} has no usable examples ({dict(stats)}); check its format")
     if recipe:
         labels, names = recipe["labels"], recipe["names"]
     else:
@@ -357,7 +305,7 @@ def load_classification(cfg, tok, causal):
         data[split] = {"ids": classification_inputs(tok, [t for t, _ in known], cfg.block_size, causal, stats),
                        "labels": [labels.index(lab) for _, lab in known]}
     if not data["val"]["ids"]:
-        raise FinetuneError(f"no validation examples for {cfg.dataset}: give val_dataset=<file> or raise val_fraction")
+        raise DataError(f"no validation examples for {cfg.dataset}: give val_dataset=<file> or raise val_fraction")
     return data
 
 
@@ -382,7 +330,7 @@ def load_sft(cfg, tok):
 
     def read(path):
         if not os.path.exists(path):
-            raise FinetuneError(f"instruction file {path} not found; give dataset=<an Alpaca .json> "
+            raise DataError(f"instruction file {path} not found; give dataset=<an Alpaca .json> "
                                 f"(e.g. {SHARED_DATA}/instruction_tuning/alpaca_en_demo.json)")
         with open(path, encoding="utf-8", errors="replace") as f:
             records = json.load(f)
@@ -401,7 +349,7 @@ def load_sft(cfg, tok):
     for split, recs in splits.items():
         examples = [e for e in (sft_example(tok, r, cfg.block_size, cfg.template, stats) for r in recs) if e]
         if not examples:
-            raise FinetuneError(f"no usable {split} examples in {cfg.dataset} ({dict(stats)})")
+            raise DataError(f"no usable {split} examples in {cfg.dataset} ({dict(stats)})")
         data[split] = {"ids": [e[0] for e in examples], "targets": [e[1] for e in examples]}
     return data
 
@@ -545,21 +493,21 @@ def check_config(cfg):
     if not 0 < cfg.val_fraction < 1:
         problems.append(f"val_fraction={cfg.val_fraction} must be between 0 and 1")
     if problems:
-        raise FinetuneError("; ".join(problems))
+        raise ConfigError("; ".join(problems))
 
 
-def task_functions(cfg, gpt, tok, system):
-    """The task's batch_fn, loss_fn and eval_fn for train.train_loop; test_fn, which evaluates the test
-    split where there is one; tokens per micro-batch; class names."""
+def make_task(cfg, gpt, tok, system):
+    """What train.Trainer needs of the task (batch, loss, evaluate, tokens_per_micro_batch), plus `test`,
+    which evaluates the test split where there is one (else None), and the class `names`."""
     if cfg.task == "lm":  # train.py's own batches and evaluation, on the new dataset
-        data_dir = train.ensure_dataset(cfg.dataset, system.master)
+        data_dir = train.find_dataset(cfg.dataset, system)
         if load_tokenizer(data_dir).spec() != tok.spec():
-            raise FinetuneError(f"data/{cfg.dataset} was tokenized with another tokenizer than {cfg.init_from}'s "
-                                f"({tok.kind}); prepare it with --tokenizer={tok.kind}")
-        batch_fn = train.make_batch_fn(cfg, data_dir, train.load_meta(data_dir), tok, system)
-        eval_fn = lambda m: train.evaluate_lm(m, batch_fn, cfg, system)  # noqa: E731
-        loss_fn = lambda m, batch: train.lm_loss(m, batch, system.autocast)  # noqa: E731
-        return batch_fn, loss_fn, eval_fn, None, cfg.batch_size * cfg.block_size, []
+            raise ConfigError(f"data/{cfg.dataset} was tokenized with another tokenizer than {cfg.init_from}'s "
+                              f"({tok.kind}); prepare it with --tokenizer={tok.kind}")
+        batch_fn = train.make_batch_fn(cfg, data_dir, read_meta(data_dir), tok, system)
+        return SimpleNamespace(batch=batch_fn, loss=lambda m, batch: train.lm_loss(m, batch, system.autocast),
+                               evaluate=lambda m: train.evaluate_lm(m, batch_fn, cfg, system), test=None, names=[],
+                               tokens_per_micro_batch=cfg.batch_size * cfg.block_size)
     data = load_classification(cfg, tok, gpt.config.causal) if cfg.task == "classify" else load_sft(cfg, tok)
     data["pad_id"] = pad_id = tok.special_ids["[PAD]"]
     data["train"] = subset(data["train"], cfg.train_examples)
@@ -568,11 +516,12 @@ def task_functions(cfg, gpt, tok, system):
     if system.master:
         print(f"{cfg.task} data: {n_train} train, {len(data['val']['ids'])} val examples"
               + (f", classes {names}" if names else "") + "".join(f"; {k} {v}" for k, v in data["stats"].items() if v))
-    batch_fn = lambda i: make_task_batch(data["train"], batch_indices(i, cfg.batch_size, n_train, cfg.seed), pad_id, system)  # noqa: E731
-    loss_fn = lambda m, batch: task_loss(m, batch, cfg.task, system.autocast)  # noqa: E731
-    eval_fn = lambda m: evaluate_examples(m, data, cfg, system, len(names))  # noqa: E731
-    test_fn = (lambda m: evaluate_examples(m, data, cfg, system, len(names), splits=("test",))) if "test" in data else None  # noqa: E731
-    return batch_fn, loss_fn, eval_fn, test_fn, cfg.batch_size * round(sum(map(len, data["train"]["ids"])) / n_train), names
+    return SimpleNamespace(
+        batch=lambda i: make_task_batch(data["train"], batch_indices(i, cfg.batch_size, n_train, cfg.seed), pad_id, system),
+        loss=lambda m, batch: task_loss(m, batch, cfg.task, system.autocast),
+        evaluate=lambda m: evaluate_examples(m, data, cfg, system, len(names)),
+        test=(lambda m: evaluate_examples(m, data, cfg, system, len(names), splits=("test",))) if "test" in data else None,
+        names=names, tokens_per_micro_batch=cfg.batch_size * round(sum(map(len, data["train"]["ids"])) / n_train))
 
 
 def build_task_model(cfg, gpt, names, source):
@@ -590,88 +539,89 @@ def build_task_model(cfg, gpt, names, source):
     return raw
 
 
-def predict_with_checkpoint(cfg, gpt, tok, source, system):
+def predict_with_checkpoint(cfg, gpt, tok, checkpoint, system):
     """--predict: the classifier saved by a classify run, on the given sentences."""
-    if source is None or "classifier" not in source:
-        raise FinetuneError(f"predict needs a classifier: set init_from to the out_dir of a classify run, not {cfg.init_from!r}")
-    classifier = Classifier(gpt, len(source["classes"]), source["pool"], 0.0)
-    classifier.head.load_state_dict(source["classifier"])
-    sentences = read_predict(cfg.predict)
-    return predict(classifier.to(system.device), tok, sentences, source["classes"], gpt.config.block_size, system)
+    if checkpoint is None or "classifier" not in checkpoint:
+        raise ConfigError(f"predict needs a classifier: set init_from to the out_dir of a classify run, not {cfg.init_from!r}")
+    classifier = Classifier(gpt, len(checkpoint["classes"]), checkpoint["pool"], 0.0)
+    classifier.head.load_state_dict(checkpoint["classifier"])
+    text = file_or_text(cfg.predict, "predict")
+    sentences = [s.strip() for s in (text.splitlines() if cfg.predict.startswith("FILE:") else text.split("|")) if s.strip()]
+    return predict(classifier.to(system.device), tok, sentences, checkpoint["classes"], gpt.config.block_size, system)
 
 
-def read_predict(spec):
-    """Sentences from --predict: 'one|two|three', or FILE:path with one sentence per line."""
-    if spec.startswith("FILE:"):
-        if not os.path.exists(spec[5:]):
-            raise FinetuneError(f"predict file {spec[5:]} not found")
-        with open(spec[5:], encoding="utf-8", errors="replace") as f:
-            return [line.strip() for line in f if line.strip()]
-    return [s.strip() for s in spec.split("|") if s.strip()]
+def start_finetuning(cfg, system):
+    """(run, task, tokenizer): the pretrained model with the task's head, adapters or frozen layers, its data,
+    and the run's state (train.start_run), resumed exactly for init_from=resume."""
+    tok = None
+    if cfg.init_from == "scratch":
+        if cfg.block_size < 1:
+            raise ConfigError("init_from=scratch needs a block_size (the context of the new model)")
+        tok = build_tokenizer("gpt2") if cfg.tokenizer == "gpt2" else load_tokenizer(train.find_dataset(cfg.tokenizer, system))
+    gpt, tok, checkpoint = train.start_model(cfg, tok, cfg.causal)
+    resume = cfg.init_from == "resume"
+    if resume and checkpoint["config"].get("task") != cfg.task:
+        raise ConfigError(f"{cfg.out_dir} was trained with task={checkpoint['config'].get('task')!r}, not {cfg.task!r}")
+    if cfg.task == "sft" and not gpt.config.causal:
+        raise ConfigError("sft teaches a model to generate, but init_from is a masked-LM encoder: start from a clm model")
+    cfg.block_size = gpt.config.block_size
+    cfg.objective = "clm" if gpt.config.causal else "mlm"  # what task=lm continues; train.py's helpers read it
+    train.check_config(cfg, system)
+    task = make_task(cfg, gpt, tok, system)
+    raw_model = build_task_model(cfg, gpt, task.names, checkpoint).to(system.device)
+    train.seed_everything(cfg.seed + system.rank)  # then each rank its own dropout randomness
+    trainable, total = count_parameters(raw_model)
+    if system.master:
+        how = (f"LoRA rank {cfg.lora_rank} on {cfg.lora_targets}" if cfg.lora_rank else
+               f"embeddings and first {cfg.freeze_layers} layers frozen" if cfg.freeze_layers else "full finetuning")
+        print(f"{cfg.task} from {cfg.init_from}: {'causal' if gpt.config.causal else 'encoder'} model"
+              + (f", pooling {raw_model.pool}" if cfg.task == "classify" else "")
+              + f", {how}: trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    run = train.start_run(cfg, system, raw_model, checkpoint if resume else None,
+                          full_model_state(checkpoint, raw_model) if resume else None)
+
+    def checkpoint_extra():  # a plain full finetune of lm/sft needs nothing beyond train.py's checkpoint
+        extra = {"tokenizer": tok.spec(), "task": cfg.task}
+        if cfg.task == "classify":
+            extra |= {"classes": task.names, "pool": raw_model.pool}
+        return extra | (task_state(raw_model) if cfg.task == "classify" or cfg.lora_rank else {})
+
+    task.checkpoint_extra, task.sample = checkpoint_extra, None
+    return run, task, tok
 
 
+def evaluate_test_split(cfg, system, run, task):
+    """The test split, once, on the checkpoint that val chose (the best val loss)."""
+    best = load_checkpoint(cfg.out_dir)
+    run.raw_model.load_state_dict(full_model_state(best, run.raw_model))
+    record = {"iter": best["iter_num"], **task.test(run.model)}
+    if system.master:
+        train.append_log(cfg.out_dir, record)
+        print(f"test split, checkpoint of step {best['iter_num']}: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "iter"))
+
+
+@script_main
 def main(argv=None):
     cfg = configure(DEFAULTS, argv)
     system = train.setup_system(cfg)
     try:
         check_config(cfg)
         train.seed_everything(cfg.seed)  # the same new weights (head, adapters) on every rank
-        gpt, tok, source = load_start(cfg)
         if cfg.predict:
-            return predict_with_checkpoint(cfg, gpt, tok, source, system)
-        if cfg.init_from == "resume" and source["config"].get("task") != cfg.task:
-            raise FinetuneError(f"{cfg.out_dir} was trained with task={source['config'].get('task')!r}, not {cfg.task!r}")
-        if cfg.task == "sft" and not gpt.config.causal:
-            raise FinetuneError("sft teaches a model to generate, but init_from is a masked-LM encoder: start from a clm model")
-        cfg.block_size = gpt.config.block_size
-        cfg.objective = "clm" if gpt.config.causal else "mlm"  # what task=lm continues; train.py's helpers read it
-        train.check_config(cfg, system)
-
-        batch_fn, loss_fn, eval_fn, test_fn, tokens_per_batch, names = task_functions(cfg, gpt, tok, system)
-        raw_model = build_task_model(cfg, gpt, names, source).to(system.device)
-        train.seed_everything(cfg.seed + system.rank)  # then each rank its own dropout randomness
-        trainable, total = count_parameters(raw_model)
-        if system.master:
-            how = (f"LoRA rank {cfg.lora_rank} on {cfg.lora_targets}" if cfg.lora_rank else
-                   f"embeddings and first {cfg.freeze_layers} layers frozen" if cfg.freeze_layers else "full finetuning")
-            print(f"{cfg.task} from {cfg.init_from}: {'causal' if gpt.config.causal else 'encoder'} model"
-                  + (f", pooling {raw_model.pool}" if cfg.task == "classify" else "")
-                  + f", {how}: trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
-        model = train.wrap_model(raw_model, cfg, system)
-        gpt.grad_checkpoint = cfg.grad_checkpoint  # wrap_model set it on raw_model, which may be the Classifier
-        optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), system.device_type)
-        scaler = torch.amp.GradScaler(system.device_type, init_scale=cfg.init_loss_scale, enabled=system.dtype == "float16")
-        state = {"iter_num": 0, "best_val_loss": float("inf")}
-        if cfg.init_from == "resume":
-            state = train.resume_state(source, raw_model, optimizer, scaler, cfg, system, full_model_state(source, raw_model))
-        state["start_iter"] = state["iter_num"]
-
-        def checkpoint_extra():  # a plain full finetune of lm/sft needs nothing beyond train.py's checkpoint
-            extra = {"tokenizer": tok.spec(), "task": cfg.task}
-            if cfg.task == "classify":
-                extra |= {"classes": names, "pool": raw_model.pool}
-            return extra | (task_state(raw_model) if cfg.task == "classify" or cfg.lora_rank else {})
-
+            gpt, tok, checkpoint = train.start_model(cfg)
+            return predict_with_checkpoint(cfg, gpt, tok, checkpoint, system)
+        run, task, tok = start_finetuning(cfg, system)
         cpu0, t0 = time.process_time(), time.time()
-        metrics = train.train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_fn, eval_fn,
-                                   checkpoint_extra, state, tokens_per_micro_batch=tokens_per_batch)
+        metrics = train.Trainer(cfg, system, run, task).fit()
         if system.master:
-            print(f"finished at step {state['iter_num']}, best val loss {state['best_val_loss']:.4f}; "
+            print(f"finished at step {run.state['iter_num']}, best val loss {run.state['best_val_loss']:.4f}; "
                   f"{time.time() - t0:.0f}s wall, {time.process_time() - cpu0:.0f}s CPU (this process); last eval: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        if test_fn and not cfg.eval_only and os.path.exists(checkpoint_path(cfg.out_dir)):
-            # the test split, once, on the checkpoint that val chose (the best val loss)
-            best = load_checkpoint(cfg.out_dir)
-            raw_model.load_state_dict(full_model_state(best, raw_model))
-            record = {"iter": best["iter_num"], **test_fn(model)}
-            if system.master:
-                train.append_log(cfg.out_dir, record)
-                print(f"test split, checkpoint of step {best['iter_num']}: "
-                      + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "iter"))
-    except (FinetuneError, CheckpointError, TokenizerError, DataError, train.TrainError) as e:
+        if task.test and not cfg.eval_only and os.path.exists(checkpoint_path(cfg.out_dir)):
+            evaluate_test_split(cfg, system, run, task)
+    finally:
         train.teardown(system)
-        raise SystemExit(f"finetune.py: {e}")
-    train.teardown(system)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,13 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from torch.nn import functional as F
+
+from configurator import ConfigError, NanorootsError
+from dataset import DataError, atomic_file, atomic_write_text, download
+from tokenizer import EOT, tokenizer_from_spec
 
 
 @dataclass
@@ -424,6 +430,29 @@ class GPT(nn.Module):
         new = list(self.generate_tokens(idx, max_new_tokens, **kwargs))
         return torch.cat([idx] + [t[:, None] for t in new], dim=1) if new else idx
 
+    @torch.no_grad()
+    def fill_mask(self, ids, mask_id, never=(), top_k=5, order="left_to_right"):
+        """
+        An encoder fills every mask_id in ids (a list), one at a time: the leftmost mask (left_to_right) or
+        the one it is most sure of (most_confident) gets the most likely token that is not in `never` (the
+        special tokens), and the encoder runs again so later choices see earlier ones. Returns (filled ids,
+        [(position, [(token id, probability)] * top_k)] in the order filled).
+        """
+        if order not in ("left_to_right", "most_confident"):
+            raise ConfigError(f"fill_order={order!r} is not left_to_right or most_confident")
+        ids, steps = list(ids), []
+        device = self.lm_head.weight.device
+        while mask_id in ids:
+            logits = self(torch.tensor([ids], dtype=torch.long, device=device))[0]
+            probs = F.softmax(logits[0, :, :self.config.vocab_size].float(), dim=-1)  # (T, V)
+            probs[:, list(never)] = 0
+            positions = [i for i, t in enumerate(ids) if t == mask_id]
+            pos = positions[0] if order == "left_to_right" else max(positions, key=lambda i: probs[i].max().item())
+            p, candidates = probs[pos].topk(top_k)
+            steps.append((pos, list(zip(candidates.tolist(), p.tolist()))))
+            ids[pos] = int(candidates[0])
+        return ids, steps
+
     # --- Hugging Face weights (the functions are in the last section of this file) ---------------
 
     @classmethod
@@ -484,7 +513,7 @@ def device_peak_flops(device, dtype):
 # -----------------------------------------------------------------------------
 # checkpoints: written atomically, loaded as data only (weights_only=True: a checkpoint never runs code)
 
-class CheckpointError(RuntimeError):
+class CheckpointError(NanorootsError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
 
 
@@ -499,27 +528,24 @@ def checkpoint_path(out_dir_or_file):
 
 def save_checkpoint(checkpoint, out_dir, keep_last=1):
     """
-    Write out_dir/ckpt.pt so that a crash at any moment leaves the old file or the new one: save to
-    a temporary name, fsync, rename. With keep_last > 1 the checkpoint is also kept as
-    ckpt-<iter>.pt (a hard link, no extra copy) and only the newest keep_last of those stay.
+    Write out_dir/ckpt.pt so that a crash at any moment leaves the old file or the new one (atomic_file).
+    With keep_last > 1 the checkpoint is also kept as ckpt-<iter>.pt (a hard link, no extra copy) and only
+    the newest keep_last of those stay: older ones are pruned before the new one is linked, so a kill at
+    any point leaves at most keep_last numbered files.
     """
     os.makedirs(out_dir, exist_ok=True)
     final = os.path.join(out_dir, "ckpt.pt")
-    tmp = final + f".tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
+    numbered = os.path.join(out_dir, f"ckpt-{checkpoint.get('iter_num', 0):07d}.pt")
     if keep_last > 1:
-        # prune before linking, so that a kill at any point leaves at most keep_last numbered files
-        numbered = os.path.join(out_dir, f"ckpt-{checkpoint.get('iter_num', 0):07d}.pt")
         others = sorted(p for p in glob.glob(os.path.join(out_dir, "ckpt-*.pt")) if p != numbered)
         for old in others[:-(keep_last - 1)]:
             os.remove(old)
+    with atomic_file(final, "wb") as f:
+        torch.save(checkpoint, f)
+    if keep_last > 1:
         if os.path.exists(numbered):
             os.remove(numbered)
-        os.link(tmp, numbered)
-    os.replace(tmp, final)
+        os.link(final, numbered)
     return final
 
 
@@ -556,6 +582,15 @@ def model_from_checkpoint(checkpoint, device="cpu"):
     if unexpected or [k for k in missing if not k.endswith("lm_head.weight") or not model.config.tie_embeddings]:
         raise CheckpointError(f"checkpoint does not match its model_args: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.to(device)
+
+
+def checkpoint_tokenizer(checkpoint, source):
+    """The tokenizer a checkpoint's token ids belong to (train.py and finetune.py record it; GPT-2's is known)."""
+    if checkpoint.get("tokenizer") is None:
+        raise CheckpointError(f"{source} does not say which tokenizer its ids belong to (nanoroots knows char, gpt2 and "
+                              f"its own bpe); finetune it with train.py on a prepared dataset, whose tokenizer the "
+                              f"checkpoint then records")
+    return tokenizer_from_spec(checkpoint["tokenizer"])
 
 
 def load_pretrained(source, map_location="cpu"):
@@ -596,7 +631,6 @@ def download_gpt2(name):
     sha256. HF_ENDPOINT replaces https://huggingface.co (a mirror site); NANOROOTS_MIRROR=<dir> reads
     local copies instead. Returns the folder.
     """
-    from prepare import DataError, download
     cache = os.environ.get("NANOROOTS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "nanoroots")
     folder = os.path.join(cache, "hf", name)
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
@@ -657,7 +691,6 @@ def hf_config_dict(c, tokenizer=None):
     layout = hf_layout(c)
     eot = None
     if tokenizer is not None:
-        from tokenizer import EOT, tokenizer_from_spec
         eot = tokenizer_from_spec(tokenizer).special_ids[EOT]
     common = {"vocab_size": c.vocab_size, "tie_word_embeddings": c.tie_embeddings, "bos_token_id": eot,
               "eos_token_id": eot,
@@ -719,7 +752,6 @@ def model_args_from_hf(hf, where):
     # so that every id it produces has an embedding; rows the file lacks are filled in on import
     args["vocab_size"] = vocab
     if tokenizer is not None:
-        from tokenizer import tokenizer_from_spec
         args["vocab_size"] = max(vocab, tokenizer_from_spec(tokenizer).vocab_size)
     args["tie_embeddings"] = bool(hf.get("tie_word_embeddings", kind == "gpt2"))
     return args, layout, tokenizer, vocab
@@ -728,8 +760,6 @@ def model_args_from_hf(hf, where):
 def read_hf_tensors(folder):
     """Every tensor of a Hugging Face folder: model.safetensors or pytorch_model.bin, or their
     sharded forms (an .index.json whose weight_map names the file of each tensor)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
     for weights in ("model.safetensors", "pytorch_model.bin"):
         index = os.path.join(folder, weights + ".index.json")
         if os.path.isfile(os.path.join(folder, weights)):
@@ -809,8 +839,6 @@ def read_hf_folder(folder):
 def write_hf_folder(model, out_dir, tokenizer=None):
     """out_dir/config.json + model.safetensors in the Hugging Face layout of the model's architecture
     (GPT-2 or LLaMA), each written to a temporary name, fsynced and renamed. Returns out_dir."""
-    from safetensors.torch import save_file
-    from prepare import atomic_write_text
     c = model.config
     layout = hf_layout(c)
     state = {k: v.detach().cpu() for k, v in clean_state_dict(model.state_dict()).items()}
@@ -826,10 +854,8 @@ def write_hf_folder(model, out_dir, tokenizer=None):
             tensors[name] = (part.t() if transposed else part).contiguous()
     os.makedirs(out_dir, exist_ok=True)
     weights, config = os.path.join(out_dir, "model.safetensors"), os.path.join(out_dir, "config.json")
-    save_file(tensors, weights + ".tmp", metadata={"format": "pt"})
-    with open(weights + ".tmp", "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(weights + ".tmp", weights)
+    with atomic_file(weights, "wb") as f:
+        f.write(save(tensors, metadata={"format": "pt"}))
     dtype = str(state["transformer.wte.weight"].dtype).removeprefix("torch.")
     atomic_write_text(config, json.dumps(hf_config_dict(c, tokenizer) | {"torch_dtype": dtype}, indent=2))
     return out_dir

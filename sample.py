@@ -16,15 +16,14 @@ terminal as it is produced.
 import codecs
 import json
 import math
-import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
-from configurator import configure
-from model import CheckpointError, load_pretrained, model_from_checkpoint
-from tokenizer import BERT_SPECIALS, EOT, TokenizerError, tokenizer_from_spec
+from configurator import ConfigError, configure, file_or_text, script_main
+from model import checkpoint_tokenizer, load_pretrained, model_from_checkpoint
+from tokenizer import BERT_SPECIALS, EOT, TEMPLATES, format_prompt
+from train import setup_system, show_fill_mask
 
 DEFAULTS = dict(
     init_from="resume",         # resume: the checkpoint in out_dir | gpt2[-medium|-large|-xl] | a .pt file or Hugging Face folder
@@ -50,29 +49,11 @@ DEFAULTS = dict(
 )
 
 
-class SampleError(ValueError):
-    """A prompt or option that cannot be used; the message says what to do."""
-
-
-def load_model(source, device):
+def load_for_inference(source, device):
     """Model and tokenizer from a checkpoint, Hugging Face folder or GPT-2 name, ready for inference."""
     checkpoint = load_pretrained(source, map_location="cpu")
-    if checkpoint.get("tokenizer") is None:
-        raise SampleError(f"{source} does not say which tokenizer its ids belong to (nanoroots knows char and gpt2); "
-                          f"finetune it with train.py on a prepared dataset, whose tokenizer the checkpoint then records")
-    model = model_from_checkpoint(checkpoint, device).eval()
-    tok = tokenizer_from_spec(checkpoint["tokenizer"])
-    return model, tok, checkpoint
-
-
-def read_prompt(start):
-    if start.startswith("FILE:"):
-        path = start[5:]
-        if not os.path.exists(path):
-            raise SampleError(f"prompt file {path} not found")
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    return start
+    tok = checkpoint_tokenizer(checkpoint, source)
+    return model_from_checkpoint(checkpoint, device).eval(), tok, checkpoint
 
 
 def crop_prompt(ids, block_size):
@@ -115,34 +96,6 @@ def generate_samples(model, tok, prompt_ids, num_samples, max_new_tokens, temper
                     stream.write(decoder.decode(tok.decode_bytes([t])))
                     stream.flush()
     return rows
-
-
-@torch.no_grad()
-def fill_mask(model, tok, ids, device, top_k=5, order="left_to_right", out=None):
-    """
-    Fill every [MASK] in ids, one at a time: pick the leftmost mask (left_to_right) or the one the
-    model is most sure of (most_confident), print its top_k candidates, put the best one in, and
-    run the encoder again so later choices see earlier ones. Returns (filled ids, candidates).
-    """
-    mask_id, out = tok.special_ids["[MASK]"], out or sys.stdout
-    if order not in ("left_to_right", "most_confident"):
-        raise SampleError(f"fill_order={order!r} is not left_to_right or most_confident")
-    ids = list(ids)
-    found = []
-    while mask_id in ids:
-        x = torch.tensor([ids], dtype=torch.long, device=device)
-        logits, _ = model(x)
-        probs = F.softmax(logits[0, :, :tok.vocab_size].float(), dim=-1)  # (T, V)
-        probs[:, list(tok.special_ids.values())] = 0  # a mask is filled with an ordinary token
-        positions = [i for i, t in enumerate(ids) if t == mask_id]
-        pos = positions[0] if order == "left_to_right" else max(positions, key=lambda i: probs[i].max().item())
-        p, cand = probs[pos].topk(top_k)
-        candidates = [(tok.decode([c]), float(q)) for c, q in zip(cand.tolist(), p.tolist())]
-        found.append((pos, candidates))
-        print(f"[MASK] at token {pos}: " + ", ".join(f"{s!r} {q:.3f}" for s, q in candidates), file=out)
-        ids[pos] = int(cand[0])
-    print("filled: " + tok.decode(ids), file=out)
-    return ids, found
 
 
 # -----------------------------------------------------------------------------
@@ -218,7 +171,7 @@ def write_attention(model, tok, ids, cfg, device):
     n_layer, n_head = len(maps), maps[0].size(1)
     layer = cfg.attention_layer % n_layer if -n_layer <= cfg.attention_layer < n_layer else None
     if layer is None or not -1 <= cfg.attention_head < n_head:
-        raise SampleError(f"attention_layer must be in [-{n_layer}, {n_layer - 1}] and attention_head in [-1, {n_head - 1}]")
+        raise ConfigError(f"attention_layer must be in [-{n_layer}, {n_layer - 1}] and attention_head in [-1, {n_head - 1}]")
     heads = list(range(n_head)) if cfg.attention_head == -1 else [cfg.attention_head]
     probs = maps[layer][0].float().cpu()  # (nh, T, T)
     labels = token_labels(tok, ids)
@@ -233,55 +186,62 @@ def write_attention(model, tok, ids, cfg, device):
         print(f"wrote {cfg.attention}")
 
 
+def stop_token_id(tok, stop):
+    """The token id that ends a sample, or None."""
+    if not stop:
+        return None
+    stop_ids = tok.encode(stop, allow_special=True)
+    if len(stop_ids) != 1:
+        raise ConfigError(f"stop={stop!r} is {len(stop_ids)} tokens; give a single token such as {EOT}")
+    return stop_ids[0]
+
+
+def generate_text(model, tok, prompt, ids, cfg, system):
+    """Print num_samples continuations of the prompt (the first streamed), or, with a template, answer the
+    instruction (with chat, every instruction typed on stdin) as finetune.py's sft taught the model."""
+    stop_token = stop_token_id(tok, cfg.stop)
+    generator = torch.Generator(device=system.device).manual_seed(cfg.seed)
+    options = (cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
+    if cfg.template or cfg.chat:  # instruction-tuned: the sft template; responses end at <|endoftext|>
+        template = cfg.template or "alpaca"
+        if template not in TEMPLATES:
+            raise ConfigError(f"template={template!r} is not one of {', '.join(TEMPLATES)}")
+        stop_token = tok.special_ids[EOT] if stop_token is None else stop_token
+        if cfg.chat:
+            for instruction in read_instructions():
+                ids = crop_prompt(tok.encode(format_prompt(instruction, template=template)), model.config.block_size)
+                generate_samples(model, tok, ids, 1, *options, stop_token, cfg.use_kv_cache, generator, system.autocast,
+                                 stream=sys.stdout)
+            return
+        prompt = format_prompt(prompt, template=template)
+        ids = crop_prompt(tok.encode(prompt), model.config.block_size)
+    print(prompt, end="", flush=True)
+    samples = generate_samples(model, tok, ids, cfg.num_samples, *options, stop_token, cfg.use_kv_cache, generator,
+                               system.autocast, stream=sys.stdout)
+    print("\n" + "-" * 40)
+    for row in samples[1:]:
+        print(prompt + tok.decode(row) + "\n" + "-" * 40)
+
+
+@script_main
 def main(argv=None):
     cfg = configure(DEFAULTS, argv, verbose=False)  # stdout carries only the samples
-    from train import setup_system  # the same device and precision choices as training
-    system = setup_system(cfg)
-    try:
-        source = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
-        model, tok, checkpoint = load_model(source, system.device)
-        prompt = read_prompt(cfg.start)
-        ids = crop_prompt(tok.encode(prompt, allow_special=True), model.config.block_size)
-        if cfg.attention or cfg.attention_json:
-            with system.autocast:
-                write_attention(model, tok, ids, cfg, system.device)
-            return
-        if not model.config.causal:
-            if tok.special_ids["[MASK]"] not in ids:
-                raise SampleError(f"{source} is a masked-LM encoder: put [MASK] where a token should be predicted, "
-                                  f'e.g. --start="to be or not to [MASK]"')
-            with system.autocast:
-                fill_mask(model, tok, ids, system.device, cfg.top_k if 0 < cfg.top_k <= 20 else 5, cfg.fill_order)
-            return
-        stop_token = None
-        if cfg.stop:
-            stop_ids = tok.encode(cfg.stop, allow_special=True)
-            if len(stop_ids) != 1:
-                raise SampleError(f"stop={cfg.stop!r} is {len(stop_ids)} tokens; give a single token such as {EOT}")
-            stop_token = stop_ids[0]
-        generator = torch.Generator(device=system.device).manual_seed(cfg.seed)
-        if cfg.template or cfg.chat:  # instruction-tuned: finetune.py's template, responses end at <|endoftext|>
-            from finetune import TEMPLATES, format_prompt
-            template = cfg.template or "alpaca"
-            if template not in TEMPLATES:
-                raise SampleError(f"template={template!r} is not one of {', '.join(TEMPLATES)}")
-            stop_token = tok.special_ids[EOT] if stop_token is None else stop_token
-            if cfg.chat:
-                for instruction in read_instructions():
-                    ids = crop_prompt(tok.encode(format_prompt(instruction, template=template)), model.config.block_size)
-                    generate_samples(model, tok, ids, 1, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                                     stop_token, cfg.use_kv_cache, generator, system.autocast, stream=sys.stdout)
-                return
-            prompt = format_prompt(prompt, template=template)
-            ids = crop_prompt(tok.encode(prompt), model.config.block_size)
-        print(prompt, end="", flush=True)
-        samples = generate_samples(model, tok, ids, cfg.num_samples, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
-                                   cfg.top_p, stop_token, cfg.use_kv_cache, generator, system.autocast, stream=sys.stdout)
-        print("\n" + "-" * 40)
-        for row in samples[1:]:
-            print(prompt + tok.decode(row) + "\n" + "-" * 40)
-    except (CheckpointError, TokenizerError, SampleError) as e:
-        raise SystemExit(f"sample.py: {e}")
+    system = setup_system(cfg)  # the same device and precision choices as training
+    source = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
+    model, tok, _ = load_for_inference(source, system.device)
+    prompt = file_or_text(cfg.start, "prompt")
+    ids = crop_prompt(tok.encode(prompt, allow_special=True), model.config.block_size)
+    if cfg.attention or cfg.attention_json:
+        with system.autocast:
+            return write_attention(model, tok, ids, cfg, system.device)
+    if model.config.causal:
+        return generate_text(model, tok, prompt, ids, cfg, system)
+    if tok.special_ids["[MASK]"] not in ids:
+        raise ConfigError(f"{source} is a masked-LM encoder: put [MASK] where a token should be predicted, "
+                          f'e.g. --start="to be or not to [MASK]"')
+    top_k = cfg.top_k if 0 < cfg.top_k <= 20 else 5
+    with system.autocast:
+        show_fill_mask(tok, *model.fill_mask(ids, tok.special_ids["[MASK]"], tok.special_ids.values(), top_k, cfg.fill_order))
 
 
 if __name__ == "__main__":

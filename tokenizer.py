@@ -30,6 +30,9 @@ import regex  # the `regex` package tiktoken itself depends on: Python's `re` ha
 import tiktoken
 from tqdm import tqdm
 
+from configurator import ConfigError, NanorootsError
+from dataset import read_meta, read_tokenizer_spec
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 GPT2_DIR = os.path.join(HERE, "data", "gpt2_bpe")
 EOT = "<|endoftext|>"
@@ -47,7 +50,7 @@ BERT_SPECIALS = SPECIAL_TOKENS[1:]  # inputs of an encoder; a causal model shoul
 _SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS) + ")")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(NanorootsError):
     """Text or a tokenizer file that cannot be used; the message says why."""
 
 
@@ -353,13 +356,36 @@ def build_tokenizer(kind, texts=None, vocab_size=8192, min_frequency=2, progress
 
 def load_tokenizer(data_dir):
     """The tokenizer a prepared dataset was written with, from its meta.json."""
-    meta_path = os.path.join(data_dir, "meta.json")
-    if not os.path.exists(meta_path):
-        raise TokenizerError(f"{meta_path} not found; run `python prepare.py` for this dataset first")
-    with open(meta_path, encoding="utf-8") as f:
-        entry = json.load(f)["tokenizer"]
-    spec = {"kind": entry["kind"]}
-    if "file" in entry:
-        with open(os.path.join(data_dir, entry["file"]), encoding="utf-8") as f:
-            spec = json.load(f)
-    return tokenizer_from_spec(spec)
+    return tokenizer_from_spec(read_tokenizer_spec(data_dir, read_meta(data_dir)))
+
+
+def encode_known(tok, text):
+    """(ids, characters dropped): a char vocabulary leaves out the characters it lacks (new text given to a
+    char model); a byte-level BPE encodes everything."""
+    if tok.kind == "char":
+        known = "".join(c for c in text if c in tok.stoi)
+        return tok.encode(known), len(text) - len(known)
+    return tok.encode(text), 0
+
+
+# -----------------------------------------------------------------------------
+# prompt templates: finetune.py's sft trains with them and sample.py --template generates with them
+
+# Stanford Alpaca's template (github.com/tatsu-lab/stanford_alpaca, train.py PROMPT_DICT), verbatim.
+# The response follows "### Response:" directly and ends with the end-of-text token.
+ALPACA_PROMPT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                 "Write a response that appropriately completes the request.\n\n"
+                 "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")
+ALPACA_PROMPT_NO_INPUT = ("Below is an instruction that describes a task. "
+                          "Write a response that appropriately completes the request.\n\n"
+                          "### Instruction:\n{instruction}\n\n### Response:")
+TEMPLATES = ("alpaca",)
+
+
+def format_prompt(instruction, input="", template="alpaca"):
+    """The text a model sees before its response."""
+    if template not in TEMPLATES:
+        raise ConfigError(f"template={template!r} is not one of {', '.join(TEMPLATES)}")
+    if input.strip():
+        return ALPACA_PROMPT.format(instruction=instruction, input=input)
+    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)

@@ -10,7 +10,8 @@ Pretraining: a GPT (objective='clm', next-token prediction) or a BERT-style enco
 One process or many: under torchrun every rank trains on its own batches and gradients are
 averaged by DDP (or the model is sharded with FSDP when fsdp=True). Checkpoints hold everything
 needed to continue exactly where a run stopped: weights, optimizer, loss scaler, RNG states and
-the data position. finetune.py reuses this file's system setup and training loop.
+the data position. finetune.py reuses this file's system setup, model start and training loop
+(the Trainer class); sample.py its system setup.
 """
 
 import contextlib
@@ -21,14 +22,20 @@ import random
 import signal
 import time
 from dataclasses import asdict
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import configure
-from model import (GPT, GPTConfig, CheckpointError, clean_state_dict, load_checkpoint, load_pretrained, model_from_checkpoint,
-                   save_checkpoint)
+from configurator import ConfigError, NanorootsError, configure, script_main
+from dataset import atomic_write_text, check_bins, dataset_dir, read_bin, read_meta, stable_hash
+from model import GPT, GPTConfig, checkpoint_tokenizer, clean_state_dict, load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
+from prepare import RECIPES, prepare_recipe
 from tokenizer import BERT_SPECIALS, load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -60,7 +67,6 @@ DEFAULTS = dict(
     n_embd=768,
     dropout=0.0,
     bias=False,
-    causal=True,                  # set from objective: mlm trains a bidirectional encoder
     pos="learned",
     rope_theta=10000.0,
     norm="layernorm",
@@ -101,12 +107,12 @@ DEFAULTS = dict(
     threads=0,                    # CPU threads per process (0 = torch's default)
 )
 
-MODEL_KEYS = ["block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "dropout", "bias", "causal", "pos",
+MODEL_KEYS = ["block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "dropout", "bias", "pos",
               "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "mlm_transform"]
 
 
-class TrainError(RuntimeError):
-    """A configuration or data problem; the message says what to do."""
+class TrainError(NanorootsError):
+    """A run that cannot go on (a NaN loss, a resume that does not fit); the message says what to do."""
 
 
 # -----------------------------------------------------------------------------
@@ -132,7 +138,7 @@ def setup_system(cfg):
     if cfg.dtype == "auto":  # measured on CPUs without AMX, bf16 matmuls are slower than float32: keep float32
         cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if s.device_type == "cuda" else "float32"
     if cfg.dtype not in ("float32", "bfloat16", "float16"):
-        raise TrainError(f"dtype={cfg.dtype!r} is not one of auto, float32, bfloat16, float16")
+        raise ConfigError(f"dtype={cfg.dtype!r} is not one of auto, float32, bfloat16, float16")
     s.dtype = cfg.dtype
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
     s.autocast = (contextlib.nullcontext() if cfg.dtype == "float32"
@@ -164,13 +170,12 @@ def all_reduce_mean(values, system):
 def wrap_model(model, cfg, system):
     """The model to call: compiled then wrapped in DDP (torch.compile's DDPOptimizer splits the
     graph at DDP's bucket boundaries), or sharded with FSDP per block and at the root, then compiled."""
-    model.grad_checkpoint = cfg.grad_checkpoint
+    getattr(model, "gpt", model).grad_checkpoint = cfg.grad_checkpoint  # a finetuning Classifier holds its GPT
     if cfg.fsdp:
         if not system.distributed:
-            raise TrainError("fsdp=True needs several processes: launch with torchrun --nproc_per_node=N")
+            raise ConfigError("fsdp=True needs several processes: launch with torchrun --nproc_per_node=N")
         if cfg.dtype == "float16":
-            raise TrainError("fsdp=True with float16 needs a sharded loss scaler; use dtype=bfloat16")
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+            raise ConfigError("fsdp=True with float16 needs a sharded loss scaler; use dtype=bfloat16")
         half = {"bfloat16": torch.bfloat16}.get(cfg.dtype)
         mp = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32) if half else MixedPrecisionPolicy()
         for block in model.transformer.h:
@@ -180,7 +185,6 @@ def wrap_model(model, cfg, system):
     if cfg.compile:
         model = torch.compile(model)
     if system.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[system.local_rank] if system.device_type == "cuda" else None)
     return model
 
@@ -196,7 +200,6 @@ def gradient_sync(model, sync):
 
 def full_state(model, optimizer, system):
     """Unsharded model and optimizer state dicts (collective under FSDP; every rank must call)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
     opts = StateDictOptions(full_state_dict=True, cpu_offload=system.distributed)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=opts)
     return clean_state_dict(model_sd), optim_sd
@@ -207,7 +210,6 @@ def unsharded(raw_model, system):
     gathered full state dict (collective; the copy is only complete on rank 0)."""
     if not hasattr(raw_model, "set_requires_gradient_sync"):
         return raw_model
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     state = get_model_state_dict(raw_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     plain = GPT(GPTConfig.from_dict(asdict(raw_model.config)))
     if system.master:
@@ -217,7 +219,6 @@ def unsharded(raw_model, system):
 
 def load_full_state(model, optimizer, model_sd, optim_sd):
     """Load unsharded state dicts into a (possibly sharded) model and its optimizer."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
     set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
                    options=StateDictOptions(full_state_dict=True))
 
@@ -247,41 +248,23 @@ def seed_everything(seed):
 def batch_generator(*key):
     """A torch.Generator seeded from a key such as (seed, "train", batch index): batches are a pure
     function of their index, so resume and any number of ranks see exactly the same data."""
-    from prepare import stable_hash  # the data stage owns stable hashing
     return torch.Generator().manual_seed(stable_hash(*key) % 2**63)
 
 
 # -----------------------------------------------------------------------------
 # data
 
-def load_meta(data_dir):
-    path = os.path.join(data_dir, "meta.json")
-    if not os.path.exists(path):
-        raise TrainError(f"{path} not found: prepare the dataset first (python prepare.py {os.path.basename(data_dir)})")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def ensure_dataset(dataset, master):
-    """data/<dataset>/, prepared on the fly when it is a built-in recipe that has not been run yet."""
-    import prepare
-    data_dir = dataset if os.path.isdir(dataset) and not os.path.isdir(os.path.join(HERE, "data", dataset)) \
-        else os.path.join(HERE, "data", dataset)
-    if not os.path.exists(os.path.join(data_dir, "meta.json")) and dataset in prepare.RECIPES:
-        if master:
+def find_dataset(dataset, system):
+    """data/<dataset>/ (or the folder `dataset`), prepared first when it is a built-in recipe that has not
+    been run yet; then the bins are checked against meta.json."""
+    data_dir = dataset_dir(dataset)
+    if not os.path.exists(os.path.join(data_dir, "meta.json")) and dataset in RECIPES:
+        if system.master:
             print(f"data/{dataset} is missing: preparing it first")
-            prepare.main([dataset])
+            prepare_recipe(dataset)
         if dist.is_initialized():
             dist.barrier()
     return data_dir
-
-
-def read_bin(data_dir, split, meta):
-    path = os.path.join(data_dir, f"{split}.bin")
-    if not os.path.exists(path):
-        raise TrainError(f"{path} not found: prepare the dataset first (python prepare.py ...)")
-    # a new memmap per batch avoids the memory leak of a long-lived one (nanoGPT's note)
-    return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
 
 
 def get_batch(data, batch_size, block_size, generator, shift=True):
@@ -375,7 +358,7 @@ def mlm_baselines(model, batch_fn, cfg, data_dir, meta, system):
     clm = load_checkpoint(cfg.mlm_baselines)
     clm_model = model_from_checkpoint(clm, system.device).eval()
     if clm_model.config.block_size < cfg.block_size or clm.get("tokenizer") != load_tokenizer(data_dir).spec():
-        raise TrainError(f"{cfg.mlm_baselines} must use this dataset's tokenizer and a block_size of at least {cfg.block_size}")
+        raise ConfigError(f"{cfg.mlm_baselines} must use this dataset's tokenizer and a block_size of at least {cfg.block_size}")
     counts = np.bincount(read_bin(data_dir, "train", meta), minlength=meta["vocab_size"])
     most_frequent = int(counts.argmax())
     model.eval()
@@ -397,6 +380,80 @@ def mlm_baselines(model, batch_fn, cfg, data_dir, meta, system):
     return {"mlm_acc": hits[0] / total, "clm_left_context_acc": hits[1] / total,
             "most_frequent_acc": hits[2] / total, "positions": total}
 
+
+# -----------------------------------------------------------------------------
+# the model and the run's state: a new model, a pretrained one, or the run being resumed
+
+def new_model(cfg, vocab_size, causal=True, **overrides):
+    """A freshly initialised model with the run's architecture keys (MODEL_KEYS)."""
+    args = {k: getattr(cfg, k) for k in MODEL_KEYS} | {"vocab_size": vocab_size, "causal": causal} | overrides
+    return GPT(GPTConfig.from_dict(args))
+
+
+def start_model(cfg, tok=None, causal=True):
+    """
+    (model, tokenizer, checkpoint or None) for cfg.init_from: a new model (scratch, `causal` or an encoder),
+    the run in out_dir (resume), or whatever model.load_pretrained reads (a checkpoint, an out_dir, a Hugging
+    Face folder, a GPT-2 name). A pretrained model keeps its architecture; this run sets its dropout (as
+    nanoGPT does when it starts from GPT-2), and a smaller block_size crops its context. `tok` is the data's
+    tokenizer, checked against the checkpoint's; without it, the checkpoint's own is used.
+    """
+    if cfg.init_from == "scratch":
+        return new_model(cfg, tok.vocab_size, causal), tok, None
+    resume = cfg.init_from == "resume"
+    checkpoint = load_checkpoint(cfg.out_dir) if resume else load_pretrained(cfg.init_from)
+    spec = checkpoint.get("tokenizer")
+    if tok is not None and spec is not None and spec != tok.spec():
+        raise ConfigError(f"dataset {cfg.dataset} uses a {tok.kind} tokenizer with {tok.vocab_size} tokens, which does not "
+                          f"match the checkpoint's ({spec['kind']}); prepare the data with the checkpoint's tokenizer")
+    tok = tok or checkpoint_tokenizer(checkpoint, cfg.init_from)
+    if checkpoint["model_args"]["vocab_size"] < tok.vocab_size:
+        raise ConfigError(f"dataset {cfg.dataset} has {tok.vocab_size} token ids but {cfg.init_from} embeds only "
+                          f"{checkpoint['model_args']['vocab_size']}; prepare the data with the model's tokenizer")
+    if not resume:
+        checkpoint["model_args"] = {**checkpoint["model_args"], "dropout": cfg.dropout}
+    model = model_from_checkpoint(checkpoint)
+    if 0 < cfg.block_size < model.config.block_size:
+        model.crop_block_size(cfg.block_size)
+    elif cfg.block_size > model.config.block_size:
+        raise ConfigError(f"block_size={cfg.block_size} is larger than the checkpoint's {model.config.block_size}")
+    return model, tok, checkpoint
+
+
+def resume_state(checkpoint, raw_model, optimizer, scaler, cfg, system, model_state=None):
+    """Continue a run exactly: load weights (model_state, else the checkpoint's), optimizer, loss
+    scaler and RNG states; forget log lines after the checkpoint. Returns the training loop's state."""
+    load_full_state(raw_model, optimizer, model_state or checkpoint["model"], checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    state = {"iter_num": checkpoint["iter_num"], "best_val_loss": checkpoint["best_val_loss"], **checkpoint.get("counters", {})}
+    rngs = checkpoint.get("rng") or []
+    if len(rngs) == system.world_size:
+        set_rng_state(rngs[system.rank])
+    elif system.master:
+        print(f"note: checkpoint was written by {len(rngs)} processes, this run has {system.world_size}; "
+              f"data order is kept, dropout randomness is reseeded")
+    if system.master:
+        truncate_log(cfg.out_dir, state["iter_num"])
+        print(f"resuming from {cfg.out_dir} at step {state['iter_num']}")
+    return state
+
+
+def start_run(cfg, system, raw_model, checkpoint=None, model_state=None):
+    """What the training loop works on: the model to call (compiled, DDP or FSDP), the optimizer, the loss
+    scaler and the loop's state. With a checkpoint (init_from=resume), all of them continue where it left
+    off; model_state are the weights to load when they are not the checkpoint's own (finetune.py)."""
+    model = wrap_model(raw_model, cfg, system)
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), system.device_type)
+    scaler = torch.amp.GradScaler(system.device_type, init_scale=cfg.init_loss_scale, enabled=system.dtype == "float16")
+    state = {"iter_num": 0, "best_val_loss": float("inf")}
+    if checkpoint is not None:
+        state = resume_state(checkpoint, raw_model, optimizer, scaler, cfg, system, model_state)
+    state["start_iter"] = state["iter_num"]
+    return SimpleNamespace(model=model, raw_model=raw_model, optimizer=optimizer, scaler=scaler, state=state)
+
+
+# -----------------------------------------------------------------------------
+# learning rate schedule
 
 def get_lr(it, cfg):
     """Linear warmup (non-zero from step 0), then cosine decay to min_lr at lr_decay_iters."""
@@ -425,7 +482,6 @@ def truncate_log(out_dir, iter_num):
         return
     with open(path, encoding="utf-8") as f:
         keep = [line for line in f if line.strip() and json.loads(line).get("iter", 0) < iter_num]
-    from prepare import atomic_write_text
     atomic_write_text(path, "".join(keep))
 
 
@@ -472,147 +528,181 @@ def plot_training(out_dir, log_scale=False):
 # -----------------------------------------------------------------------------
 # the training loop, shared with finetune.py
 
-def train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_fn, eval_fn,
-               checkpoint_extra, state, sample_fn=None, tokens_per_micro_batch=None):
+class Trainer:
     """
-    Optimise until max_iters or max_time; evaluate every eval_interval, checkpoint on improvement
-    (or always), log to log.jsonl and loss.png. `state` carries iter_num, best_val_loss and
-    counters across resumes. Returns the last eval metrics.
-
-    batch_fn(index) -> batch for global micro-batch `index`; loss_fn(model, batch) -> scalar loss;
-    eval_fn(model) -> metrics with 'val_loss'; checkpoint_extra() -> entries added to checkpoints
-    (they may replace 'model': finetune.py stores a classifier's body, or LoRA merged, as a plain GPT).
+    Optimise until max_iters or max_time; evaluate every eval_interval, checkpoint on improvement (or
+    always), log to log.jsonl and loss.png. `run` is start_run's (model, raw_model, optimizer, scaler,
+    state: iter_num, best_val_loss and counters that survive resumes). `task` supplies the objective:
+    batch(index) -> the micro-batch with that global index; loss(model, batch) -> scalar; evaluate(model)
+    -> metrics with 'val_loss'; checkpoint_extra() -> entries added to checkpoints (they may replace
+    'model': finetune.py stores a classifier's body, or LoRA merged, as a plain GPT); sample(model) or
+    None; tokens_per_micro_batch.
     """
-    accum = cfg.gradient_accumulation_steps // system.world_size
-    tokens_per_iter = (tokens_per_micro_batch or cfg.batch_size * cfg.block_size) * accum * system.world_size
-    params = [p for p in model.parameters() if p.requires_grad]
-    stop = {"signal": None}
-    if system.master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-    if cfg.wandb_log and system.master:
-        import wandb
-        wandb.init(project=cfg.wandb_project, name=os.path.basename(cfg.out_dir), config=vars(cfg))
 
-    def save(metrics=None):
-        model_sd, optim_sd = full_state(raw_model, optimizer, system)
+    def __init__(self, cfg, system, run, task):
+        self.cfg, self.system, self.run, self.task = cfg, system, run, task
+        self.accum = cfg.gradient_accumulation_steps // system.world_size
+        self.tokens_per_iter = task.tokens_per_micro_batch * self.accum * system.world_size
+        self.params = [p for p in run.model.parameters() if p.requires_grad]
+        self.metrics, self.stop_signal = {}, None
+
+    def fit(self):
+        """The loop. Returns the last eval's metrics."""
+        cfg, state = self.cfg, self.run.state
+        if self.system.master:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+        if cfg.wandb_log and self.system.master:
+            import wandb  # optional: pip install wandb
+            wandb.init(project=cfg.wandb_project, name=os.path.basename(cfg.out_dir), config=vars(cfg))
+        self.t_start, self.elapsed0 = time.time(), state.get("train_time", 0.0)
+        self.t_last, self.it_last = time.time(), state["iter_num"]  # throughput excludes evaluation
+        previous = signal.signal(signal.SIGINT, self.on_signal)
+        try:
+            while True:
+                it = state["iter_num"]
+                lr = get_lr(it, cfg)
+                for group in self.run.optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+                last = it >= cfg.max_iters or (cfg.max_time and self.elapsed() >= cfg.max_time)
+                if it % cfg.eval_interval == 0 or last or cfg.eval_only:
+                    if self.evaluate_and_checkpoint(it, lr, last):
+                        break
+                    self.t_last, self.it_last = time.time(), it
+                if self.task.sample and cfg.sample_every and it % cfg.sample_every == 0 and it > 0:
+                    self.task.sample(self.run.raw_model)  # on every rank: an FSDP model is gathered collectively first
+                loss, grad_norm, stop_votes = self.optimizer_step(it)
+                state["iter_num"] = it + 1
+                if it % cfg.log_interval == 0 and self.system.master and loss is not None:
+                    self.log_step(it, loss, lr, grad_norm)
+                if stop_votes > 0:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            state["train_time"] = self.elapsed()
+            path = self.save()
+            if self.system.master:
+                print(f"\ninterrupted at step {state['iter_num']}: checkpoint saved to {path}; "
+                      f"continue with --init_from=resume --out_dir={cfg.out_dir}", flush=True)
+            raise SystemExit(130) from None
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return self.metrics
+
+    def elapsed(self):
+        """Seconds of training in this run and the runs it resumes."""
+        return self.elapsed0 + time.time() - self.t_start
+
+    def on_signal(self, signum, frame):  # finish the current step, save, exit; a second Ctrl-C is immediate
+        self.stop_signal = signum
+        signal.signal(signum, signal.default_int_handler)
+
+    def evaluate_and_checkpoint(self, it, lr, last):
+        """Evaluate, log, checkpoint when due; True when the run ends here (last step, eval_only, patience)."""
+        cfg, state, master = self.cfg, self.run.state, self.system.master
+        self.metrics = metrics = self.task.evaluate(self.run.model)
+        state["train_time"] = self.elapsed()
+        record = {"iter": it, **metrics, "lr": lr, "tokens": it * self.tokens_per_iter, "time": round(state["train_time"], 2)}
+        improved = metrics["val_loss"] < state["best_val_loss"]
+        if master:
+            print(f"step {it}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+            append_log(cfg.out_dir, record)
+            plot_training(cfg.out_dir, cfg.plot_log_scale)
+            if cfg.wandb_log:
+                import wandb
+                wandb.log(record)
+        if improved:
+            state["best_val_loss"] = metrics["val_loss"]
+        state["evals_since_best"] = 0 if improved else state.get("evals_since_best", 0) + 1
+        stalled = cfg.patience and state["evals_since_best"] >= cfg.patience
+        if (improved or cfg.always_save_checkpoint) and it > state.get("start_iter", 0) and not cfg.eval_only:
+            path = self.save()
+            if master:
+                print(f"saved checkpoint to {path}", flush=True)
+        if master and last and cfg.max_time and it < cfg.max_iters:
+            print(f"max_time={cfg.max_time:g}s reached at step {it}")
+        if master and stalled and not last:
+            print(f"early stop at step {it}: val loss has not improved for {cfg.patience} evals "
+                  f"(best {state['best_val_loss']:.4f})")
+        return bool(cfg.eval_only or last or stalled)
+
+    def optimizer_step(self, it):
+        """accum micro-steps, gradients synchronised on the last one, then one optimizer step. Returns the
+        mean loss over the ranks (None if it was not finite and the step was skipped), the gradient norm,
+        and how many ranks were asked to stop."""
+        cfg, run, system = self.cfg, self.run, self.system
+        total = torch.zeros((), device=system.device)
+        for micro in range(self.accum):
+            batch = self.task.batch(it * cfg.gradient_accumulation_steps + system.rank * self.accum + micro)
+            with gradient_sync(run.model, micro == self.accum - 1):
+                loss = self.task.loss(run.model, batch) / self.accum
+                run.scaler.scale(loss).backward()
+            total += loss.detach()
+        run.scaler.unscale_(run.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        # every rank learns the mean loss and whether any rank was asked to stop
+        loss_value, stop_votes = all_reduce_mean([total.item(), float(self.stop_signal is not None)], system)
+        finite = math.isfinite(loss_value) and (run.scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
+        if finite:
+            self.apply_step(it)
+        else:
+            self.skip_step(it, loss_value, grad_norm)
+        run.optimizer.zero_grad(set_to_none=True)
+        return (loss_value if finite else None), float(grad_norm), stop_votes
+
+    def apply_step(self, it):
+        """The optimizer step through the loss scaler, which skips it and halves the scale when float16
+        gradients overflowed."""
+        scaler, state = self.run.scaler, self.run.state
+        scale_before = scaler.get_scale() if scaler.is_enabled() else None
+        scaler.step(self.run.optimizer)
+        scaler.update()
+        if scale_before is not None and scaler.get_scale() < scale_before:
+            state["fp16_overflows"] = state.get("fp16_overflows", 0) + 1
+            if self.system.master:
+                print(f"step {it}: fp16 gradient overflow, step skipped by GradScaler, loss scale -> {scaler.get_scale():g}")
+
+    def skip_step(self, it, loss_value, grad_norm):
+        """A NaN or infinite loss: stop (keeping the last good checkpoint) or skip the step, as nan_policy says."""
+        cfg, state = self.cfg, self.run.state
+        if cfg.nan_policy == "stop":
+            good = os.path.join(cfg.out_dir, "ckpt.pt")
+            raise TrainError(f"loss is {loss_value} (gradient norm {float(grad_norm)}) at step {it}: stopping (nan_policy='stop'); "
+                             f"the last good checkpoint is {good if os.path.exists(good) else 'none (none was saved yet)'}; "
+                             f"lower learning_rate, or set nan_policy='skip'")
+        state["skipped_steps"] = state.get("skipped_steps", 0) + 1
+        if self.system.master:
+            print(f"step {it}: loss is {loss_value}, step skipped (nan_policy='skip', {state['skipped_steps']} so far)")
+            append_log(cfg.out_dir, {"iter": it, "skipped": True, "loss_value": str(loss_value)})
+
+    def log_step(self, it, loss, lr, grad_norm):
+        """One line per log_interval steps to stdout and log.jsonl: loss, lr, time per step, throughput, MFU."""
+        now = time.time()
+        dt = (now - self.t_last) / max(1, it + 1 - self.it_last)
+        mfu = self.run.raw_model.estimate_mfu(self.tokens_per_iter, dt, self.system.device, self.system.dtype, self.cfg.block_size)
+        append_log(self.cfg.out_dir, {"iter": it, "loss": loss, "lr": lr, "dt_ms": round(dt * 1000, 2),
+                                      "tok_per_sec": round(self.tokens_per_iter / dt), "mfu": mfu, "grad_norm": grad_norm,
+                                      "tokens": (it + 1) * self.tokens_per_iter, "time": round(self.elapsed(), 2)})
+        print(f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f}ms, {self.tokens_per_iter / dt:,.0f} tok/s"
+              + (f", mfu {mfu * 100:.1f}%" if mfu is not None else ""), flush=True)
+        self.t_last, self.it_last = now, it + 1
+
+    def save(self):
+        """Checkpoint everything an exact resume needs (collective: every rank must call). Returns its path."""
+        run, system, state, cfg = self.run, self.system, self.run.state, self.cfg
+        model_sd, optim_sd = full_state(run.raw_model, run.optimizer, system)
         rngs = [rng_state()]
         if system.distributed:  # each rank's dropout RNG, so a resumed DDP run continues exactly
             rngs = [None] * system.world_size
             dist.all_gather_object(rngs, rng_state())
-        if system.master:
-            path = save_checkpoint({
-                "model": model_sd, "optimizer": optim_sd, "scaler": scaler.state_dict(),
-                "model_args": {k: getattr(raw_model.config, k) for k in raw_model.config.__dataclass_fields__},
-                "iter_num": state["iter_num"], "best_val_loss": state["best_val_loss"], "config": dict(vars(cfg)),
-                "rng": rngs, "world_size": system.world_size, "metrics": metrics or {},
-                "data_position": {"next_batch_index": state["iter_num"] * cfg.gradient_accumulation_steps},
-                "counters": {k: v for k, v in state.items() if k not in ("iter_num", "best_val_loss")},
-                **checkpoint_extra()}, cfg.out_dir, cfg.keep_last)
-            return path
-
-    def on_signal(signum, frame):  # finish the current step, save, exit; a second Ctrl-C is immediate
-        stop["signal"] = signum
-        signal.signal(signum, signal.default_int_handler)
-
-    previous = signal.signal(signal.SIGINT, on_signal)
-    t_start, t_last, it_last, metrics = time.time(), time.time(), state["iter_num"], {}
-    elapsed0 = state.get("train_time", 0.0)
-    try:
-        while True:
-            it = state["iter_num"]
-            lr = get_lr(it, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            out_of_time = cfg.max_time and time.time() - t_start + elapsed0 >= cfg.max_time
-            last = it >= cfg.max_iters or out_of_time
-            if it % cfg.eval_interval == 0 or last or cfg.eval_only:
-                metrics = eval_fn(model)
-                state["train_time"] = elapsed0 + time.time() - t_start
-                record = {"iter": it, **metrics, "lr": lr, "tokens": it * tokens_per_iter, "time": round(state["train_time"], 2)}
-                improved = metrics["val_loss"] < state["best_val_loss"]
-                if system.master:
-                    print(f"step {it}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
-                    append_log(cfg.out_dir, record)
-                    plot_training(cfg.out_dir, cfg.plot_log_scale)
-                    if cfg.wandb_log:
-                        wandb.log(record)
-                if improved:
-                    state["best_val_loss"] = metrics["val_loss"]
-                state["evals_since_best"] = 0 if improved else state.get("evals_since_best", 0) + 1
-                stalled = cfg.patience and state["evals_since_best"] >= cfg.patience
-                if (improved or cfg.always_save_checkpoint) and it > state.get("start_iter", 0) and not cfg.eval_only:
-                    path = save(metrics)
-                    if system.master:
-                        print(f"saved checkpoint to {path}", flush=True)
-                if cfg.eval_only or last or stalled:
-                    if out_of_time and system.master:
-                        print(f"max_time={cfg.max_time:g}s reached at step {it}")
-                    if stalled and not last and system.master:
-                        print(f"early stop at step {it}: val loss has not improved for {cfg.patience} evals "
-                              f"(best {state['best_val_loss']:.4f})")
-                    break
-                t_last, it_last = time.time(), it  # throughput excludes evaluation
-            if sample_fn and cfg.sample_every and it % cfg.sample_every == 0 and it > 0:
-                sample_fn(raw_model)  # on every rank: an FSDP model is gathered collectively first
-
-            # one optimisation step: accum micro-steps, gradients synchronised on the last one
-            total = torch.zeros((), device=system.device)
-            for micro in range(accum):
-                batch = batch_fn(it * cfg.gradient_accumulation_steps + system.rank * accum + micro)
-                with gradient_sync(model, micro == accum - 1):
-                    loss = loss_fn(model, batch) / accum
-                    scaler.scale(loss).backward()
-                total += loss.detach()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            # every rank learns the mean loss and whether any rank was asked to stop
-            loss_value, stop_votes = all_reduce_mean([total.item(), float(stop["signal"] is not None)], system)
-            finite = math.isfinite(loss_value) and (scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
-            if not finite and cfg.nan_policy == "stop":
-                good = os.path.join(cfg.out_dir, "ckpt.pt")
-                raise TrainError(f"loss is {loss_value} (gradient norm {float(grad_norm)}) at step {it}: stopping (nan_policy='stop'); "
-                                 f"the last good checkpoint is {good if os.path.exists(good) else 'none (none was saved yet)'}; "
-                                 f"lower learning_rate, or set nan_policy='skip'")
-            if finite:
-                scale_before = scaler.get_scale() if scaler.is_enabled() else None
-                scaler.step(optimizer)
-                scaler.update()
-                if scale_before is not None and scaler.get_scale() < scale_before:
-                    state["fp16_overflows"] = state.get("fp16_overflows", 0) + 1
-                    if system.master:
-                        print(f"step {it}: fp16 gradient overflow, step skipped by GradScaler, loss scale -> {scaler.get_scale():g}")
-            else:
-                state["skipped_steps"] = state.get("skipped_steps", 0) + 1
-                if system.master:
-                    print(f"step {it}: loss is {loss_value}, step skipped (nan_policy='skip', {state['skipped_steps']} so far)")
-                    append_log(cfg.out_dir, {"iter": it, "skipped": True, "loss_value": str(loss_value)})
-            optimizer.zero_grad(set_to_none=True)
-
-            state["iter_num"] = it + 1
-            if it % cfg.log_interval == 0 and system.master and finite:
-                now = time.time()
-                dt = (now - t_last) / max(1, it + 1 - it_last)
-                mfu = raw_model.estimate_mfu(tokens_per_iter, dt, system.device, system.dtype, cfg.block_size)
-                record = {"iter": it, "loss": loss_value, "lr": lr, "dt_ms": round(dt * 1000, 2),
-                          "tok_per_sec": round(tokens_per_iter / dt), "mfu": mfu, "grad_norm": float(grad_norm),
-                          "tokens": (it + 1) * tokens_per_iter, "time": round(elapsed0 + now - t_start, 2)}
-                append_log(cfg.out_dir, record)
-                print(f"iter {it}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f}ms, {tokens_per_iter / dt:,.0f} tok/s"
-                      + (f", mfu {mfu * 100:.1f}%" if mfu is not None else ""), flush=True)
-                t_last, it_last = now, it + 1
-            if stop_votes > 0:
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        state["train_time"] = elapsed0 + time.time() - t_start
-        path = save(metrics)
-        if system.master:
-            print(f"\ninterrupted at step {state['iter_num']}: checkpoint saved to {path}; "
-                  f"continue with --init_from=resume --out_dir={cfg.out_dir}", flush=True)
-        raise SystemExit(130)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    return metrics
+        if not system.master:
+            return None
+        return save_checkpoint({
+            "model": model_sd, "optimizer": optim_sd, "scaler": run.scaler.state_dict(),
+            "model_args": asdict(run.raw_model.config),
+            "iter_num": state["iter_num"], "best_val_loss": state["best_val_loss"], "config": dict(vars(cfg)),
+            "rng": rngs, "world_size": system.world_size, "metrics": self.metrics,
+            "data_position": {"next_batch_index": state["iter_num"] * cfg.gradient_accumulation_steps},
+            "counters": {k: v for k, v in state.items() if k not in ("iter_num", "best_val_loss")},
+            **self.task.checkpoint_extra()}, cfg.out_dir, cfg.keep_last)
 
 
 # -----------------------------------------------------------------------------
@@ -632,110 +722,46 @@ def check_config(cfg, system):
     if not 0 < cfg.mask_prob < 1:
         problems.append(f"mask_prob={cfg.mask_prob} must be between 0 and 1")
     if problems:
-        raise TrainError("; ".join(problems))
+        raise ConfigError("; ".join(problems))
 
 
-def new_model(cfg, vocab_size, **overrides):
-    """A freshly initialised model with the run's architecture keys (MODEL_KEYS)."""
-    args = {k: getattr(cfg, k) for k in MODEL_KEYS} | {"vocab_size": vocab_size} | overrides
-    return GPT(GPTConfig.from_dict(args))
-
-
-def init_model(cfg, meta, tok):
-    """The model and, when resuming, its checkpoint. Any other init_from is read by
-    model.load_pretrained (a checkpoint, a Hugging Face folder, a GPT-2 name): the model's
-    architecture comes from there, the dropout from this run. Checks the data's tokenizer against it."""
-    if cfg.init_from == "scratch":
-        return new_model(cfg, tok.vocab_size), None
-    resume = cfg.init_from == "resume"
-    checkpoint = load_checkpoint(cfg.out_dir) if resume else load_pretrained(cfg.init_from)
-    ckpt_tok = checkpoint.get("tokenizer")
-    if ckpt_tok is not None and ckpt_tok != tok.spec():
-        raise TrainError(f"dataset {cfg.dataset} uses a {tok.kind} tokenizer with {tok.vocab_size} tokens, which does not "
-                         f"match the checkpoint's ({ckpt_tok['kind']}); prepare the data with the checkpoint's tokenizer")
-    if checkpoint["model_args"]["vocab_size"] < tok.vocab_size:
-        raise TrainError(f"dataset {cfg.dataset} has {tok.vocab_size} token ids but {cfg.init_from} embeds only "
-                         f"{checkpoint['model_args']['vocab_size']}; prepare the data with the model's tokenizer")
-    if not resume:  # as nanoGPT does when it starts from GPT-2: finetuning picks its own dropout
-        checkpoint["model_args"]["dropout"] = cfg.dropout
-    model = model_from_checkpoint(checkpoint)
-    if cfg.block_size < model.config.block_size:
-        model.crop_block_size(cfg.block_size)
-    elif cfg.block_size > model.config.block_size:
-        raise TrainError(f"block_size={cfg.block_size} is larger than the checkpoint's {model.config.block_size}")
-    return model, (checkpoint if cfg.init_from == "resume" else None)
-
-
-def resume_state(checkpoint, raw_model, optimizer, scaler, cfg, system, model_state=None):
-    """Continue a run exactly: load weights (model_state, else the checkpoint's), optimizer, loss
-    scaler and RNG states; forget log lines after the checkpoint. Returns the training loop's state."""
-    load_full_state(raw_model, optimizer, model_state or checkpoint["model"], checkpoint["optimizer"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    state = {"iter_num": checkpoint["iter_num"], "best_val_loss": checkpoint["best_val_loss"], **checkpoint.get("counters", {})}
-    rngs = checkpoint.get("rng") or []
-    if len(rngs) == system.world_size:
-        set_rng_state(rngs[system.rank])
-    elif system.master:
-        print(f"note: checkpoint was written by {len(rngs)} processes, this run has {system.world_size}; "
-              f"data order is kept, dropout randomness is reseeded")
-    if system.master:
-        truncate_log(cfg.out_dir, state["iter_num"])
-        print(f"resuming from {cfg.out_dir} at step {state['iter_num']}")
-    return state
-
-
+@script_main
 def main(argv=None):
     cfg = configure(DEFAULTS, argv, default_config=os.path.join(HERE, "config", "shakespeare_char.py"))
-    cfg.causal = cfg.objective == "clm"
     system = setup_system(cfg)
     try:
         check_config(cfg, system)
-        data_dir = ensure_dataset(cfg.dataset, system.master)
-        meta = load_meta(data_dir)
+        data_dir = find_dataset(cfg.dataset, system)
+        meta = read_meta(data_dir)
+        check_bins(data_dir, meta, cfg.block_size)
         tok = load_tokenizer(data_dir)
-        for split in ("train", "val"):
-            n = len(read_bin(data_dir, split, meta))
-            if n != meta[f"{split}_tokens"]:  # meta.json is renamed into place last: it vouches for the bins
-                raise TrainError(f"{data_dir}/{split}.bin has {n} tokens but meta.json says {meta[f'{split}_tokens']}: "
-                                 f"an interrupted prepare.py run left a mix of old and new files; run prepare.py again")
-            if n < cfg.block_size + 2:
-                raise TrainError(f"the {split} split of {cfg.dataset} has {n} tokens, fewer than block_size+2={cfg.block_size + 2}; "
-                                 f"lower block_size or prepare more data")
         seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP shards each rank's own copy)
-        model, checkpoint = init_model(cfg, meta, tok)
+        model, tok, checkpoint = start_model(cfg, tok, causal=cfg.objective == "clm")
         seed_everything(cfg.seed + system.rank)  # then each rank its own dropout randomness
         model.to(system.device)
         if system.master:
             print(f"{cfg.objective} model: {model.get_num_params() / 1e6:.2f}M parameters, "
                   f"{model.config.n_layer} layers, vocab {tok.vocab_size} ({tok.kind}), device {system.device}, dtype {system.dtype}"
                   + (f", {system.world_size} processes" if system.distributed else ""))
-        raw_model = model
-        model = wrap_model(model, cfg, system)
-        optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), system.device_type)
-        scaler = torch.amp.GradScaler(system.device_type, init_scale=cfg.init_loss_scale, enabled=system.dtype == "float16")
-        state = {"iter_num": 0, "best_val_loss": float("inf")}
-        if checkpoint is not None:
-            state = resume_state(checkpoint, raw_model, optimizer, scaler, cfg, system)
-        state["start_iter"] = state["iter_num"]
-
+        run = start_run(cfg, system, model, checkpoint if cfg.init_from == "resume" else None)
         batch_fn = make_batch_fn(cfg, data_dir, meta, tok, system)
-        eval_fn = lambda m: evaluate_lm(m, batch_fn, cfg, system)  # noqa: E731
-        loss_fn = lambda m, batch: lm_loss(m, batch, system.autocast)  # noqa: E731
-        extra = lambda: {"tokenizer": tok.spec(), "dataset": cfg.dataset}  # noqa: E731
-        sample_fn = (lambda m: print_sample(m, tok, cfg, system)) if cfg.objective == "clm" else None
-        train_loop(cfg, system, model, raw_model, optimizer, scaler, batch_fn, loss_fn, eval_fn, extra, state, sample_fn)
+        task = SimpleNamespace(
+            batch=batch_fn, loss=lambda m, batch: lm_loss(m, batch, system.autocast),
+            evaluate=lambda m: evaluate_lm(m, batch_fn, cfg, system),
+            checkpoint_extra=lambda: {"tokenizer": tok.spec(), "dataset": cfg.dataset},
+            sample=(lambda m: print_sample(m, tok, cfg, system)) if cfg.objective == "clm" else None,
+            tokens_per_micro_batch=cfg.batch_size * cfg.block_size)
+        Trainer(cfg, system, run, task).fit()
         if cfg.eval_only and cfg.mlm_baselines and system.master:
-            scores = mlm_baselines(raw_model, batch_fn, cfg, data_dir, meta, system)
+            scores = mlm_baselines(model, batch_fn, cfg, data_dir, meta, system)
             print(f"masked-token accuracy on {scores.pop('positions')} val positions: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if not cfg.eval_only:
             if cfg.objective == "clm":
-                print_sample(raw_model, tok, cfg, system)
+                print_sample(model, tok, cfg, system)
             else:
-                print_fill_mask(raw_model, tok, cfg, data_dir, meta, system)
-    except (TrainError, CheckpointError) as e:
+                print_fill_mask(model, tok, cfg, data_dir, meta, system)
+    finally:
         teardown(system)
-        raise SystemExit(f"train.py: {e}")
-    teardown(system)
 
 
 @torch.no_grad()
@@ -756,7 +782,6 @@ def print_sample(model, tok, cfg, system):
 
 def print_fill_mask(model, tok, cfg, data_dir, meta, system):
     """An encoder's demo: mask some tokens of a validation window and show its guesses."""
-    from sample import fill_mask
     model = unsharded(model, system)
     if not system.master:
         return
@@ -766,7 +791,16 @@ def print_fill_mask(model, tok, cfg, data_dir, meta, system):
     ordinary = [i for i, t in enumerate(ids) if t not in tok.special_ids.values()]
     for i in g.sample(ordinary, k=min(4, len(ordinary))):
         ids[i] = tok.special_ids["[MASK]"]
-    fill_mask(model, tok, ids, system.device, top_k=3)
+    model.eval()
+    show_fill_mask(tok, *model.fill_mask(ids, tok.special_ids["[MASK]"], tok.special_ids.values(), top_k=3))
+    model.train()
+
+
+def show_fill_mask(tok, filled, steps, out=None):
+    """Print what GPT.fill_mask chose at each [MASK] (its candidates and their probabilities), then the text."""
+    for pos, candidates in steps:
+        print(f"[MASK] at token {pos}: " + ", ".join(f"{tok.decode([c])!r} {p:.3f}" for c, p in candidates), file=out)
+    print("filled: " + tok.decode(filled), file=out)
 
 
 if __name__ == "__main__":

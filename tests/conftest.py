@@ -25,6 +25,15 @@ def assert_real_png(path, min_side=200):
     assert min(img.shape[:2]) >= min_side and len(np.unique(img[..., :3].reshape(-1, 3), axis=0)) > 10
 
 
+@pytest.fixture(scope="session")
+def shakespeare_char(tmp_path_factory):
+    """data/shakespeare_char prepared once for the whole session (tests only read it)."""
+    import prepare
+    root = tmp_path_factory.mktemp("data")
+    prepare.main(["shakespeare_char", f"--data_root={root}"])
+    return str(root / "shakespeare_char")
+
+
 @pytest.fixture
 def shared_data():
     if not os.path.isdir(SHARED_DATA):

@@ -18,6 +18,7 @@ import torch
 
 import prepare
 from configurator import configure
+from dataset import DataError, in_val_split
 from conftest import ROOT
 from tokenizer import (EOT, GPT4_PATTERN, SPECIAL_TOKENS, TokenizerError, bpe_ranks, build_tokenizer, chunk_counts,
                        load_tokenizer, tokenizer_from_spec, train_bpe)
@@ -177,7 +178,7 @@ def test_bad_vocab_size_and_corrupt_files_say_what_to_do():
 def test_bpe_is_fitted_on_the_train_split_only(tmp_path):
     rng = random.Random(0)
     docs = [" ".join(rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(40)) for _ in range(60)]
-    val = [i for i in range(len(docs)) if prepare.in_val_split(i, 0.1, 1337)]
+    val = [i for i in range(len(docs)) if in_val_split(i, 0.1, 1337)]
     assert val
     for i in val:  # a word only validation documents contain, frequent enough to be merged if seen
         docs[i] += " qzqzqzqz" * 30
@@ -219,7 +220,7 @@ def test_json_arrays_give_one_document_per_record(tmp_path):
                                                          "lone \ufffd surrogate"]
     assert stats == {"skipped_no_text_field": 2, "lone_surrogates": 1}
     path.write_text('{"text": "an object, not an array"}', encoding="utf-8")
-    with pytest.raises(prepare.DataError, match="not an array"):
+    with pytest.raises(DataError, match="not an array"):
         list(prepare.read_path(str(path), Counter()))
 
 
@@ -232,7 +233,7 @@ def test_tang_poems_recipe_char_and_bpe(shared_data, tmp_path):
     meta = prepare_tang_poems(tmp_path)
     assert meta["tokenizer"]["kind"] == "char" and meta["train_docs"] + meta["val_docs"] == 6003
     tok = load_tokenizer(tmp_path / "tang_poems")
-    split = "val" if prepare.in_val_split(0, 0.1, 1337) else "train"
+    split = "val" if in_val_split(0, 0.1, 1337) else "train"
     text = tok.decode(np.fromfile(tmp_path / "tang_poems" / f"{split}.bin", dtype=meta["dtype"]))
     assert text.startswith("帝京篇十首 一\n太宗皇帝\n秦川雄帝宅，函谷壯皇居。\n綺殿千尋起，離宮百雉餘。\n")
     meta = prepare_tang_poems(tmp_path, "--tokenizer=bpe", "--vocab_size=512", "--tokenizer_train_bytes=300000")
@@ -260,7 +261,7 @@ def test_tang_poems_downloads_when_shared_data_is_absent(shared_data, tmp_path, 
         assert meta["train_docs"] + meta["val_docs"] == 6003 and meta["source"].startswith("http://127.0.0.1")
         with open(served / "poet.tang.0.json", "ab") as f:  # a changed file fails its pinned sha256
             f.write(b" ")
-        with pytest.raises(prepare.DataError, match="sha256"):
+        with pytest.raises(DataError, match="sha256"):
             prepare_tang_poems(tmp_path / "b")
     finally:
         server.shutdown()

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+import curate as C
 import prepare as P
+from dataset import DataError
 from conftest import ROOT, assert_real_png, needs_shared_data
 from model import GPT, GPTConfig
 from tokenizer import EOT, CharTokenizer
@@ -27,7 +29,7 @@ CRAWL = os.path.join("web_crawl_sample", "CC-MAIN-20190717121559-20190717143559-
 
 @pytest.fixture(scope="module")
 def res():
-    return P.roots_resources()
+    return C.roots_resources()
 
 
 def run(tmp_path, **overrides):
@@ -46,11 +48,11 @@ def read_jsonl_gz(path):
 def test_char_repetition_ratio_reproduces_roots_example_with_code_and_paper_k():
     # ROOTS paper App. C: "ok_ok_good_ok", n = 3 -> 5/11 with k = floor(sqrt(distinct)); the code caps k at the
     # number of repeated n-grams -> 4/11
-    assert P.char_repetition_ratio("ok_ok_good_ok", 3, "code") == pytest.approx(4 / 11)
-    assert P.char_repetition_ratio("ok_ok_good_ok", 3, "paper") == pytest.approx(5 / 11)
-    assert P.char_repetition_ratio("abcdefghij", 3, "code") == 0.0  # nothing repeats
-    assert P.char_repetition_ratio("abcdefghij", 3, "paper") == pytest.approx(2 / 8)
-    assert P.char_repetition_ratio("ab", 3) == 0.0
+    assert C.char_repetition_ratio("ok_ok_good_ok", 3, "code") == pytest.approx(4 / 11)
+    assert C.char_repetition_ratio("ok_ok_good_ok", 3, "paper") == pytest.approx(5 / 11)
+    assert C.char_repetition_ratio("abcdefghij", 3, "code") == 0.0  # nothing repeats
+    assert C.char_repetition_ratio("abcdefghij", 3, "paper") == pytest.approx(2 / 8)
+    assert C.char_repetition_ratio("ab", 3) == 0.0
 
 
 def test_char_ngram_counts_equal_a_counter_of_substrings():
@@ -59,13 +61,13 @@ def test_char_ngram_counts_equal_a_counter_of_substrings():
         for _ in range(50):
             text = "".join(rng.choice("ab cd中文😀\n") for _ in range(rng.randint(0, 60)))
             expected = sorted(__import__("collections").Counter(text[i:i + n] for i in range(len(text) - n + 1)).values())
-            assert sorted(P.char_ngram_counts(text, n).tolist()) == expected
+            assert sorted(C.char_ngram_counts(text, n).tolist()) == expected
 
 
 def test_word_repetition_ratio_of_the_cat_sat_on_the_mat_is_one_half(res):
-    words = P.words_of("the cat sat on the mat the cat sat on the mat", res, lower=True)
-    assert P.word_repetition_ratio(words, 5) == 0.5  # 4 of the 8 word 5-grams occur twice
-    assert P.word_repetition_ratio(words[:4], 5) == 0.0
+    words = C.words_of("the cat sat on the mat the cat sat on the mat", res, lower=True)
+    assert C.word_repetition_ratio(words, 5) == 0.5  # 4 of the 8 word 5-grams occur twice
+    assert C.word_repetition_ratio(words[:4], 5) == 0.0
 
 
 # --- ROOTS' literal formulations ----------------------------------------------------------------------------
@@ -90,47 +92,47 @@ def test_words_and_rejoin_equal_roots_split_strip_and_join(res):
     for _ in range(3000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 25)))
         for lower in (False, True):
-            assert P.words_of(text, res, lower=lower) == roots_words(text, res.special, lower), repr(text)
-        assert P.rejoin(text) == roots_rejoin(text), repr(text)
+            assert C.words_of(text, res, lower=lower) == roots_words(text, res.special, lower), repr(text)
+        assert C.rejoin(text) == roots_rejoin(text), repr(text)
 
 
 def test_special_characters_include_digits_whitespace_and_single_emoji(res):
     assert len(res.special) == 1599  # 237 ASCII/curated + 1,366 single-code-point emoji, minus 4 in both
-    assert P.special_characters_ratio("ab 12", res.is_special) == pytest.approx(3 / 5)
-    assert P.special_characters_ratio("ok😀", res.is_special) == pytest.approx(1 / 3)
-    assert P.special_characters_ratio("", res.is_special) == 0.0
+    assert C.special_characters_ratio("ab 12", res.is_special) == pytest.approx(3 / 5)
+    assert C.special_characters_ratio("ok😀", res.is_special) == pytest.approx(1 / 3)
+    assert C.special_characters_ratio("", res.is_special) == 0.0
 
 
 def test_cleaning_drops_url_words_and_long_words_per_language(res):
     en, zh = res.params["en"], res.params["zh"]
     text = "Visit\u00a0http://x.org or www.example.net  today.\n\n\nThen  read  " + "a" * 26 + " and ((((((((((((ok)))))))))))) now"
-    assert P.clean_document(text, en, res) == "Visit or today.\nThen read and ((((((((((((ok)))))))))))) now"
+    assert C.clean_document(text, en, res) == "Visit or today.\nThen read and ((((((((((((ok)))))))))))) now"
     # a long word made only of special characters goes; zh keeps URLs and long words (ROOTS parameters)
-    assert P.clean_document("one " + "-" * 30 + " two", en, res) == "one two"
-    assert P.clean_document("看 http://x.org 吧", zh, res) == "看 http://x.org 吧"
+    assert C.clean_document("one " + "-" * 30 + " two", en, res) == "one two"
+    assert C.clean_document("看 http://x.org 吧", zh, res) == "看 http://x.org 吧"
 
 
 def test_filters_run_in_roots_order_with_inclusive_bounds_and_short_circuit(res):
     sentence = "the cat and the dog sat in the sun on a warm day near a river that ran by the old farm"
     nineteen, twenty = " ".join(sentence.split()[:19]), " ".join(sentence.split()[:20])
-    assert P.quality_filters(twenty, "en", res)[0] is None
-    failed, values = P.quality_filters(nineteen, "en", res)
+    assert C.quality_filters(twenty, "en", res)[0] is None
+    failed, values = C.quality_filters(nineteen, "en", res)
     assert (failed, list(values)) == ("words", ["words"])  # en keeps 20 <= words: stops at the first failure
-    failed, values = P.quality_filters(nineteen, "en", res, short_circuit=False)
+    failed, values = C.quality_filters(nineteen, "en", res, short_circuit=False)
     assert failed == "words" and list(values) == ["words", "char_rep", "word_rep", "special", "closed_class", "flagged"]
-    bounds = P.filter_bounds(res, "en")
+    bounds = C.filter_bounds(res, "en")
     assert bounds == {"words": (20, 100000), "char_rep": (None, 0.106), "word_rep": (None, 0.19),
                       "special": (None, 0.4), "closed_class": (0.3, None), "flagged": (None, 0.01)}
-    assert "closed_class" not in P.filter_bounds(res, "ko")  # no ROOTS list: the check is skipped, as in ROOTS
+    assert "closed_class" not in C.filter_bounds(res, "ko")  # no ROOTS list: the check is skipped, as in ROOTS
 
 
 def test_chinese_words_are_characters_and_bigrams_feed_closed_class_ratio(res):
     zh = res.params["zh"]
-    words = P.words_of("我们在2019年去了北京。", res, lower=True, chinese=True)
+    words = C.words_of("我们在2019年去了北京。", res, lower=True, chinese=True)
     assert words == ["我", "们", "在", "年", "去", "了", "北", "京"]  # digits -> 0, then special characters are stripped
-    augmented = P.augment_words(words, zh)
+    augmented = C.augment_words(words, zh)
     assert "我们" in augmented and len(augmented) == 2 * len(words) - 1
-    ratio = P.word_list_ratio(words, augmented, res.stopwords["zh"])
+    ratio = C.word_list_ratio(words, augmented, res.stopwords["zh"])
     assert ratio == sum(w in res.stopwords["zh"] for w in augmented) / len(words)
 
 
@@ -147,14 +149,14 @@ def test_chinese_words_are_characters_and_bigrams_feed_closed_class_ratio(res):
     ("1234 5678 !!!", "und"),
 ])
 def test_identify_language_by_script_and_closed_class_words(res, text, lang):
-    got, score = P.identify_language(text, res)
+    got, score = C.identify_language(text, res)
     assert got == lang and 0.0 <= score <= 1.0
 
 
 def test_unknown_language_codes_are_refused_with_the_identifiable_ones():
-    with pytest.raises(P.DataError, match="identifiable: .*en"):
-        P.wanted_languages("xx")
-    assert P.wanted_languages("en,zh") == {"en", "zh"} and P.wanted_languages("auto") is None
+    with pytest.raises(DataError, match="identifiable: .*en"):
+        C.wanted_languages("xx")
+    assert C.wanted_languages("en,zh") == {"en", "zh"} and C.wanted_languages("auto") is None
 
 
 # --- PII ------------------------------------------------------------------------------------------------------
@@ -176,17 +178,17 @@ def test_unknown_language_codes_are_refused_with_the_identifiable_ones():
     ("call 555-123-4567 tomorrow", None),  # PHONE is off by default (ROOTS disabled it)
 ])
 def test_redact_pii_positives_and_negatives(text, redacted):
-    out, found = P.redact_pii(text)
+    out, found = C.redact_pii(text)
     assert out == (redacted or text)
     assert sum(found.values()) == (0 if redacted is None else redacted.count("PI:"))
 
 
 def test_redaction_is_by_span_right_to_left_and_phone_is_opt_in():
     text = "a@b.org wrote to a@b.org.uk and a@b.org"  # a global str.replace would corrupt the middle address
-    assert P.redact_pii(text)[0] == "PI:EMAIL wrote to PI:EMAIL and PI:EMAIL"
-    spans = P.find_pii(text)
+    assert C.redact_pii(text)[0] == "PI:EMAIL wrote to PI:EMAIL and PI:EMAIL"
+    spans = C.find_pii(text)
     assert [s[:2] for s in spans] == [(0, 7), (17, 27), (32, 39)]
-    assert P.redact_pii("call 555-123-4567 now", P.PII_PATTERNS.keys())[0] == "call PI:PHONE now"
+    assert C.redact_pii("call 555-123-4567 now", C.PII_PATTERNS.keys())[0] == "call PI:PHONE now"
 
 
 # --- deduplication ----------------------------------------------------------------------------------------------
@@ -198,8 +200,8 @@ def random_docs(n, words=200, seed=0):
 
 
 def signatures(texts, bands=14, rows=8):
-    sigs = [P.minhash_signature(P.shingle_hashes(t), bands * rows) for t in texts]
-    return sigs, np.array([P.band_hashes(s, bands, rows) for s in sigs], dtype=np.int64)
+    sigs = [C.minhash_signature(C.shingle_hashes(t), bands * rows) for t in texts]
+    return sigs, np.array([C.band_hashes(s, bands, rows) for s in sigs], dtype=np.int64)
 
 
 def test_minhash_estimates_jaccard(res):
@@ -219,29 +221,29 @@ def test_near_duplicates_with_a_few_edited_words_cluster_and_unrelated_docs_do_n
     docs.append(" ".join(edited))  # 12: near-duplicate of 3
     docs.append(docs[7] + " and one more sentence at the end")  # 13: near-duplicate of 7
     _, bands = signatures(docs)
-    drop, clusters = P.find_duplicates((np.zeros(0, np.int64), np.zeros(0, np.int64)), (np.arange(len(docs)), bands))
+    drop, clusters = C.find_duplicates((np.zeros(0, np.int64), np.zeros(0, np.int64)), (np.arange(len(docs)), bands))
     assert drop == {12: ("near_dup", 3), 13: ("near_dup", 7)}
     assert clusters == [[3, 12], [7, 13]]
 
 
 def test_exact_duplicates_ignore_whitespace_digits_and_ascii_punctuation_and_first_copy_wins():
-    key = P.exact_dedup_key
+    key = C.exact_dedup_key
     assert key("Hello, world! 2019") == key("Hello world 2020") == key("  Hello\n\nworld.")
     assert key("Hello world") != key("hello world") and key("Hello world") != key("Hello world。")
     docs, keys = np.array([5, 2, 9, 4]), np.array([key("x"), key("y"), key("x!"), key("y")])
-    drop, _ = P.find_duplicates((docs, keys), (np.zeros(0, np.int64), np.zeros((0, 14), np.int64)))
+    drop, _ = C.find_duplicates((docs, keys), (np.zeros(0, np.int64), np.zeros((0, 14), np.int64)))
     assert drop == {9: ("exact_dup", 5), 4: ("exact_dup", 2)}
 
 
 def test_union_find_joins_chains_and_keeps_the_lowest_index():
     bands = np.array([[1, 10], [2, 10], [2, 20], [3, 30]], dtype=np.int64)  # 8~4 share band 1, 4~6 share band 0
-    drop, clusters = P.find_duplicates((np.zeros(0, np.int64), np.zeros(0, np.int64)), (np.array([8, 4, 6, 1]), bands))
+    drop, clusters = C.find_duplicates((np.zeros(0, np.int64), np.zeros(0, np.int64)), (np.array([8, 4, 6, 1]), bands))
     assert drop == {8: ("near_dup", 4), 6: ("near_dup", 4)} and clusters == [[4, 6, 8]]
 
 
 def test_dedup_hashes_do_not_depend_on_the_process(tmp_path):
-    code = ("import prepare as P;s=P.minhash_signature(P.shingle_hashes('one two three four five six seven eight'), 112);"
-            "print(P.band_hashes(s, 14, 8), P.exact_dedup_key('one two'))")
+    code = ("import curate as C;s=C.minhash_signature(C.shingle_hashes('one two three four five six seven eight'), 112);"
+            "print(C.band_hashes(s, 14, 8), C.exact_dedup_key('one two'))")
     outputs = {subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                               env=os.environ | {"PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
     assert len(outputs) == 1
@@ -318,7 +320,7 @@ def test_every_stage_can_be_switched_off(tmp_path):
 def test_bad_curation_settings_are_one_line_errors(tmp_path):
     for overrides, message in ((dict(char_rep_k="exact"), "char_rep_k"), (dict(lang="xx"), "cannot be identified"),
                                (dict(ppl_max=100.0), "needs --ppl_model"), (dict(minhash_rows=0), "minhash")):
-        with pytest.raises(P.DataError, match=message):
+        with pytest.raises(DataError, match=message):
             run(tmp_path, input=FIXTURE, **overrides)
 
 
@@ -336,7 +338,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 def test_perplexity_is_exp_mean_next_token_loss_over_block_windows(tiny_checkpoint):
     path, tok = tiny_checkpoint
-    scorer = P.PerplexityScorer(path)
+    scorer = C.PerplexityScorer(path)
     text = "the cat sat on the mat, and the dog sat on the log."  # 51 characters: 4 windows of 16
     seq = [tok.special_ids[EOT]] + tok.encode(text)
     total = 0.0
@@ -355,7 +357,7 @@ def test_perplexity_filter_records_values_and_removes_above_ppl_max(tmp_path, ti
     report = json.load(open(out / "report.json"))
     assert report["filters"][-1]["filter"] == "ppl" and report["filters"][-1]["removed"] == 0
     assert report["filters"][-1]["checked"] == 6
-    with pytest.raises(P.DataError, match="no document survived"):
+    with pytest.raises(DataError, match="no document survived"):
         run(tmp_path, input=FIXTURE, lang="en", ppl_model=path, ppl_max=1.0, name="strict")
     report = json.load(open(tmp_path / "data" / "strict" / "report.json"))
     assert report["removed"]["ppl"]["docs"] == 6 and report["kept"]["docs"] == 0
@@ -382,8 +384,8 @@ def survivors(texts, lang, res):
     """Share of texts that pass language identification and the ROOTS filters for `lang`."""
     kept = 0
     for text in texts:
-        if P.identify_language(text, res)[0] == lang:
-            kept += P.quality_filters(P.clean_document(text, res.params[lang], res), lang, res)[0] is None
+        if C.identify_language(text, res)[0] == lang:
+            kept += C.quality_filters(C.clean_document(text, res.params[lang], res), lang, res)[0] is None
     return kept / len(texts)
 
 
@@ -426,12 +428,12 @@ def test_data_juicer_duplicates_are_found(shared_data):
     with open(os.path.join(shared_data, "web_crawl_sample", "data_juicer", "demo-dataset-deduplication.jsonl"),
               encoding="utf-8") as f:
         texts = [json.loads(line)["text"] for line in f]
-    keys = np.array([P.exact_dedup_key(t) for t in texts])
+    keys = np.array([C.exact_dedup_key(t) for t in texts])
     docs = np.arange(len(texts))
-    hashed = [(d, P.shingle_hashes(t, unspaced=P.identify_language(t, P.roots_resources())[0] == "zh")) for d, t in enumerate(texts)]
+    hashed = [(d, C.shingle_hashes(t, unspaced=C.identify_language(t, C.roots_resources())[0] == "zh")) for d, t in enumerate(texts)]
     near_docs = np.array([d for d, h in hashed if len(h)])
-    bands = np.array([P.band_hashes(P.minhash_signature(h, 112), 14, 8) for _, h in hashed if len(h)], dtype=np.int64)
-    drop, clusters = P.find_duplicates((docs, keys), (near_docs, bands))
+    bands = np.array([C.band_hashes(C.minhash_signature(h, 112), 14, 8) for _, h in hashed if len(h)], dtype=np.int64)
+    drop, clusters = C.find_duplicates((docs, keys), (near_docs, bands))
     assert drop[11] == ("exact_dup", 6)  # the same sentence twice
     assert drop[8][1] in (7,) and drop[10][1] in (7, 9) and drop[13] == ("near_dup", 12)  # two edited words; zh
     assert not any(d in drop for d in (0, 1, 2, 3, 4, 5))  # short, distinct sentences

@@ -7,20 +7,12 @@ import sys
 
 import pytest
 
-import prepare
 from conftest import ROOT
 from model import load_checkpoint
 from test_train import TINY
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
 ARGS = [a for a in TINY if not a.startswith("--threads")] + ["--dropout=0.0", "--always_save_checkpoint=True"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    prepare.main(["shakespeare_char", f"--data_root={root}"])
-    return str(root / "shakespeare_char")
 
 
 def launch(nproc, *args, script="train.py"):
@@ -39,8 +31,8 @@ def max_relative_difference(a, b):
     return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp(min=1e-12)).item() for k in a)
 
 
-def test_ddp_equals_one_process_with_the_same_global_batch(tmp_path, data):
-    common = [*ARGS, f"--dataset={data}", "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=4"]
+def test_ddp_equals_one_process_with_the_same_global_batch(tmp_path, shakespeare_char):
+    common = [*ARGS, f"--dataset={shakespeare_char}", "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=4"]
     launch(1, *common, f"--out_dir={tmp_path / 'one'}")
     out = launch(2, *common, f"--out_dir={tmp_path / 'ddp'}")
     assert "2 processes" in out
@@ -49,8 +41,8 @@ def test_ddp_equals_one_process_with_the_same_global_batch(tmp_path, data):
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
 
 
-def test_fsdp_checkpoint_loads_in_one_process(tmp_path, data):
-    common = [*ARGS, f"--dataset={data}", "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=2"]
+def test_fsdp_checkpoint_loads_in_one_process(tmp_path, shakespeare_char):
+    common = [*ARGS, f"--dataset={shakespeare_char}", "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=2"]
     launch(2, *common, "--fsdp=True", f"--out_dir={tmp_path / 'fsdp'}")
     launch(1, *common, f"--out_dir={tmp_path / 'one'}")
     assert max_relative_difference(load_checkpoint(str(tmp_path / "fsdp"))["model"],
@@ -63,8 +55,8 @@ def test_fsdp_checkpoint_loads_in_one_process(tmp_path, data):
     assert load_checkpoint(str(tmp_path / "one"))["iter_num"] == 8
 
 
-def test_resume_under_ddp_continues_at_the_right_step(tmp_path, data):
-    common = [*ARGS, f"--dataset={data}", "--eval_interval=4", "--gradient_accumulation_steps=2"]
+def test_resume_under_ddp_continues_at_the_right_step(tmp_path, shakespeare_char):
+    common = [*ARGS, f"--dataset={shakespeare_char}", "--eval_interval=4", "--gradient_accumulation_steps=2"]
     launch(2, *common, "--max_iters=8", f"--out_dir={tmp_path / 'straight'}")
     launch(2, *common, "--max_iters=4", f"--out_dir={tmp_path / 'resumed'}")
     out = launch(2, *common, "--max_iters=8", "--init_from=resume", f"--out_dir={tmp_path / 'resumed'}")
@@ -76,12 +68,13 @@ def test_resume_under_ddp_continues_at_the_right_step(tmp_path, data):
 EVAL_ON_EACH_RANK = """
 import json, os, sys, torch
 import train
+from dataset import read_meta
 from tokenizer import load_tokenizer
 cfg = train.configure(train.DEFAULTS, sys.argv[1:], verbose=False)
 system = train.setup_system(cfg)
-meta, tok = train.load_meta(cfg.dataset), load_tokenizer(cfg.dataset)
+meta, tok = read_meta(cfg.dataset), load_tokenizer(cfg.dataset)
 torch.manual_seed(0)
-model, _ = train.init_model(cfg, meta, tok)
+model, _, _ = train.start_model(cfg, tok)
 metrics = train.evaluate_lm(model, train.make_batch_fn(cfg, cfg.dataset, meta, tok, system), cfg, system)
 with open(os.path.join(cfg.out_dir, f"rank{system.rank}.json"), "w") as f:
     json.dump(metrics, f)
@@ -89,16 +82,16 @@ train.teardown(system)
 """
 
 
-def test_eval_is_averaged_over_ranks_and_identical_on_each(tmp_path, data):
+def test_eval_is_averaged_over_ranks_and_identical_on_each(tmp_path, shakespeare_char):
     script = tmp_path / "eval_each_rank.py"
     script.write_text(EVAL_ON_EACH_RANK)
-    launch(2, *ARGS, f"--dataset={data}", f"--out_dir={tmp_path}", "--eval_iters=3", script=str(script))
+    launch(2, *ARGS, f"--dataset={shakespeare_char}", f"--out_dir={tmp_path}", "--eval_iters=3", script=str(script))
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0 == r1 and r0["val_loss"] > 0
 
 
-def test_accumulation_must_divide_among_ranks(tmp_path, data):
+def test_accumulation_must_divide_among_ranks(tmp_path, shakespeare_char):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", os.path.join(ROOT, "train.py"),
-           *ARGS, f"--dataset={data}", f"--out_dir={tmp_path}", "--gradient_accumulation_steps=3"]
+           *ARGS, f"--dataset={shakespeare_char}", f"--out_dir={tmp_path}", "--gradient_accumulation_steps=3"]
     run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and "must be divisible by the number of processes (2)" in run.stderr

@@ -15,20 +15,13 @@ import time
 import pytest
 import torch
 
-import prepare
 from conftest import ROOT
+from dataset import DataError, download
 from model import CheckpointError, load_checkpoint, save_checkpoint
 from test_train import TINY
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
 ARGS = [*TINY, "--always_save_checkpoint=True"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    prepare.main(["shakespeare_char", f"--data_root={root}"])
-    return str(root / "shakespeare_char")
 
 
 def python(*args, **kw):
@@ -60,13 +53,13 @@ def step_losses(out_dir):
 # --- exact resume ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
-def test_sigkill_after_checkpoint_then_resume_is_exact(tmp_path, data, objective):
+def test_sigkill_after_checkpoint_then_resume_is_exact(tmp_path, shakespeare_char, objective):
     extra = [f"--objective={objective}", "--max_iters=16", "--eval_interval=8", "--dropout=0.1"]
-    straight = python(*train_cmd(data, tmp_path / "straight", *extra)[1:])
+    straight = python(*train_cmd(shakespeare_char, tmp_path / "straight", *extra)[1:])
     assert straight.returncode == 0, straight.stderr[-2000:]
-    code, _, _ = run_until(train_cmd(data, tmp_path / "killed", *extra), "saved checkpoint", signal.SIGKILL)
+    code, _, _ = run_until(train_cmd(shakespeare_char, tmp_path / "killed", *extra), "saved checkpoint", signal.SIGKILL)
     assert code == -signal.SIGKILL and load_checkpoint(str(tmp_path / "killed"))["iter_num"] == 8
-    resumed = python(*train_cmd(data, tmp_path / "killed", *extra, "--init_from=resume")[1:])
+    resumed = python(*train_cmd(shakespeare_char, tmp_path / "killed", *extra, "--init_from=resume")[1:])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = step_losses(tmp_path / "straight"), step_losses(tmp_path / "killed")
     assert sorted(b) == list(range(16)) and b == pytest.approx(a, abs=1e-6)
@@ -74,9 +67,9 @@ def test_sigkill_after_checkpoint_then_resume_is_exact(tmp_path, data, objective
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
-def test_same_seed_same_loss_curve(tmp_path, data):
+def test_same_seed_same_loss_curve(tmp_path, shakespeare_char):
     for name in ("a", "b"):
-        assert python(*train_cmd(data, tmp_path / name, "--max_iters=8", "--eval_interval=4", "--dropout=0.1")[1:]).returncode == 0
+        assert python(*train_cmd(shakespeare_char, tmp_path / name, "--max_iters=8", "--eval_interval=4", "--dropout=0.1")[1:]).returncode == 0
     assert step_losses(tmp_path / "a") == step_losses(tmp_path / "b")
 
 
@@ -114,7 +107,7 @@ def test_keep_last_keeps_the_newest_and_resaving_an_iteration_drops_nothing_else
     assert load_checkpoint(str(tmp_path))["iter_num"] == 4
 
 
-def test_sigkill_during_prepare_leaves_old_or_new_files(tmp_path, data):
+def test_sigkill_during_prepare_leaves_old_or_new_files(tmp_path, shakespeare_char):
     """Each output is the old file or the new one, whole; a kill between the renames leaves a mix
     that train.py refuses in one line, since meta.json (renamed last) no longer matches the bins."""
     def files(out):  # the bins' bytes and the token counts meta.json vouches for
@@ -182,14 +175,14 @@ def test_malicious_pickle_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_truncated_checkpoint_names_the_last_good_one(tmp_path, data):
+def test_truncated_checkpoint_names_the_last_good_one(tmp_path, shakespeare_char):
     out = tmp_path / "out"
-    assert python(*train_cmd(data, out, "--max_iters=4", "--eval_interval=2", "--keep_last=2")[1:]).returncode == 0
+    assert python(*train_cmd(shakespeare_char, out, "--max_iters=4", "--eval_interval=2", "--keep_last=2")[1:]).returncode == 0
     path = out / "ckpt.pt"
     good = sorted(p for p in os.listdir(out) if p.startswith("ckpt-"))
     path.unlink()  # ckpt.pt is a hard link of the newest numbered file: break only ckpt.pt
     (out / "ckpt.pt").write_bytes((out / good[-1]).read_bytes()[:5000])
-    run = python(*train_cmd(data, out, "--max_iters=6", "--eval_interval=2", "--init_from=resume")[1:])
+    run = python(*train_cmd(shakespeare_char, out, "--max_iters=6", "--eval_interval=2", "--init_from=resume")[1:])
     assert run.returncode == 1 and "Traceback" not in run.stderr
     line = run.stderr.strip().splitlines()[-1]
     assert "ckpt.pt is truncated or corrupt" in line and f"last good checkpoint is {out / good[-1]}" in line
@@ -197,28 +190,28 @@ def test_truncated_checkpoint_names_the_last_good_one(tmp_path, data):
 
 # --- numerical faults -----------------------------------------------------------------------------
 
-def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data):
+def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, shakespeare_char):
     out = tmp_path / "out"
-    first = python(*train_cmd(data, out, "--max_iters=4", "--eval_interval=4")[1:])
+    first = python(*train_cmd(shakespeare_char, out, "--max_iters=4", "--eval_interval=4")[1:])
     assert first.returncode == 0
     good = out.joinpath("ckpt.pt").read_bytes()
-    run = python(*train_cmd(data, out, "--init_from=resume", "--max_iters=30", "--eval_interval=100",
+    run = python(*train_cmd(shakespeare_char, out, "--init_from=resume", "--max_iters=30", "--eval_interval=100",
                             "--learning_rate=1e5", "--grad_clip=0", "--decay_lr=False")[1:])
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "at step" in run.stderr and f"last good checkpoint is {out / 'ckpt.pt'}" in run.stderr
     assert out.joinpath("ckpt.pt").read_bytes() == good
 
 
-def test_nan_skip_counts_skipped_steps(tmp_path, data):
-    run = python(*train_cmd(data, tmp_path, "--max_iters=12", "--eval_interval=100", "--learning_rate=1e5",
+def test_nan_skip_counts_skipped_steps(tmp_path, shakespeare_char):
+    run = python(*train_cmd(shakespeare_char, tmp_path, "--max_iters=12", "--eval_interval=100", "--learning_rate=1e5",
                             "--grad_clip=0", "--decay_lr=False", "--nan_policy=skip")[1:])
     assert run.returncode == 0, run.stderr[-2000:]
     skipped = [json.loads(line) for line in open(tmp_path / "log.jsonl") if '"skipped"' in line]
     assert len(skipped) >= 1 and load_checkpoint(str(tmp_path))["counters"]["skipped_steps"] == len(skipped)
 
 
-def test_fp16_overflow_is_handled_by_the_grad_scaler(tmp_path, data):
-    run = python(*train_cmd(data, tmp_path, "--dtype=float16", "--max_iters=6", "--eval_interval=6", "--init_loss_scale=1e30")[1:])
+def test_fp16_overflow_is_handled_by_the_grad_scaler(tmp_path, shakespeare_char):
+    run = python(*train_cmd(shakespeare_char, tmp_path, "--dtype=float16", "--max_iters=6", "--eval_interval=6", "--init_loss_scale=1e30")[1:])
     assert run.returncode == 0, run.stderr[-2000:]
     # a loss scaled by 1e30 overflows float16 gradients: GradScaler skips the step and halves the scale, logged
     assert "step 0: fp16 gradient overflow, step skipped by GradScaler, loss scale -> 5e+29" in run.stdout
@@ -227,8 +220,8 @@ def test_fp16_overflow_is_handled_by_the_grad_scaler(tmp_path, data):
 
 # --- Ctrl-C ---------------------------------------------------------------------------------------
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, data):
-    code, out, err = run_until(train_cmd(data, tmp_path, "--max_iters=100000", "--eval_interval=100000"), "iter 3:", signal.SIGINT)
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, shakespeare_char):
+    code, out, err = run_until(train_cmd(shakespeare_char, tmp_path, "--max_iters=100000", "--eval_interval=100000"), "iter 3:", signal.SIGINT)
     assert code == 130 and "Traceback" not in err
     assert "interrupted at step" in out and "--init_from=resume" in out
     step = load_checkpoint(str(tmp_path))["iter_num"]
@@ -242,13 +235,13 @@ def one_line_error(run):
     return run.stderr.strip().splitlines()[-1]
 
 
-def test_bad_config_values_are_one_line_errors(tmp_path, data):
-    assert "did you mean batch_size" in one_line_error(python(*train_cmd(data, tmp_path, "--batchsize=4")[1:]))
-    assert "batch_size=0 must be at least 1" in one_line_error(python(*train_cmd(data, tmp_path, "--batch_size=0")[1:]))
-    assert "expects int" in one_line_error(python(*train_cmd(data, tmp_path, "--n_layer=two")[1:]))
+def test_bad_config_values_are_one_line_errors(tmp_path, shakespeare_char):
+    assert "did you mean batch_size" in one_line_error(python(*train_cmd(shakespeare_char, tmp_path, "--batchsize=4")[1:]))
+    assert "batch_size=0 must be at least 1" in one_line_error(python(*train_cmd(shakespeare_char, tmp_path, "--batch_size=0")[1:]))
+    assert "expects int" in one_line_error(python(*train_cmd(shakespeare_char, tmp_path, "--n_layer=two")[1:]))
 
 
-def test_missing_dataset_and_block_size_larger_than_data(tmp_path, data):
+def test_missing_dataset_and_block_size_larger_than_data(tmp_path, shakespeare_char):
     assert "prepare the dataset first" in one_line_error(python(*train_cmd(tmp_path / "nothing", tmp_path / "o")[1:]))
     small = tmp_path / "small.txt"
     small.write_text("a tiny corpus of a few words only " * 3)
@@ -257,8 +250,8 @@ def test_missing_dataset_and_block_size_larger_than_data(tmp_path, data):
     assert "fewer than block_size" in line and "lower block_size" in line
 
 
-def test_vocab_mismatch_between_data_and_checkpoint(tmp_path, data):
-    assert python(*train_cmd(data, tmp_path, "--max_iters=2", "--eval_interval=2")[1:]).returncode == 0
+def test_vocab_mismatch_between_data_and_checkpoint(tmp_path, shakespeare_char):
+    assert python(*train_cmd(shakespeare_char, tmp_path, "--max_iters=2", "--eval_interval=2")[1:]).returncode == 0
     other = tmp_path / "other.txt"
     other.write_text("completely different characters: 0123456789 ∑∂ " * 100)
     assert python("prepare.py", f"--input={other}", "--name=other", f"--data_root={tmp_path}", "--curate=False").returncode == 0
@@ -272,8 +265,8 @@ def test_url_that_times_out(tmp_path):
     silent.bind(("127.0.0.1", 0))
     silent.listen(1)  # accepts the connection, never answers
     try:
-        with pytest.raises(prepare.DataError, match="could not download.*after 2 tries"):
-            prepare.download(f"http://127.0.0.1:{silent.getsockname()[1]}/x.txt", str(tmp_path / "x.txt"),
+        with pytest.raises(DataError, match="could not download.*after 2 tries"):
+            download(f"http://127.0.0.1:{silent.getsockname()[1]}/x.txt", str(tmp_path / "x.txt"),
                              retries=1, timeout=0.5, progress=False)
     finally:
         silent.close()

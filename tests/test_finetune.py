@@ -11,8 +11,9 @@ import torch
 import finetune
 import prepare
 import sample
+import tokenizer
 from model import GPT, GPTConfig, model_from_checkpoint, save_checkpoint
-from tokenizer import EOT, CharTokenizer
+from tokenizer import EOT, CharTokenizer, format_prompt
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ,.!?#:\n"
 
@@ -72,19 +73,19 @@ def test_first_token_pooling_reads_cls_for_an_encoder():
 # --- SFT labels ------------------------------------------------------------------------------------
 
 def test_sft_example_masks_the_prompt_and_appends_end_of_text():
-    tok = CharTokenizer(sorted(set(finetune.ALPACA_PROMPT + finetune.ALPACA_PROMPT_NO_INPUT + "xyz0123456789")))
+    tok = CharTokenizer(sorted(set(tokenizer.ALPACA_PROMPT + tokenizer.ALPACA_PROMPT_NO_INPUT + "xyz0123456789")))
     record = {"instruction": "add", "input": "1 2", "output": "3"}
     stats = Counter()
     ids, targets = finetune.sft_example(tok, record, 1000, "alpaca", stats)
-    prompt = tok.encode(finetune.format_prompt("add", "1 2"))
-    assert prompt == tok.encode(finetune.ALPACA_PROMPT.format(instruction="add", input="1 2"))
+    prompt = tok.encode(format_prompt("add", "1 2"))
+    assert prompt == tok.encode(tokenizer.ALPACA_PROMPT.format(instruction="add", input="1 2"))
     full = prompt + tok.encode("3") + [tok.special_ids[EOT]]
     assert ids == full[:-1] and len(targets) == len(ids)
     # position i predicts token i+1: the prompt's tokens are never targets; the response and the eot are
     assert targets[:len(prompt) - 1] == [-100] * (len(prompt) - 1)
     assert targets[len(prompt) - 1:] == [tok.stoi["3"], tok.special_ids[EOT]]
     # without an input the shorter template is used
-    assert "### Input" not in finetune.format_prompt("add", "")
+    assert "### Input" not in format_prompt("add", "")
     # a context too small for any response token: skipped and counted
     assert finetune.sft_example(tok, record, len(prompt) - 3, "alpaca", stats) is None
     assert stats["skipped_prompt_fills_context"] == 1
@@ -208,7 +209,7 @@ def test_finetune_resume_continues_exactly(toy_setup, lora_rank):
 
 
 def test_sft_then_sample_with_the_same_template(tmp_path, capsys):
-    tok = CharTokenizer(sorted(set(finetune.ALPACA_PROMPT + finetune.ALPACA_PROMPT_NO_INPUT + "xyz0123456789")))
+    tok = CharTokenizer(sorted(set(tokenizer.ALPACA_PROMPT + tokenizer.ALPACA_PROMPT_NO_INPUT + "xyz0123456789")))
     init = save_pretrained(tmp_path / "pretrained", tiny_gpt(True, tok.vocab_size, block_size=256), tok)
     records = [{"instruction": "say yes", "input": "", "output": "yes"}] * 30
     with open(tmp_path / "sft.json", "w") as f:
@@ -223,7 +224,7 @@ def test_sft_then_sample_with_the_same_template(tmp_path, capsys):
     sample.main([f"--out_dir={out}", "--template=alpaca", "--start=say yes", "--num_samples=1",
                  "--temperature=0", "--device=cpu", "--max_new_tokens=20"])
     text = capsys.readouterr().out
-    assert text.startswith(finetune.format_prompt("say yes") + "yes\n----")  # the response, then the eot stopped it
+    assert text.startswith(format_prompt("say yes") + "yes\n----")  # the response, then the eot stopped it
 
 
 def test_lm_task_stops_early_when_val_loss_stalls(tmp_path):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import prepare
-from prepare import DataError, download, in_val_split, read_path
+from dataset import DataError, download, in_val_split
+from prepare import read_path
 from tokenizer import load_tokenizer
 
 from conftest import ROOT

@@ -12,10 +12,9 @@ from test_train import TINY
 
 
 @pytest.fixture(scope="module")
-def clm_checkpoint(tmp_path_factory):
+def clm_checkpoint(tmp_path_factory, shakespeare_char):
     root = tmp_path_factory.mktemp("clm")
-    prepare.main(["shakespeare_char", f"--data_root={root}"])
-    train.main([*TINY, f"--dataset={root}/shakespeare_char", f"--out_dir={root}/out", "--max_iters=30", "--eval_interval=30"])
+    train.main([*TINY, f"--dataset={shakespeare_char}", f"--out_dir={root}/out", "--max_iters=30", "--eval_interval=30"])
     return str(root / "out")
 
 

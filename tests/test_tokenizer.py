@@ -5,6 +5,7 @@ import pytest
 import tiktoken
 import tiktoken.load
 
+from dataset import DataError
 from tokenizer import (EOT, GPT2_DIR, GPT2_PATTERN, SPECIAL_TOKENS, CharTokenizer, TokenizerError, gpt2_tokenizer,
                        load_tokenizer, tokenizer_from_spec)
 
@@ -71,5 +72,5 @@ def test_spec_round_trip_and_load_from_meta(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps(tok.spec()))
     (tmp_path / "meta.json").write_text(json.dumps({"tokenizer": {"kind": "char", "file": "tokenizer.json"}}))
     assert load_tokenizer(str(tmp_path)).encode("hello") == tok.encode("hello")
-    with pytest.raises(TokenizerError, match="prepare.py"):
+    with pytest.raises(DataError, match="prepare.py"):
         load_tokenizer(str(tmp_path / "missing"))

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-import prepare
 import train
 from conftest import assert_real_png
 from model import load_checkpoint
@@ -13,13 +12,6 @@ from model import load_checkpoint
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--eval_iters=2",
         "--max_time=0", "--device=cpu", "--dtype=float32", "--log_interval=1", "--warmup_iters=5",
         "--learning_rate=3e-3", "--sample_tokens=20", "--threads=1"]
-
-
-@pytest.fixture(scope="session")
-def char_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    prepare.main(["shakespeare_char", f"--data_root={root}"])
-    return str(root / "shakespeare_char")
 
 
 def run(out_dir, data, *extra):
@@ -32,8 +24,8 @@ def read_log(out_dir):
         return [json.loads(line) for line in f]
 
 
-def test_tiny_run_lowers_loss(tmp_path, char_data, capsys):
-    log = run(tmp_path, char_data, "--max_iters=60", "--eval_interval=30")
+def test_tiny_run_lowers_loss(tmp_path, shakespeare_char, capsys):
+    log = run(tmp_path, shakespeare_char, "--max_iters=60", "--eval_interval=30")
     evals = [r for r in log if "val_loss" in r]
     assert evals[0]["val_loss"] > math.log(60) and evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.8
     assert_real_png(tmp_path / "loss.png")
@@ -45,13 +37,13 @@ def test_tiny_run_lowers_loss(tmp_path, char_data, capsys):
     assert ckpt["tokenizer"]["kind"] == "char"
 
 
-def test_resume_continues_same_loss(tmp_path, char_data):
+def test_resume_continues_same_loss(tmp_path, shakespeare_char):
     args = ["--eval_interval=10", "--always_save_checkpoint=True", "--dropout=0.1"]
-    full = run(tmp_path / "full", char_data, "--max_iters=20", *args)
-    run(tmp_path / "half", char_data, "--max_iters=10", *args)
+    full = run(tmp_path / "full", shakespeare_char, "--max_iters=20", *args)
+    run(tmp_path / "half", shakespeare_char, "--max_iters=10", *args)
     ckpt = load_checkpoint(str(tmp_path / "half"))
     assert ckpt["iter_num"] == 10 and ckpt["optimizer"]["state"]  # Adam moments are saved
-    resumed = run(tmp_path / "half", char_data, "--max_iters=20", "--init_from=resume", *args)
+    resumed = run(tmp_path / "half", shakespeare_char, "--max_iters=20", "--init_from=resume", *args)
     steps = lambda log: {r["iter"]: r["loss"] for r in log if "loss" in r}  # noqa: E731
     assert steps(resumed) == pytest.approx(steps(full), abs=1e-6) and max(steps(resumed)) == 19
     a, b = load_checkpoint(str(tmp_path / "full"))["model"], load_checkpoint(str(tmp_path / "half"))["model"]
@@ -77,8 +69,8 @@ def test_masking_statistics():
     assert (masked[chosen & (masked != 66)] < 65).all()  # random replacements are ordinary tokens
 
 
-def test_mlm_run_lowers_masked_loss(tmp_path, char_data, capsys):
-    log = run(tmp_path, char_data, "--objective=mlm", "--max_iters=60", "--eval_interval=30")
+def test_mlm_run_lowers_masked_loss(tmp_path, shakespeare_char, capsys):
+    log = run(tmp_path, shakespeare_char, "--objective=mlm", "--max_iters=60", "--eval_interval=30")
     evals = [r for r in log if "val_loss" in r]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.8
     assert evals[-1]["val_mlm_acc"] > 3 / 65 and evals[-1]["val_ppl"] == pytest.approx(math.exp(evals[-1]["val_loss"]))
@@ -100,27 +92,27 @@ def test_batches_are_a_function_of_their_index():
     assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0]) and torch.equal(a[1], a[0] + 1)
 
 
-def test_eval_only_writes_no_checkpoint(tmp_path, char_data):
-    log = run(tmp_path, char_data, "--eval_only=True", "--max_iters=100")
+def test_eval_only_writes_no_checkpoint(tmp_path, shakespeare_char):
+    log = run(tmp_path, shakespeare_char, "--eval_only=True", "--max_iters=100")
     assert len(log) == 1 and "val_loss" in log[0] and not (tmp_path / "ckpt.pt").exists()
 
 
-def test_bf16_autocast_on_cpu_trains(tmp_path, char_data):
-    log = run(tmp_path, char_data, "--dtype=bfloat16", "--max_iters=30", "--eval_interval=30")
+def test_bf16_autocast_on_cpu_trains(tmp_path, shakespeare_char):
+    log = run(tmp_path, shakespeare_char, "--dtype=bfloat16", "--max_iters=30", "--eval_interval=30")
     evals = [r for r in log if "val_loss" in r]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
 
 
-def test_compiled_checkpoint_has_plain_names(tmp_path, char_data):
-    run(tmp_path, char_data, "--compile=True", "--max_iters=2", "--eval_interval=2", "--n_layer=1")
+def test_compiled_checkpoint_has_plain_names(tmp_path, shakespeare_char):
+    run(tmp_path, shakespeare_char, "--compile=True", "--max_iters=2", "--eval_interval=2", "--n_layer=1")
     assert not any("_orig_mod" in k for k in load_checkpoint(str(tmp_path))["model"])
 
 
-def test_mlm_baselines_score_the_same_positions(tmp_path, char_data, capsys):
-    run(tmp_path / "clm", char_data, "--max_iters=30", "--eval_interval=30")
-    run(tmp_path / "mlm", char_data, "--objective=mlm", "--max_iters=30", "--eval_interval=30")
+def test_mlm_baselines_score_the_same_positions(tmp_path, shakespeare_char, capsys):
+    run(tmp_path / "clm", shakespeare_char, "--max_iters=30", "--eval_interval=30")
+    run(tmp_path / "mlm", shakespeare_char, "--objective=mlm", "--max_iters=30", "--eval_interval=30")
     capsys.readouterr()
-    run(tmp_path / "mlm", char_data, "--objective=mlm", "--init_from=resume", "--eval_only=True", "--eval_iters=20",
+    run(tmp_path / "mlm", shakespeare_char, "--objective=mlm", "--init_from=resume", "--eval_only=True", "--eval_iters=20",
         f"--mlm_baselines={tmp_path / 'clm'}")
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("masked-token accuracy")][0]
     scores = {k: float(v) for k, v in (item.split() for item in line.split(": ", 1)[1].split(", "))}

@@ -1,0 +1,803 @@
+"""
+The ROOTS curation pipeline (Laurençon et al. 2022, "The BigScience ROOTS Corpus", §3 and App. C-D), in the
+order a document meets it:
+
+    language ID -> cleaning -> quality filters (+ perplexity) -> exact dedup key -> MinHash near-dedup bands
+    -> PII redaction
+
+`curate_document` runs the per-document stages on one document; `curate_shard` streams a rank's share of
+the corpus through it, staging the survivors and tallying every decision. Duplicates are decided over the
+whole corpus from the hashes alone (`find_duplicates`). The report (report.json, report.md, plots/) shows
+documents and bytes per stage, removals with examples, filter histograms, clusters and PII counts.
+prepare.py reads the documents, calls this file and writes the dataset. Thresholds and word lists are
+BigScience's, in data/roots/; ../shared/ROOTS_NOTES.md gives each definition with its source.
+"""
+
+import array
+import functools
+import hashlib
+import ipaddress
+import json
+import math
+import os
+import re
+import resource
+import sys
+import time
+import unicodedata
+from collections import Counter, defaultdict
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dataset import HERE, DataError, stable_hash
+from model import CheckpointError, checkpoint_tokenizer, load_checkpoint, model_from_checkpoint
+from tokenizer import EOT, encode_known
+
+# -----------------------------------------------------------------------------
+# curation data: BigScience's OSCAR filtering lists and per-language thresholds, as JSON in data/roots/
+# (Apache-2.0; bigscience-workshop/data-preparation @ 9d05884, preprocessing/training/01b_oscar_cleaning_and_filtering/)
+
+ROOTS_DIR = os.path.join(HERE, "data", "roots")  # HERE: the repository
+
+
+@functools.lru_cache(maxsize=None)
+def roots_resources(roots_dir=ROOTS_DIR):
+    """Parameters per language, closed-class ("stop") and flagged word sets, and ROOTS' special characters."""
+    def load(name):
+        path = os.path.join(roots_dir, name)
+        if not os.path.isfile(path):
+            raise DataError(f"{path} is missing: it ships with nanoroots (git checkout data/roots), or set --curate=False")
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    chars = load("special_characters.json")
+    # ROOTS tests `char in special_characters` one character at a time: only single-code-point emoji can match
+    special = set(chars["main_special_characters"] + chars["other_special_characters"])
+    special = special | {e for e in chars["emoji"] if len(e) == 1}
+    stopwords = {lang: frozenset(words) for lang, words in load("stopwords.json").items()}
+    votes = defaultdict(list)  # word -> the languages whose closed-class list has it (for language identification)
+    for lang, words in [*((l, stopwords[l]) for l in VOTING_LANGS if l in stopwords), *OTHER_CLOSED_CLASS.items()]:
+        for word in set(words):
+            votes[word].append(lang)
+    is_special = np.zeros(0x110000, dtype=bool)  # by code point, for counting with numpy
+    is_special[[ord(c) for c in special]] = True
+    return SimpleNamespace(params=load("parameters_filtering.json"), stopwords=stopwords,
+                           flagged={lang: frozenset(words) for lang, words in load("flagged_words.json").items()},
+                           special=frozenset(special), is_special=is_special, votes=dict(votes))
+
+
+def params_for(res, lang):
+    """ROOTS' thresholds for `lang`; "default" for languages it had no table for (filtering.py LoadParameters)."""
+    return res.params.get(lang, res.params["default"])
+
+
+# -----------------------------------------------------------------------------
+# language identification without a downloaded model: which script the letters are in, then, for scripts that
+# several candidate languages share, whose closed-class words the document uses most
+
+# Unicode blocks of letters that point at languages (ISO 15924 script codes); other characters do not vote
+SCRIPT_BLOCKS = [
+    (0x0041, 0x005A, "Latn"), (0x0061, 0x007A, "Latn"), (0x00C0, 0x024F, "Latn"), (0x0370, 0x03FF, "Grek"),
+    (0x0400, 0x052F, "Cyrl"), (0x0530, 0x058F, "Armn"), (0x0590, 0x05FF, "Hebr"), (0x0600, 0x06FF, "Arab"),
+    (0x0750, 0x077F, "Arab"), (0x0780, 0x07BF, "Thaa"), (0x0900, 0x097F, "Deva"), (0x0980, 0x09FF, "Beng"),
+    (0x0B80, 0x0BFF, "Taml"), (0x0E00, 0x0E7F, "Thai"), (0x1000, 0x109F, "Mymr"), (0x10A0, 0x10FF, "Geor"),
+    (0x1100, 0x11FF, "Hang"), (0x1E00, 0x1EFF, "Latn"), (0x3040, 0x30FA, "Kana"), (0x3130, 0x318F, "Hang"),
+    (0x3400, 0x4DBF, "Hani"), (0x4E00, 0x9FFF, "Hani"), (0xAC00, 0xD7AF, "Hang"), (0xF900, 0xFAFF, "Hani"),
+    (0xFB50, 0xFDFF, "Arab"), (0xFE70, 0xFEFF, "Arab"), (0x20000, 0x2FA1F, "Hani"),
+]
+SCRIPTS = sorted({s for _, _, s in SCRIPT_BLOCKS})
+BLOCK_FIRST = np.array([b[0] for b in SCRIPT_BLOCKS])
+BLOCK_LAST = np.array([b[1] for b in SCRIPT_BLOCKS])
+BLOCK_SCRIPT = np.array([SCRIPTS.index(b[2]) for b in SCRIPT_BLOCKS])
+# scripts -> candidate languages: the ROOTS languages, and one language for scripts that have about one on the web
+SCRIPT_LANGS = {"Latn": ("ca", "en", "es", "eu", "fr", "id", "pt", "vi", "de", "it", "nl", "pl", "sv"),
+                "Arab": ("ar", "ur"), "Hani": ("zh",), "Kana": ("ja",), "Deva": ("hi",), "Beng": ("bn",),
+                "Hang": ("ko",), "Grek": ("el",), "Hebr": ("he",), "Thai": ("th",), "Armn": ("hy",),
+                "Geor": ("ka",), "Taml": ("ta",), "Mymr": ("my",), "Thaa": ("dv",)}
+VOTING_LANGS = SCRIPT_LANGS["Latn"] + SCRIPT_LANGS["Arab"]
+# Five frequent web languages that ROOTS did not filter, written for nanoroots: their most frequent function
+# words (articles, pronouns, prepositions, conjunctions, auxiliaries), so their documents are named, not
+# mistaken for the nearest ROOTS language. They only vote; the closed-class filter uses ROOTS' lists.
+OTHER_CLOSED_CLASS = {lang: words.split() for lang, words in {
+    "de": "der die das und ist nicht mit von den dem des auf für ein eine einer eines sich auch werden wird "
+          "sind zu im bei oder aber wie wir ich sie es dass nach aus noch über nur zum zur vom wenn kann",
+    "it": "il di che della delle dei degli per non con una sono anche gli alla nel nella più come questo "
+          "questa ma è del ed si lo da al dal sul tra fra hanno essere",
+    "nl": "de het een en van is dat niet op te zijn voor met ook aan er maar als bij om wordt naar uit dan "
+          "wat nog deze door hebben heeft werd",
+    "pl": "i w z na się nie do to że jest o jak po co ale od za przez dla jego już tak czy są oraz ze może "
+          "tym który która które także",
+    "sv": "och att det som en på är av för med till den har inte om ett var jag men de så kan från eller "
+          "vi sig när också",
+}.items()}
+# below this share of closed-class words (each shared word split between the languages that list it), a
+# Latin- or Arabic-script text is "und": measured on the crawl sample, Czech, Hungarian and Romanian pages
+# score 0.01-0.07 against these lists while English, Spanish, French... pages mostly score 0.1-0.45
+LANG_MIN_CLOSED = 0.05
+# share of kana among CJK letters above which a text is Japanese: measured, the crawl sample's Japanese pages
+# are 0.63-0.78 kana, the Chinese Wikipedia paragraphs at most 0.12 (katakana names)
+KANA_MIN_FOR_JA = 0.3
+# languages written without spaces between words: their near-dup shingles are characters, not words
+UNSPACED_LANGS = {"zh", "ja", "th", "my"}
+
+
+def script_bytes(text):
+    """UTF-8 bytes of letters per script. Bytes, not characters: a Chinese character (3 bytes) then weighs
+    about what the letters of a short English word do."""
+    cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    block = np.searchsorted(BLOCK_FIRST, cp, side="right") - 1
+    inside = (block >= 0) & (cp <= BLOCK_LAST[block.clip(0)])
+    size = 1 + (cp >= 0x80).astype(int) + (cp >= 0x800) + (cp >= 0x10000)
+    totals = np.bincount(BLOCK_SCRIPT[block[inside]], weights=size[inside], minlength=len(SCRIPTS))
+    return dict(zip(SCRIPTS, totals.tolist()))
+
+
+def closed_class_votes(text, langs, res):
+    """Per language, the share of the words that are on its closed-class list; a word on k lists counts 1/k."""
+    words = words_of(text, res, lower=True)
+    votes = Counter()
+    for word, n in Counter(words).items():
+        voters = res.votes.get(word, ())
+        for lang in voters:
+            votes[lang] += n / len(voters)
+    return {lang: votes[lang] / max(len(words), 1) for lang in langs}
+
+
+def identify_language(text, res):
+    """(language code, score in [0, 1]). "und-<script>" when the script is known but the language is not,
+    "und" when the text has no letters. score = the script's share of the letters, times r1 / (r1 + r2) for
+    the closed-class shares r1 >= r2 of the two best languages where a script has several."""
+    by_script = script_bytes(text)
+    total = sum(by_script.values())
+    if total == 0:
+        return "und", 0.0
+    script = max(SCRIPTS, key=lambda s: (by_script[s], s))
+    share = by_script[script] / total
+    if script in ("Hani", "Kana"):
+        cjk = by_script["Hani"] + by_script["Kana"]
+        return ("ja" if by_script["Kana"] >= KANA_MIN_FOR_JA * cjk else "zh"), cjk / total
+    langs = SCRIPT_LANGS.get(script)
+    if langs is None:
+        return f"und-{script}", share
+    if len(langs) == 1:
+        return langs[0], share
+    (r1, best), (r2, _) = sorted(((r, lang) for lang, r in closed_class_votes(text, langs, res).items()), reverse=True)[:2]
+    if r1 < LANG_MIN_CLOSED:
+        return f"und-{script}", share
+    return best, share * r1 / (r1 + r2)
+
+
+def wanted_languages(lang, lang_id=True):
+    """The set of language codes to keep, or None for "auto" (every identified language)."""
+    if lang == "auto":
+        return None
+    codes = {c.strip() for c in lang.split(",") if c.strip()}
+    known = {l for langs in SCRIPT_LANGS.values() for l in langs}
+    if lang_id and codes - known:
+        raise DataError(f"lang={lang!r}: {', '.join(sorted(codes - known))} cannot be identified here; identifiable: "
+                        f"{', '.join(sorted(known))}; or set --lang_id=False to treat every document as that language")
+    if not lang_id and len(codes) != 1:
+        raise DataError(f"lang_id=False needs one language in --lang (every document is taken to be it), got {lang!r}")
+    return codes
+
+
+# -----------------------------------------------------------------------------
+# cleaning ("modifying documents", ROOTS filtering.py ModifyingDocuments)
+
+# ROOTS `uniform_whitespace`: these spaces (and U+0084) become an ASCII space
+UNIFORM_WHITESPACE = re.compile("[\u00a0\u2002\u2003\u2005\u2008\u2009\u200a\u202f\u3000\ufffc\u0084]")
+
+
+@functools.lru_cache(maxsize=None)
+def suspect_words(bad, cutoff):
+    """Words (runs between spaces, tabs, newlines) that contain a bad substring or are longer than cutoff."""
+    alternatives = [f"[^ \t\n]*(?:{'|'.join(map(re.escape, bad))})[^ \t\n]*"] if bad else []
+    long = [f"[^ \t\n]{{{cutoff + 1},}}"] if cutoff is not None else []
+    return re.compile("(?<![^ \t\n])(?:" + "|".join(alternatives + long) + ")")  # tried at word starts only
+
+
+# separator runs, matched only from where a run starts (linear time): one holding a newline ends a line, then
+# one holding a tab ends a cell, then spaces
+LINE_BREAK_RUN = re.compile("(?<![ \t\n])[ \t\n]*\n[ \t\n]*")
+TAB_RUN = re.compile("(?<![ \t])[ \t]*\t[ \t]*")
+SPACE_RUN = re.compile(" {2,}")
+
+
+def rejoin(text):
+    """What ROOTS' split on "\\n", then "\\t", then " ", and re-join does: runs of separators collapse, and
+    empty words, tab cells and lines vanish. (Whole-text regexes; tests check it equals the split/join.)"""
+    text = LINE_BREAK_RUN.sub("\n", text)
+    text = TAB_RUN.sub("\t", text)
+    return SPACE_RUN.sub(" ", text).strip(" \t\n")
+
+
+def clean_document(text, params, res, nfc=False):
+    """Strip, map exotic spaces to " ", then (per the language's parameters) drop words containing
+    `incorrect_word_substrings` (http, www, .com, href, //) and words longer than `length_word_max_cutoff`
+    unless short enough without their special characters at the ends, and re-join (see `rejoin`)."""
+    if nfc:
+        text = unicodedata.normalize("NFC", text)
+    text = text.strip()
+    if params["cond_uniform_whitespace"]:
+        text = UNIFORM_WHITESPACE.sub(" ", text)
+    bad = tuple(params["incorrect_word_substrings"]) if params["cond_remove_words_with_incorrect_substrings"] else ()
+    cutoff = params["length_word_max_cutoff"] if params["cond_remove_long_words"] else None
+    if not bad and cutoff is None:
+        return text
+
+    def keep(word):
+        core = strip_special(word, res.special)
+        if any(b in core for b in bad):
+            return False
+        return cutoff is None or len(word) <= cutoff or 0 < len(core) <= cutoff
+
+    return rejoin(suspect_words(bad, cutoff).sub(lambda m: m.group() if keep(m.group()) else "", text))
+
+
+# -----------------------------------------------------------------------------
+# quality filters (ROOTS filtering.py Filtering), evaluated in ROOTS' order, inclusive bounds
+
+WORD_SEPARATORS = re.compile("[ \n\t]+")  # ROOTS splits words on exactly these three (split_on_whitespace)
+HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+CHINESE_PIECES = re.compile(f"[{HAN}]|[^\\s{HAN}]+")
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
+DIGITS = re.compile(r"\d")
+
+
+def strip_special(word, special):
+    """word.strip(special) for a set: ROOTS' ModifyingDocuments.strip."""
+    i, j = 0, len(word)
+    while i < j and word[i] in special:
+        i += 1
+    while j > i and word[j - 1] in special:
+        j -= 1
+    return word[i:j]
+
+
+def words_of(text, res, lower=False, chinese=False):
+    """ROOTS' words: split on space/newline/tab, optionally lower-case, strip special characters from both
+    ends, drop empties. Chinese: ROOTS normalised (control characters deleted, lower case, digits -> 0) and took
+    SentencePiece pieces; SentencePiece is not a dependency here, so every Han character is a word and other
+    runs split on whitespace (character bigrams then come from the zh augmentation, below)."""
+    if chinese:
+        text = " ".join(CHINESE_PIECES.findall(DIGITS.sub("0", CONTROL_CHARS.sub("", text)).lower()))
+    elif lower:
+        text = text.lower()
+    s = res.special
+    words = (w if w[0] not in s and w[-1] not in s else strip_special(w, s) for w in WORD_SEPARATORS.split(text) if w)
+    return [w for w in words if w]
+
+
+def augment_words(words, params):
+    """zh and vi also look up consecutive word groups (ROOTS words_augmentation: sizes [2], joined by "" / " ")."""
+    if not params["cond_words_augmentation"]:
+        return words
+    join = params["words_augmentation_join_char"]
+    return words + [join.join(words[i:i + g]) for g in params["words_augmentation_group_sizes"]
+                    for i in range(len(words) - g + 1)]
+
+
+def char_ngram_counts(text, n):
+    """Counts of the distinct overlapping character n-grams, in no order. An n-gram is keyed by a polynomial
+    of its code points: exact for n <= 3 (21 bits each), a 64-bit hash beyond (two n-grams of a 1 MB document
+    share a key with probability ~3e-8)."""
+    cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    m = len(cp) - n + 1
+    if m <= 0:
+        return np.zeros(0, dtype=np.int64)
+    base = np.uint64(1 << 21 if n <= 3 else 0x100000001B3)  # FNV-1's 64-bit prime
+    key = np.zeros(m, dtype=np.uint64)
+    for j in range(n):
+        key = key * base + cp[j:j + m]
+    key.sort()
+    starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+    return np.diff(np.append(starts, m))
+
+
+def char_repetition_ratio(text, n, k_rule="code"):
+    """Share of all character n-grams taken by the k most frequent distinct ones (ROOTS
+    compute_character_repetition_ratio). k = floor(sqrt(#distinct)) in the paper (App. C); the code that ran
+    also caps k at the number of n-grams seen twice or more, so a text without repeats scores 0."""
+    counts = char_ngram_counts(text, n)
+    if len(counts) == 0:
+        return 0.0
+    k = math.isqrt(len(counts))
+    if k_rule == "code":
+        k = min(k, int((counts > 1).sum()))
+    return float(np.sort(counts)[::-1][:k].sum() / counts.sum())
+
+
+def word_repetition_ratio(words, n):
+    """Share of the word n-grams that occur more than once (ROOTS compute_word_repetition_ratio)."""
+    grams = Counter(zip(*(words[i:] for i in range(n))))
+    if not grams:
+        return 0.0
+    return sum(c for c in grams.values() if c > 1) / (len(words) - n + 1)
+
+
+def special_characters_ratio(text, is_special):
+    """Share of the characters that are in ROOTS' special set (punctuation, digits, whitespace, symbols, emoji)."""
+    return float(is_special[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)].mean()) if text else 0.0
+
+
+def word_list_ratio(words, candidates, word_set):
+    """Hits of `candidates` (words plus augmentation) in `word_set`, per word, clipped to 1 (ROOTS stopwords
+    and flagged-words ratios)."""
+    if not words:
+        return 0.0
+    return min(1.0, sum(w in word_set for w in candidates) / len(words))
+
+
+FILTERS = ("words", "char_rep", "word_rep", "special", "closed_class", "flagged", "ppl")  # ROOTS' order
+
+
+def filter_bounds(res, lang, ppl_max=0.0, with_ppl=False):
+    """{filter: (min, max)} for `lang`, inclusive, None = no bound; a filter that is off is absent. Thresholds
+    are ROOTS' parameters_filtering; a language without a closed-class or flagged list skips that check, as in
+    ROOTS. Perplexity has no ROOTS threshold that carries over (theirs belong to their KenLM models)."""
+    p = params_for(res, lang)
+    table = {
+        "words": ("cond_check_number_words", p["number_words_min_cutoff"], p["number_words_max_cutoff"]),
+        "char_rep": ("cond_check_character_repetition_removal", None, p["character_repetition_max_cutoff"]),
+        "word_rep": ("cond_check_word_repetition_removal", None, p["word_repetition_max_cutoff"]),
+        "special": ("cond_check_special_characters", None, p["special_characters_max_cutoff"]),
+        "closed_class": ("cond_check_stopwords", p["stopwords_min_cutoff"], None),
+        "flagged": ("cond_check_flagged_words", None, p["flagged_words_max_cutoff"]),
+    }
+    bounds = {name: (lo, hi) for name, (flag, lo, hi) in table.items() if p[flag]}
+    if lang not in res.stopwords:
+        bounds.pop("closed_class", None)
+    if lang not in res.flagged:
+        bounds.pop("flagged", None)
+    if with_ppl:
+        bounds["ppl"] = (None, ppl_max or None)
+    return bounds
+
+
+def quality_filters(text, lang, res, char_rep_k="code", short_circuit=True, perplexity=None, ppl_max=0.0):
+    """(first failing filter or None, {filter: value}) for a cleaned document in language `lang`."""
+    p = params_for(res, lang)
+    chinese = p["tokenization"]  # zh: ROOTS took SentencePiece words
+    lowered = functools.cache(lambda: words_of(text, res, lower=True, chinese=chinese))
+    measure = {
+        "words": lambda: len(words_of(text, res, chinese=chinese)),
+        "char_rep": lambda: char_repetition_ratio(text, p["character_repetition_length"], char_rep_k),
+        "word_rep": lambda: word_repetition_ratio(lowered(), p["word_repetition_length"]),
+        "special": lambda: special_characters_ratio(text, res.is_special),
+        "closed_class": lambda: word_list_ratio(lowered(), augment_words(lowered(), p), res.stopwords[lang]),
+        "flagged": lambda: word_list_ratio(lowered(), augment_words(lowered(), p), res.flagged[lang]),
+        "ppl": lambda: perplexity(text),
+    }
+    failed, values = None, {}
+    for name, (lo, hi) in filter_bounds(res, lang, ppl_max, perplexity is not None).items():
+        value = values[name] = measure[name]()
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            failed = failed or name
+            if short_circuit:
+                break
+    return failed, values
+
+
+class PerplexityScorer:
+    """Perplexity of a document under a nanoroots checkpoint: ROOTS scored with per-language KenLM 5-gram models
+    trained on Wikipedia (cc_net style); here a causal checkpoint trained on reference text plays that part.
+    ppl = exp(mean next-token loss), the first token predicted from <|endoftext|>, in windows of block_size."""
+
+    def __init__(self, path, batch_size=8):
+        try:
+            checkpoint = load_checkpoint(path)
+            self.tok = checkpoint_tokenizer(checkpoint, path)
+        except CheckpointError as e:
+            raise DataError(f"ppl_model: {e}") from None
+        if not checkpoint["model_args"].get("causal", True):
+            raise DataError(f"ppl_model={path} is a masked-LM encoder; perplexity needs a causal (GPT) checkpoint")
+        self.batch_size = batch_size
+        self.model = model_from_checkpoint(checkpoint).eval()
+        self.block = self.model.config.block_size
+
+    def __call__(self, text):
+        ids, _ = encode_known(self.tok, text)  # characters the model never saw cannot be scored: they are skipped
+        seq = torch.tensor([self.tok.special_ids[EOT]] + ids)
+        n = len(seq) - 1
+        if n == 0:
+            return math.inf
+        pad = -n % self.block
+        inputs = torch.cat([seq[:-1], seq.new_zeros(pad)]).view(-1, self.block)  # (windows, block)
+        targets = torch.cat([seq[1:], seq.new_full((pad,), -100)]).view(-1, self.block)
+        total = 0.0
+        with torch.no_grad():
+            for i in range(0, len(inputs), self.batch_size):
+                _, loss = self.model(inputs[i:i + self.batch_size], targets[i:i + self.batch_size])
+                total += loss.item() * int((targets[i:i + self.batch_size] != -100).sum())
+        return math.exp(total / n)
+
+
+# -----------------------------------------------------------------------------
+# deduplication: exact (ROOTS catalogue dedup_document) and MinHash LSH near-duplicates (datatrove's defaults)
+
+EXACT_IGNORED = re.compile(r"[\s\d!-/:-@\[-`{-~]+")  # whitespace, digits, ASCII punctuation
+
+
+def exact_dedup_key(text):
+    """Signed 64-bit key of the text without whitespace, digits and ASCII punctuation: ROOTS hashed that string
+    with MD5 (first copy wins); we keep MD5's first 8 bytes."""
+    digest = hashlib.md5(EXACT_IGNORED.sub("", text).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little", signed=True)
+
+
+SHINGLE = 5  # datatrove MinhashConfig n_grams
+WORD_RUNS = re.compile(r"\w+")
+
+
+def mix64(x):
+    """splitmix64's finaliser: spreads every input bit over the 64 output bits (x: uint64 array)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def shingle_hashes(text, unspaced=False):
+    """Distinct 32-bit hashes of the word 5-grams (character 5-grams for languages written without spaces),
+    after datatrove's simplification: lower case, digits -> 0, punctuation and symbols separate words."""
+    words = WORD_RUNS.findall(DIGITS.sub("0", text.lower()))
+    if unspaced:
+        units = np.frombuffer("".join(words).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    else:
+        ids = {w: int.from_bytes(hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest(), "little") for w in set(words)}
+        units = np.array([ids[w] for w in words], dtype=np.uint64)
+    m = len(units) - SHINGLE + 1
+    if m <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    h = np.zeros(m, dtype=np.uint64)
+    for j in range(SHINGLE):
+        h = h * np.uint64(0x100000001B3) + units[j:j + m]
+    return np.unique(mix64(h) >> np.uint64(32))
+
+
+@functools.lru_cache(maxsize=None)
+def minhash_permutations(num_perm):
+    """a (odd), b of the hashes h -> ((a*h + b) mod 2^64) >> 32 of 32-bit shingle hashes: multiply-add-shift, a
+    strongly universal family (Dietzfelbinger 1996) that needs no division; datatrove uses (a*h + b) mod
+    (2^61 - 1). Drawn from stable hashes, so every process and run uses the same ones."""
+    a = np.array([stable_hash("minhash-a", i) | 1 for i in range(num_perm)], dtype=np.uint64)
+    b = np.array([stable_hash("minhash-b", i) for i in range(num_perm)], dtype=np.uint64)
+    return a, b
+
+
+def minhash_signature(hashes, num_perm):
+    """(num_perm,) uint64 < 2^32: per hash function, the minimum over the document's shingle hashes."""
+    a, b = minhash_permutations(num_perm)
+    signature = np.full(num_perm, 2**32, dtype=np.uint64)
+    for i in range(0, len(hashes), 4096):  # (4096, num_perm) at a time keeps memory flat for long documents
+        values = (hashes[i:i + 4096, None] * a + b) >> np.uint64(32)
+        signature = np.minimum(signature, values.min(axis=0))
+    return signature
+
+
+def band_hashes(signature, bands, rows):
+    """One signed 64-bit hash per LSH band of `rows` signature values: two documents are near-duplicate
+    candidates when any band agrees. 14 bands x 8 rows (datatrove) flag Jaccard ~ (1/14)^(1/8) = 0.72 and up."""
+    values = signature.astype("<u8")
+    return [int.from_bytes(hashlib.blake2b(values[i * rows:(i + 1) * rows].tobytes(), digest_size=8).digest(),
+                           "little", signed=True) for i in range(bands)]
+
+
+def find_duplicates(exact, near):
+    """
+    Duplicates over the whole corpus. exact: (docs, keys) int64 arrays; near: (docs, bands) arrays, bands of
+    shape (len(docs), n_bands). Returns ({doc: (reason, kept doc)}, near-duplicate clusters as sorted lists).
+    The first copy wins: exact copies keep the lowest index; near-duplicate clusters are unions (union-find)
+    of documents that share a band, and keep their lowest index, which the union makes the root.
+    """
+    drop = {}
+    docs, keys = exact
+    order = np.lexsort((docs, keys))
+    docs, keys = docs[order], keys[order]
+    new_key = np.ones(len(keys), dtype=bool)
+    new_key[1:] = keys[1:] != keys[:-1]
+    first = docs[np.flatnonzero(new_key)][np.cumsum(new_key) - 1]  # the first copy of each document's key
+    for doc, original in zip(docs[~new_key].tolist(), first[~new_key].tolist()):
+        drop[doc] = ("exact_dup", original)
+
+    parent = {}
+
+    def find(x):
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while x != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    near_docs, bands = near
+    alive = np.array([d not in drop for d in near_docs.tolist()], dtype=bool)
+    near_docs, bands = near_docs[alive], bands[alive]
+    for band in bands.T:
+        order = np.lexsort((near_docs, band))
+        d, h = near_docs[order], band[order]
+        same = np.flatnonzero(h[1:] == h[:-1]) + 1  # positions whose band equals the previous document's
+        for a, b in zip(d[same - 1].tolist(), d[same].tolist()):
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    clusters = defaultdict(list)
+    for doc in sorted(parent):
+        clusters[find(doc)].append(doc)
+    for root, members in clusters.items():
+        for doc in members:
+            if doc != root:
+                drop[doc] = ("near_dup", root)
+    return drop, sorted(([root] + [m for m in members if m != root] for root, members in clusters.items()),
+                        key=lambda c: (-len(c), c[0]))
+
+
+# -----------------------------------------------------------------------------
+# PII redaction (ROOTS 02_pii/bigscience_pii_detect_redact.py: KEY, EMAIL, USER, IP_ADDRESS; its ID and
+# phone patterns were disabled for false positives, so PHONE here is off by default)
+
+IPV4_PART = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+PII_PATTERNS = {  # on overlapping matches the earlier start wins, then the longer, then the earlier kind here
+    "EMAIL": re.compile(r"(?<![\w.%+-])[\w.%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}(?![\w-])"),
+    "IP_ADDRESS": re.compile(rf"(?<![\w.:])(?:{IPV4_PART}\.){{3}}{IPV4_PART}(?!\w|\.\d)"
+                             r"|(?<![\w.:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"),
+    "KEY": re.compile(r"(?<![\w+/=-])[A-Za-z0-9_+/=-]{20,}(?![\w+/=-])"),
+    "USER": re.compile(r"(?<![\w@.+-])@(\w{3,})(?![\w@])"),
+    "PHONE": re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]\d{3,4}[ .-]\d{3,4}(?!\w|[.-]\d)"),
+}
+# `@word` that is code, not a handle: CSS at-rules, decorators, doc-comment and BibTeX tags (ROOTS redacted these)
+CODE_AT_WORDS = {"media", "import", "font", "keyframes", "charset", "supports", "page", "namespace", "layer",
+                 "property", "container", "document", "viewport", "counter", "staticmethod", "classmethod",
+                 "dataclass", "override", "param", "return", "returns", "throws", "author", "see", "since",
+                 "deprecated", "link", "article", "book", "inproceedings", "misc", "interface", "end"}
+VERSION_BEFORE = re.compile(r"(?i)\b(?:version|ver\.?|release|build|v)[\s:]*$")
+
+
+def _is_pii(kind, match, text):
+    """The checks a regex cannot make: valid IPv6, not a version number, a key with letter/digit mixing."""
+    found = match.group()
+    if kind == "IP_ADDRESS":
+        if VERSION_BEFORE.search(text[max(0, match.start() - 12):match.start()]):
+            return False
+        if ":" in found:
+            try:
+                ipaddress.IPv6Address(found)
+            except ValueError:
+                return False
+        return any(c.isdigit() for c in found)
+    if kind == "KEY":  # hashes, API keys, UUIDs switch between letters and digits many times; words do not
+        kinds = [c.isdigit() for c in found if c.isalnum()]
+        return sum(a != b for a, b in zip(kinds, kinds[1:])) >= 4
+    if kind == "USER":
+        return match.group(1).lower() not in CODE_AT_WORDS
+    return True
+
+
+def find_pii(text, kinds=("EMAIL", "IP_ADDRESS", "KEY", "USER")):
+    """Non-overlapping (start, end, kind) spans of personal data, in text order."""
+    kinds = [k for k in kinds if k not in ("EMAIL", "USER") or "@" in text]
+    spans = sorted((m.start(), -m.end(), priority, kind) for priority, kind in enumerate(kinds)
+                   for m in PII_PATTERNS[kind].finditer(text) if _is_pii(kind, m, text))
+    chosen, end = [], 0
+    for start, neg_end, _, kind in spans:
+        if start >= end:
+            chosen.append((start, -neg_end, kind))
+            end = -neg_end
+    return chosen
+
+
+def redact_pii(text, kinds=("EMAIL", "IP_ADDRESS", "KEY", "USER")):
+    """(text with each span replaced by PI:<KIND>, Counter of kinds). Spans are replaced right to left, so
+    earlier offsets stay valid; ROOTS' global str.replace also hit every other occurrence of the string."""
+    found = Counter()
+    for start, end, kind in reversed(find_pii(text, kinds)):
+        text = f"{text[:start]}PI:{kind}{text[end:]}"
+        found[kind] += 1
+    return text, found
+
+
+# -----------------------------------------------------------------------------
+# pass 1: each rank streams its share of the documents through the per-document stages
+
+REASON_STAGE = {"empty": "lang", "lang": "lang", **{f: "filters" for f in FILTERS},
+                "exact_dup": "exact_dedup", "near_dup": "near_dedup"}
+# fixed histogram bins keep memory flat: ratios in [0, 1], counts and perplexities on a log scale
+HIST_EDGES = {f: np.linspace(0, 1, 51) for f in FILTERS} | {"words": np.logspace(0, 6, 61), "ppl": np.logspace(0, 6, 61)}
+SNIPPET = 300  # characters of each example shown in the report
+
+
+class Tally:
+    """What one process saw, in sums that add up across ranks: documents and bytes read, bytes changed by the
+    cleaning and PII stages, removals by reason (the 3 first examples each), seconds and bytes per stage (for
+    MB/s), filter-value histograms per language, languages, PII kinds."""
+
+    def __init__(self):
+        self.docs, self.bytes = Counter(), Counter()          # "read", "removed:<reason>", "changed:<stage>"
+        self.seconds, self.work = Counter(), Counter()        # per stage: seconds spent, bytes processed
+        self.langs, self.pii = Counter(), Counter()
+        self.hist = {}                                        # (filter, lang) -> counts over HIST_EDGES[filter]
+        self.examples = defaultdict(list)                     # reason -> [{doc, lang, values, text}]
+        self.peak_rss_mb = {}                                 # rank -> peak resident memory
+
+    def lap(self, stage, since, nbytes=0):
+        now = time.perf_counter()
+        self.seconds[stage] += now - since
+        self.work[stage] += nbytes
+        return now
+
+    def remove(self, reason, doc, lang, size, values, text):
+        self.docs["removed:" + reason] += 1
+        self.bytes["removed:" + reason] += size
+        if len(self.examples[reason]) < 3:
+            self.examples[reason].append({"doc": doc, "lang": lang, "values": values, "text": text[:SNIPPET]})
+
+    def observe(self, lang, values):
+        for name, value in values.items():
+            edges = HIST_EDGES[name]
+            counts = self.hist.setdefault((name, lang), np.zeros(len(edges) - 1, dtype=np.int64))
+            counts[min(max(np.searchsorted(edges, value, side="right") - 1, 0), len(counts) - 1)] += 1
+
+    def count_staged(self, record, drop):
+        """Rank 0's pass over a staged survivor of pass 1: a duplicate is removed now; a kept document is
+        counted with its language, its PII spans and the bytes redaction changed. True if kept."""
+        doc, size = record["i"], len(record["text"].encode("utf-8"))
+        if doc in drop:
+            reason, original = drop[doc]
+            self.remove(reason, doc, record["lang"], record["bytes"], {"duplicate_of": original}, record["text"])
+            return False
+        self.docs["kept"] += 1
+        self.bytes["kept"] += size
+        self.docs["kept:" + record["lang"]] += 1
+        self.bytes["changed:pii"] += size - record["bytes"]
+        if record["pii"]:
+            self.pii.update(record["pii"])
+            self.docs["pii_docs"] += 1
+        return True
+
+    def add(self, other):
+        for mine, theirs in ((self.docs, other.docs), (self.bytes, other.bytes), (self.seconds, other.seconds),
+                             (self.work, other.work), (self.langs, other.langs), (self.pii, other.pii)):
+            mine.update(theirs)
+        for key, counts in other.hist.items():
+            self.hist[key] = self.hist.get(key, 0) + counts
+        for reason, examples in other.examples.items():
+            self.examples[reason] = sorted(self.examples[reason] + examples, key=lambda e: e["doc"])[:3]
+        self.peak_rss_mb.update(other.peak_rss_mb)
+        return self
+
+
+def peak_rss_mb():
+    """This process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def curation_settings(cfg):
+    """What every document of a run is curated with: the ROOTS resources, the perplexity scorer, the wanted
+    languages, the PII kinds, and the config's switches."""
+    return SimpleNamespace(
+        cfg=cfg, res=roots_resources(), wanted=wanted_languages(cfg.lang, cfg.lang_id),
+        scorer=PerplexityScorer(cfg.ppl_model) if cfg.filters and cfg.ppl_model else None,
+        fixed_lang="default" if cfg.lang == "auto" else cfg.lang,
+        pii_kinds=("EMAIL", "IP_ADDRESS", "KEY", "USER") + (("PHONE",) if cfg.pii_phone else ()))
+
+
+def curate_document(text, run):
+    """
+    One document through the per-document stages of `run` (curation_settings). Returns a dict: "lang",
+    "removed" (the reason, or None), "values" (what the deciding stage measured), "size" (UTF-8 bytes of
+    the text as the last stage saw it), "seconds" and "bytes_in" per stage; and for a survivor "text"
+    (cleaned, PII redacted), "pii" (spans by kind), "exact_key" and "bands" (None when off or too short).
+    """
+    cfg, res = run.cfg, run.res
+    out = {"lang": run.fixed_lang, "removed": None, "values": {}, "size": len(text.encode("utf-8")),
+           "seconds": Counter(), "bytes_in": Counter()}
+    clock = time.perf_counter()
+
+    def lap(stage):
+        nonlocal clock
+        now = time.perf_counter()
+        out["seconds"][stage] += now - clock
+        out["bytes_in"][stage] += out["size"]
+        clock = now
+
+    if not text.strip():
+        return out | {"lang": "und", "removed": "empty"}
+    score = 1.0
+    if cfg.lang_id:
+        out["lang"], score = identify_language(text, res)
+    lap("lang")
+    lang = out["lang"]
+    if (lang not in run.wanted) if run.wanted is not None else lang.startswith("und"):
+        return out | {"removed": "lang", "values": {"lang_score": round(score, 4)}}
+    if cfg.clean:
+        text = clean_document(text, params_for(res, lang), res, cfg.nfc)
+        lap("clean")
+        out["size"] = len(text.encode("utf-8"))
+    if cfg.filters:
+        failed, out["values"] = quality_filters(text, lang, res, cfg.char_rep_k, cfg.short_circuit, run.scorer, cfg.ppl_max)
+        lap("filters")
+        if failed:
+            return out | {"removed": failed, "text": text}
+    out["exact_key"] = out["bands"] = None
+    if cfg.dedup:
+        out["exact_key"] = exact_dedup_key(text)
+        lap("exact_dedup")
+    if cfg.near_dedup:
+        shingles = shingle_hashes(text, unspaced=lang in UNSPACED_LANGS)
+        if len(shingles):  # too short to shingle: never a near-duplicate (datatrove skips these too)
+            out["bands"] = band_hashes(minhash_signature(shingles, cfg.minhash_bands * cfg.minhash_rows),
+                                       cfg.minhash_bands, cfg.minhash_rows)
+        lap("near_dedup")
+    out["text"], out["pii"] = text, {}
+    if cfg.pii:  # redacted now, counted later for the documents that dedup keeps
+        out["text"], found = redact_pii(text, run.pii_kinds)
+        out["pii"] = dict(found)
+        lap("pii")
+    return out
+
+
+def curate_shard(documents, rank, world, cfg, stage_path, removed_path):
+    """
+    Pass 1 over this rank's documents (index % world == rank): curate_document on each. Survivors are
+    staged to `stage_path` as {"i", "lang", "text", "bytes", "pii"} lines in index order (bytes: the size
+    before PII redaction), every removal goes to `removed_path`. Returns (tally, dedup index); the index
+    holds hashes, never text.
+    """
+    run = curation_settings(cfg)
+    tally = Tally()
+    exact = {"doc": array.array("q"), "key": array.array("q")}
+    near = {"doc": array.array("q"), "bands": array.array("q")}
+    with open(stage_path, "w", encoding="utf-8") as staged, open(removed_path, "w", encoding="utf-8") as removed:
+        clock = time.perf_counter()
+        for doc, text in enumerate(tqdm(documents, unit=" docs", desc="curating", mininterval=2, disable=rank or None)):
+            if doc % world != rank:  # reading the other ranks' documents is this rank's cost too
+                clock = tally.lap("read", clock)
+                continue
+            size = len(text.encode("utf-8"))
+            tally.docs["read"] += 1
+            tally.bytes["read"] += size
+            tally.lap("read", clock, size)
+            out = curate_document(text, run)
+            tally.seconds.update(out["seconds"])
+            tally.work.update(out["bytes_in"])
+            if out["removed"] != "empty":
+                tally.langs[out["lang"]] += 1
+            if "clean" in out["seconds"]:
+                tally.bytes["changed:clean"] += out["size"] - size
+            if out["removed"] in FILTERS or (out["removed"] is None and cfg.filters):
+                tally.observe(out["lang"], out["values"])
+            if out["removed"]:
+                tally.remove(out["removed"], doc, out["lang"], out["size"], out["values"], out.get("text", text))
+                removed.write(json.dumps({"doc": doc, "reason": out["removed"], "lang": out["lang"],
+                                          "values": out["values"]}) + "\n")
+            else:
+                if out["exact_key"] is not None:
+                    exact["doc"].append(doc)
+                    exact["key"].append(out["exact_key"])
+                if out["bands"] is not None:
+                    near["doc"].append(doc)
+                    near["bands"].extend(out["bands"])
+                staged.write(json.dumps({"i": doc, "lang": out["lang"], "text": out["text"], "bytes": out["size"],
+                                         "pii": out["pii"]}, ensure_ascii=False) + "\n")
+            clock = time.perf_counter()
+    tally.peak_rss_mb[rank] = peak_rss_mb()
+    index = {"exact": (np.array(exact["doc"], dtype=np.int64), np.array(exact["key"], dtype=np.int64)),
+             "near": (np.array(near["doc"], dtype=np.int64),
+                      np.array(near["bands"], dtype=np.int64).reshape(-1, cfg.minhash_bands))}
+    return tally, index
+
+
+def decide_duplicates(shards):
+    """Every rank's (tally, index) from curate_shard -> (their summed tally, {doc: (reason, kept doc)}, near-
+    duplicate clusters): the decisions for the whole corpus, taken from hashes alone."""
+    tally = functools.reduce(Tally.add, (t for t, _ in shards), Tally())
+    clock = time.perf_counter()
+    exact = tuple(np.concatenate(parts) for parts in zip(*(index["exact"] for _, index in shards)))
+    near = tuple(np.concatenate(parts) for parts in zip(*(index["near"] for _, index in shards)))
+    drop, clusters = find_duplicates(exact, near)
+    tally.lap("dedup_decision", clock, 0)
+    return tally, drop, clusters

@@ -240,6 +240,12 @@ class GPT(nn.Module):
             self.mlm_transform = nn.Sequential(nn.Linear(config.n_embd, config.n_embd), nn.GELU(approximate="tanh"),
                                                nn.LayerNorm(config.n_embd, eps=config.norm_eps))
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        # the padding columns of the output (a multiple of 64 runs its matmul on faster kernels) are no
+        # tokens: a -inf bias there gives them no probability, so the loss is over the real vocabulary,
+        # at no cost (the add is fused into the matmul; slicing first would copy the logits)
+        n_pad = config.padded_vocab_size - config.vocab_size
+        self.register_buffer("vocab_bias", torch.cat([torch.zeros(config.vocab_size), torch.full((n_pad,), float("-inf"))]),
+                             persistent=False)
         if config.tie_embeddings:  # one matrix reads tokens in and writes them out (Press & Wolf 2017)
             self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -285,17 +291,20 @@ class GPT(nn.Module):
                 x = block(x, rope, padding_mask, cache, pos)
         return self.transformer.ln_f(x)
 
-    def head(self, h):
-        """Logits over the padded vocabulary for hidden states h (..., C)."""
+    def head(self, h, padded=False):
+        """Logits (..., vocab_size) for hidden states h (..., C); padded: all padded_vocab_size
+        columns, the padding ones -inf (what the loss reads)."""
         if self.config.mlm_transform:
             h = self.mlm_transform(h)
-        return self.lm_head(h)
+        logits = F.linear(h, self.lm_head.weight, self.vocab_bias.to(h.dtype))
+        return logits if padded else logits[..., :self.config.vocab_size]
 
     def forward(self, idx, targets=None, padding_mask=None):
         """
-        Without targets: logits (B, T, V). With targets (B, T), -100 where there is nothing to predict:
-        (logits, mean cross-entropy). An encoder computes the output layer only at the predicted
-        positions (BERT's masked tokens), so its logits are (N, V) for the N targets.
+        Without targets: logits (B, T, V) over the real vocabulary, V = vocab_size. With targets (B, T),
+        -100 where there is nothing to predict: (logits, mean cross-entropy). An encoder computes the
+        output layer only at the predicted positions (BERT's masked tokens), so its logits are (N, V)
+        for the N targets.
         """
         h = self.hidden_states(idx, padding_mask)
         if targets is None:
@@ -303,9 +312,9 @@ class GPT(nn.Module):
         if not self.config.causal:  # sparse prediction: ~15% of positions need the big vocab matmul
             chosen = targets != -100
             h, targets = h[chosen], targets[chosen]
-        logits = self.head(h)
+        logits = self.head(h, padded=True)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+        return logits[..., :self.config.vocab_size], loss
 
     @staticmethod
     def pool(h, padding_mask=None, how="first"):
@@ -379,7 +388,7 @@ class GPT(nn.Module):
     def next_token_logits(self, idx, caches=None, pos=0):
         """Logits (B, vocab_size) for the token after idx (B, T); with caches, idx starts at `pos`."""
         h = self.hidden_states(idx, caches=caches, pos=pos)
-        return self.head(h[:, -1])[:, :self.config.vocab_size].float()
+        return self.head(h[:, -1]).float()
 
     @torch.no_grad()
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,

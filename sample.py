@@ -132,7 +132,7 @@ def fill_mask(model, tok, ids, device, top_k=5, order="left_to_right", out=None)
     while mask_id in ids:
         x = torch.tensor([ids], dtype=torch.long, device=device)
         logits, _ = model(x)
-        probs = F.softmax(logits[0, :, :tok.vocab_size].float(), dim=-1)  # (T, V)
+        probs = F.softmax(logits[0].float(), dim=-1)  # (T, V)
         probs[:, list(tok.special_ids.values())] = 0  # a mask is filled with an ordinary token
         positions = [i for i, t in enumerate(ids) if t == mask_id]
         pos = positions[0] if order == "left_to_right" else max(positions, key=lambda i: probs[i].max().item())

@@ -107,7 +107,7 @@ def test_gpt2_import_computes_gpt2(tmp_path):
     model = GPT.from_pretrained(write_gpt2_folder(tmp_path, tensors)).eval()
     idx = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours = model(idx)[0][..., :96]
+        ours = model(idx)[0]
     torch.testing.assert_close(ours, reference_gpt2_logits(tensors, idx), atol=1e-4, rtol=1e-4)
 
 
@@ -208,7 +208,7 @@ def test_export_then_import_gives_identical_logits(tmp_path, name):
     assert ckpt["tokenizer"]["kind"] == "char"
     idx = torch.randint(0, 90, (2, 20))
     with torch.no_grad():
-        assert torch.equal(back(idx)[0][..., :90], model(idx)[0][..., :90])
+        assert torch.equal(back(idx)[0], model(idx)[0])
 
 
 def test_export_refuses_what_no_layout_holds(tmp_path):
@@ -246,7 +246,7 @@ def test_gpt2_matches_transformers_both_ways(tmp_path):
     ours = GPT.from_pretrained(str(tmp_path / "hf")).eval()
     idx = torch.randint(0, 96, (2, 10))
     with torch.no_grad():
-        torch.testing.assert_close(ours(idx)[0][..., :96], hf(idx).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=1e-4, rtol=1e-4)
         hf_tokens = hf.generate(idx, max_new_tokens=20, do_sample=False, min_new_tokens=20, pad_token_id=0)[:, 10:]
     assert torch.equal(greedy(ours, idx, 20), hf_tokens)
 
@@ -254,7 +254,7 @@ def test_gpt2_matches_transformers_both_ways(tmp_path):
     exported.export_hf(tmp_path / "export")
     loaded = GPT2LMHeadModel.from_pretrained(tmp_path / "export").eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(idx % 90).logits, exported(idx % 90)[0][..., :90], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(loaded(idx % 90).logits, exported(idx % 90)[0], atol=1e-4, rtol=1e-4)
 
 
 @needs_transformers
@@ -272,7 +272,7 @@ def test_llama_matches_transformers_both_ways(tmp_path):
     assert (ours.config.n_kv_head, ours.config.rope_theta, ours.config.tie_embeddings) == (2, 500.0, False)
     idx = torch.randint(0, 96, (2, 10))
     with torch.no_grad():
-        torch.testing.assert_close(ours(idx)[0][..., :96], hf(idx).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=1e-4, rtol=1e-4)
         hf_tokens = hf.generate(idx, max_new_tokens=20, do_sample=False, min_new_tokens=20, pad_token_id=0)[:, 10:]
     assert torch.equal(greedy(ours, idx, 20), hf_tokens)
 
@@ -281,7 +281,7 @@ def test_llama_matches_transformers_both_ways(tmp_path):
         exported.export_hf(tmp_path / name)
         loaded = LlamaForCausalLM.from_pretrained(tmp_path / name).eval()
         with torch.no_grad():
-            torch.testing.assert_close(loaded(idx % 90).logits, exported(idx % 90)[0][..., :90], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(loaded(idx % 90).logits, exported(idx % 90)[0], atol=1e-4, rtol=1e-4)
 
 
 # -----------------------------------------------------------------------------
@@ -428,7 +428,7 @@ def test_finetune_from_hf_folder_then_export(tmp_path, capsys, monkeypatch):
         loaded = transformers.GPT2LMHeadModel.from_pretrained(export).eval()
         idx = torch.randint(0, 50261, (1, 16))
         with torch.no_grad():
-            torch.testing.assert_close(loaded(idx).logits, tuned(idx)[0][..., :50261], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(loaded(idx).logits, tuned(idx)[0], atol=1e-4, rtol=1e-4)
 
 
 def test_llama_import_stacks_qkv_and_gate_up(tmp_path):

@@ -605,6 +605,17 @@ VERSION_BEFORE = re.compile(r"(?i)\b(?:version|ver\.?|release|build|v)[\s:]*$")
 YEARS = re.compile(r"(?:1\d{3}|20\d\d)(?:[ -](?:1\d{3}|20\d\d))*")  # "1999 2000 2001": a list of years, not a key
 
 
+def is_numbering_or_isbn(found):
+    """Numbers the numeric KEY form takes that identify no one (seen in the crawl sample): counting runs
+    ("315 316 317 318") and ISBN-13s (978/979 prefix, valid check digit)."""
+    groups = re.split("[ -]", found)
+    if all(g.isdigit() for g in groups) and all(int(b) == int(a) + 1 for a, b in zip(groups, groups[1:])):
+        return True
+    digits = found.replace("-", "")
+    return (len(digits) == 13 and digits.isdigit() and digits[:3] in ("978", "979")
+            and sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(digits)) % 10 == 0)
+
+
 def _is_pii(kind, match, text):
     """The checks a regex cannot make: valid IPv6, not a version number, a key with letter/digit mixing."""
     found = match.group()
@@ -619,7 +630,7 @@ def _is_pii(kind, match, text):
         return any(c.isdigit() for c in found)
     if kind == "KEY":
         if match.group("number"):
-            return not YEARS.fullmatch(found)
+            return not (YEARS.fullmatch(found) or is_numbering_or_isbn(found.strip(" -")))
         kinds = [c.isdigit() for c in found if c.isalnum()]  # hashes, API keys, UUIDs switch between letters and
         return sum(a != b for a, b in zip(kinds, kinds[1:])) >= 4  # digits many times; words do not
     if kind == "USER":  # ROOTS: 3 or more characters after the @
@@ -779,15 +790,14 @@ def curate_document(text, run):
     clock = time.perf_counter()
 
     def step(stage, new_text=None):
-        """Close `stage`: its seconds and bytes, and the bytes it changed when it rewrote the text."""
+        """Close `stage`: its seconds, the bytes it read, and the bytes it changed when it rewrote the text."""
         nonlocal clock
-        if new_text is not None:
-            size = len(new_text.encode("utf-8"))
-            out["changed"][stage] += size - out["size"]
-            out["size"] = size
-        now = time.perf_counter()
+        now, size = time.perf_counter(), out["size"]
         out["seconds"][stage] += now - clock
-        out["bytes_in"][stage] += out["size"]
+        out["bytes_in"][stage] += size
+        if new_text is not None:
+            out["size"] = len(new_text.encode("utf-8"))
+            out["changed"][stage] += out["size"] - size
         clock = now
         return new_text
 

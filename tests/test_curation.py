@@ -255,7 +255,8 @@ def test_unknown_language_codes_are_refused_with_the_identifiable_ones():
     ("card 4111 1111 1111 1111 expires", "card PI:KEY expires"),
     ("licence AB12 CD34 EF56 issued", "licence PI:KEY issued"),
     ("thanks @john.doe.", "thanks PI:USER."),
-    ("we met in 1999 2000 2001 and 2019-2020", None),  # runs of years are not keys
+    ("we met in 1999 2000 2001 and 2019-2020", None),  # runs of years are not keys, nor counting runs and ISBNs
+    ("pages 315 316 317 318 319, ISBN 978-0-06-232344-6 or 9780240522043", None),
     ("ok @jo and @x.", None),  # ROOTS: 3 or more characters after the @
 ])
 def test_redact_pii_positives_and_negatives(text, redacted):
@@ -522,6 +523,12 @@ def test_crawl_sample_curates_into_a_report_that_adds_up(tmp_path, shared_data):
     assert removed[241]["values"] == removed[242]["values"] == {"duplicate_of": 240}
     assert sum(s["docs_in"] - s["docs_out"] for s in stages.values()) == len(removed)
     assert sum(r["docs"] for r in report["removed"].values()) == len(removed)
+    # every new stage is in the funnel; language removals carry their label and score
+    assert [s["stage"] for s in report["stages"]][:4] == ["read", "html", "clean", "lang"]
+    assert report["html"]["pages"] == 0  # the sample is extracted text already
+    lang_removed = [r for r in removed.values() if r["reason"] == "lang"]
+    assert all(0 <= r["values"]["lang_score"] <= 1 and r["lang"] for r in lang_removed)
+    assert report["languages"]["en"]["min_score"] == 0.8
 
 
 @needs_shared_data

@@ -1,0 +1,90 @@
+"""
+Boilerplate across documents, the two steps of ROOTS that look at the corpus rather than at one document:
+- template lines: a line repeated in many documents is a menu, a footer, a cookie banner ("Jump to navigation Jump to
+  search"), so it is deleted wherever it occurs (ROOTS' dedup_template_soft, BigScience catalogue pipeline);
+- repeated substrings: any span of at least 50 bytes that already occurred earlier in the corpus is cut, keeping its
+  first occurrence (exact-substring dedup, Lee et al. 2022, "Deduplicating Training Data Makes Language Models
+  Better", which ROOTS ran with a 50-byte minimum and found 21.7% of bytes duplicated on average).
+Both are pure functions over texts; curate.py decides where in the pipeline they run and counts what they remove.
+"""
+
+import hashlib
+
+import numpy as np
+
+try:
+    from pydivsufsort import longest_previous_factor
+except ImportError:
+    longest_previous_factor = None
+
+TEMPLATE_MIN_CHARS = 15  # dedup_template_soft: only lines of at least 15 characters (after strip) count...
+TEMPLATE_MIN_COUNT = 10  # ...and such a line occurring at least 10 times in the dataset is deleted everywhere
+SUBSTRING_MIN_BYTES = 50  # Lee et al. 2022 and ROOTS: the shortest repeated span worth removing
+SEPARATOR = b"\xff"  # never occurs in UTF-8, so no match can run from one document into the next
+
+
+def line_key(line):
+    """64-bit key of a stripped line (ROOTS hashes each line with MD5; we keep the first 8 bytes)."""
+    return int.from_bytes(hashlib.md5(line.encode("utf-8", "surrogatepass")).digest()[:8], "big")
+
+
+def template_keys(text, min_chars=TEMPLATE_MIN_CHARS):
+    """The key of every line long enough to be a template, one per occurrence (every occurrence counts, also two
+    in the same document)."""
+    return [line_key(s) for s in (line.strip() for line in text.split("\n")) if len(s) >= min_chars]
+
+
+def remove_template_lines(text, templates, min_chars=TEMPLATE_MIN_CHARS):
+    """text without its lines whose key is in `templates`; returns (text, removed lines)."""
+    kept, removed = [], []
+    for line in text.split("\n"):
+        s = line.strip()
+        (removed if len(s) >= min_chars and line_key(s) in templates else kept).append(line)
+    return "\n".join(kept), removed
+
+
+def repeated_spans_mask(texts, min_bytes=SUBSTRING_MIN_BYTES):
+    """For texts in corpus order, a boolean array over the UTF-8 bytes of "\\xff".join(texts) + "\\xff": True where a
+    byte lies in a span of >= min_bytes that occurred earlier (earlier document, or earlier in the same one).
+    The longest previous factor of each position (from a suffix array, pydivsufsort) is that span's length."""
+    if longest_previous_factor is None:
+        raise ImportError("exact-substring dedup needs pydivsufsort: pip install pydivsufsort (or set substring_dedup=False)")
+    data = np.frombuffer(SEPARATOR.join(t.encode("utf-8", "surrogatepass") for t in texts) + SEPARATOR, np.uint8).copy()
+    if len(data) >= 2**31 - 1:
+        raise ValueError(f"{len(data):,} bytes is past the suffix array's 2 GiB limit: lower substring_chunk_mb")
+    previous = longest_previous_factor(data).astype(np.int64)
+    # a match may not run past its document's end (a separator is identical in every document)
+    ends = np.flatnonzero(data == SEPARATOR[0])
+    doc_end = np.repeat(ends, np.diff(np.concatenate([[-1], ends])))
+    length = np.minimum(previous, doc_end - np.arange(len(data)))
+    starts = np.flatnonzero(length >= min_bytes)
+    cover = np.zeros(len(data) + 1, np.int64)
+    np.add.at(cover, starts, 1)
+    np.add.at(cover, starts + length[starts], -1)
+    return np.cumsum(cover[:-1]) > 0, data
+
+
+def remove_repeated_substrings(texts, min_bytes=SUBSTRING_MIN_BYTES):
+    """Each text without the spans of >= min_bytes that repeat an earlier occurrence, cut at character boundaries
+    (a character goes only when all its bytes are covered). Returns (texts, removed bytes per text, one removed
+    span per text or '')."""
+    if not texts:
+        return [], [], []
+    covered, data = repeated_spans_mask(texts, min_bytes)
+    lead = np.flatnonzero((data & 0xC0) != 0x80)  # first byte of every character
+    char_gone = np.minimum.reduceat(covered, lead)
+    keep = np.repeat(~char_gone, np.diff(np.append(lead, len(data))))
+    out, removed, examples, start = [], [], [], 0
+    for text in texts:
+        end = start + len(text.encode("utf-8", "surrogatepass"))
+        kept = keep[start:end]
+        out.append(data[start:end][kept].tobytes().decode("utf-8", "surrogatepass") if not kept.all() else text)
+        removed.append(int((~kept).sum()))
+        gone = np.flatnonzero(~kept)
+        if len(gone):  # the first removed run, as an example for the report
+            run_end = gone[0] + int(np.argmax(np.append(np.diff(gone) > 1, True)))
+            examples.append(data[start + gone[0]:start + run_end + 1].tobytes().decode("utf-8", "replace"))
+        else:
+            examples.append("")
+        start = end + 1
+    return out, removed, examples

@@ -14,27 +14,36 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import torch
 
 import prepare
+import sample
 import train
 from configurator import ConfigError, configure, script_main
 from dataset import SHARED_DATA, DataError, dataset_dir, read_meta
+from model import save_checkpoint
+from optim import make_optimizer
 from tokenizer import build_tokenizer, gpt2_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 DEFAULTS = dict(train.DEFAULTS) | dict(
-    sections="mlm,generate",        # comma-separated: train, mlm (clm next to mlm), generate, tokenizers, data
+    sections="mlm,generate,nanogpt,sample",  # comma-separated: train, mlm (clm next to mlm), generate, nanogpt,
+                                    # sample, tokenizers, data
     vocab_size=0,                   # model vocabulary; 0 = the dataset's tokenizer, or GPT-2's 50257 without data
     bench_iters=10,                 # measured steps
     bench_warmup=3,                 # unmeasured steps first
     gen_tokens=200,                 # tokens generated per generation benchmark
     gen_batch=1,
+    sample_new_tokens=500,          # sample section: tokens of the one sample sample.py generates
+    sample_runs=3,                  # sample section: processes timed (the median is reported)
     plot=False,                     # write bench.png
     bench_out="",                   # also write the rows as JSON here
 )
@@ -67,7 +76,7 @@ def bench_train(cfg, system, objective="clm"):
     """One optimiser step = gradient_accumulation_steps micro-batches of batch_size x block_size tokens."""
     raw = build(cfg, system, objective)
     model = train.wrap_model(raw, cfg, system)
-    optimizer = raw.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), system.device_type)
+    optimizer = make_optimizer(cfg, raw, system.device_type)
     scaler = torch.amp.GradScaler(system.device_type, enabled=system.dtype == "float16")
     g = torch.Generator().manual_seed(0)
     x = torch.randint(cfg.vocab_size - 8, (cfg.batch_size, cfg.block_size), generator=g)
@@ -114,6 +123,60 @@ def bench_generate(cfg, system):
                          metric="tokens/s", value=speed[cache]))
     rows.append(dict(benchmark="generate: KV cache speed-up", metric="x", value=speed[True] / speed[False]))
     return rows
+
+
+# nanoGPT's "baby GPT" for CPUs (its README: 4 layers, 4 heads, 128 wide, context 64, batch 12, no dropout,
+# float32, lr 1e-3; its char vocabulary of tiny Shakespeare has 65 tokens), to compare per-step speed with it
+NANOGPT_BABY = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, gradient_accumulation_steps=1,
+                    dropout=0.0, bias=False, learning_rate=1e-3, beta2=0.99, vocab_size=65)
+
+
+def bench_nanogpt(cfg, system):
+    """ms per training step on nanoGPT's baby config: with AdamW (nanoGPT's optimizer) and with Muon."""
+    rows = []
+    for optimizer in ("adamw", "muon"):
+        baby = SimpleNamespace(**(vars(cfg) | NANOGPT_BABY | {"optimizer": optimizer}))
+        step = next(r for r in bench_train(baby, system) if r["metric"] == "ms/iter")
+        rows.append(dict(step, benchmark=f"train nanoGPT's baby config (4x128, T=64, B=12), {optimizer}"))
+    return rows
+
+
+def bench_sample(cfg, system):
+    """
+    sample.py on a 6-layer, 384-wide char-level checkpoint (nanoGPT's Shakespeare model; random weights,
+    as speed does not depend on them): the whole process for one 500-token sample, the process's start-up
+    to `import sample`, loading the checkpoint to the first token in this process, and tokens/s at batch 1.
+    """
+    torch.manual_seed(cfg.seed)
+    with open(os.path.join(HERE, "data", "tinyshakespeare", "input.txt"), encoding="utf-8") as f:
+        tok = build_tokenizer("char", f.read(), progress=False)
+    size = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.0, bias=False, vocab_size=tok.vocab_size)
+    model = train.new_model(SimpleNamespace(**(vars(cfg) | size)), tok.vocab_size)
+    n = cfg.sample_new_tokens
+    with tempfile.TemporaryDirectory() as out_dir:
+        save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config), "tokenizer": tok.spec()}, out_dir)
+        threads = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+
+        def process(*args):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, *args], cwd=HERE, env=threads, check=True, capture_output=True)
+            return time.perf_counter() - t0
+        whole = statistics.median(process("sample.py", f"--out_dir={out_dir}", "--num_samples=1", f"--max_new_tokens={n}",
+                                          f"--device={system.device}") for _ in range(cfg.sample_runs))
+        start_up = statistics.median(process("-c", "import sample") for _ in range(cfg.sample_runs))
+        t0 = time.perf_counter()
+        loaded, _, _ = sample.load_for_inference(out_dir, system.device)
+        tokens = loaded.generate_tokens(torch.zeros(1, 1, dtype=torch.long, device=system.device), n, top_k=200)
+        next(tokens)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rest = sum(1 for _ in tokens)
+        speed = rest / (time.perf_counter() - t0)
+    name = f"sample.py, 6x384 char model ({model.get_num_params() / 1e6:.1f}M)"
+    return [dict(benchmark=f"{name}: whole process, {n} tokens", metric="s", value=whole),
+            dict(benchmark=f"{name}: python + imports", metric="s", value=start_up),
+            dict(benchmark=f"{name}: load checkpoint + first token", metric="ms", value=first * 1000),
+            dict(benchmark=f"{name}: generation, batch 1", metric="tokens/s", value=speed)]
 
 
 def bench_mlm(cfg, system):
@@ -254,7 +317,7 @@ def bench_data(cfg, system):
     return rows
 
 
-SECTIONS = {"train": bench_train, "generate": bench_generate, "mlm": bench_mlm,
+SECTIONS = {"train": bench_train, "generate": bench_generate, "mlm": bench_mlm, "nanogpt": bench_nanogpt, "sample": bench_sample,
             "tokenizers": lambda cfg, system: bench_tokenizers(), "data": bench_data}
 
 

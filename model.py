@@ -49,6 +49,8 @@ class GPTConfig:
     norm_eps: float = 1e-5
     mlp: str = "gelu"           # gelu (4x, GPT-2) | swiglu (LLaMA)
     mlp_hidden: int = 0         # 0 = 4*n_embd for gelu, LLaMA's rounded 8/3*n_embd for swiglu
+    qk_norm: bool = False       # RMS-normalise each head's queries and keys before attention (Dehghani et al. 2023;
+                                # modded-nanogpt, nanochat); no Hugging Face layout holds it
     mlp_multiple_of: int = 64   # swiglu hidden size is rounded up to this (LLaMA 7B uses 256)
     tie_embeddings: bool = True
     mlm_transform: bool = False  # BERT's dense + GELU + LayerNorm before the MLM output layer
@@ -132,6 +134,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, config.head_size
         self.causal = config.causal
+        self.qk_norm = config.qk_norm
         # query, key and value projections in one matmul: n_head + 2 * n_kv_head heads
         self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_size, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -149,6 +152,8 @@ class Attention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.qk_norm:  # bounded attention logits: a higher learning rate stays stable
+            q, k = F.rms_norm(q, (self.head_size,)), F.rms_norm(k, (self.head_size,))
         if cache is not None:
             k, v = cache.update(pos, k, v)  # (B, nkv, pos+T, hs)
         mask, is_causal = self.attention_mask(T, k.size(2), pos, padding_mask, x.device)
@@ -238,20 +243,11 @@ class GPT(nn.Module):
         ))
         if config.pos == "learned":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        else:
-            cos, sin = rope_tables(config.head_size, config.block_size, config.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
         if config.mlm_transform:  # BERT's prediction-head transform (Devlin et al. 2019, App. A)
             self.mlm_transform = nn.Sequential(nn.Linear(config.n_embd, config.n_embd), nn.GELU(approximate="tanh"),
                                                nn.LayerNorm(config.n_embd, eps=config.norm_eps))
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        # the padding columns of the output (a multiple of 64 runs its matmul on faster kernels) are no
-        # tokens: a -inf bias there gives them no probability, so the loss is over the real vocabulary,
-        # at no cost (the add is fused into the matmul; slicing first would copy the logits)
-        n_pad = config.padded_vocab_size - config.vocab_size
-        self.register_buffer("vocab_bias", torch.cat([torch.zeros(config.vocab_size), torch.full((n_pad,), float("-inf"))]),
-                             persistent=False)
+        self.make_buffers()
         if config.tie_embeddings:  # one matrix reads tokens in and writes them out (Press & Wolf 2017)
             self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -259,6 +255,20 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def make_buffers(self):
+        """The buffers computed from the config, which checkpoints do not hold: RoPE's tables, and the
+        output's padding bias. The padding columns of the output (a multiple of 64 runs its matmul on
+        faster kernels) are no tokens: a -inf bias there gives them no probability, so the loss is over
+        the real vocabulary, at no cost (the add is fused into the matmul; slicing first would copy)."""
+        c = self.config
+        if c.pos == "rope":
+            cos, sin = rope_tables(c.head_size, c.block_size, c.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        n_pad = c.padded_vocab_size - c.vocab_size
+        self.register_buffer("vocab_bias", torch.cat([torch.zeros(c.vocab_size), torch.full((n_pad,), float("-inf"))]),
+                             persistent=False)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -285,7 +295,7 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.pos == "learned":
-            x = x + self.transformer.wpe(torch.arange(pos, pos + T, device=idx.device))
+            x = x + self.transformer.wpe.weight[pos:pos + T]  # positions pos..pos+T-1: a slice, no index tensor
         else:
             rope = (self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T])
         x = self.transformer.drop(x)
@@ -363,7 +373,8 @@ class GPT(nn.Module):
     # --- training helpers -------------------------------------------------------------------------
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW; only matrices (>= 2-D: Linear weights, embeddings) are decayed, not biases or norms."""
+        """AdamW; only matrices (>= 2-D: Linear weights, embeddings) are decayed, not biases or norms.
+        (optim.make_optimizer builds this, or Muon for the blocks' matrices with AdamW for the rest.)"""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -409,26 +420,32 @@ class GPT(nn.Module):
         if not self.config.causal:
             raise ValueError("this is a masked-LM encoder; it fills [MASK] tokens instead of generating text")
         block = self.config.block_size
-        seq = idx if idx.size(1) <= block else idx[:, -block:]
+        prompt = idx if idx.size(1) <= block else idx[:, -block:]
+        # every token of the run in one preallocated buffer: a step writes one column, no copies
+        seq = torch.empty(idx.size(0), prompt.size(1) + max_new_tokens, dtype=idx.dtype, device=idx.device)
+        seq[:, :prompt.size(1)] = prompt
+        n = prompt.size(1)  # tokens in seq so far
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        suppress = torch.tensor(list(suppress_tokens), dtype=torch.long, device=idx.device) if suppress_tokens else None
         caches, pos = None, 0
         for _ in range(max_new_tokens):
             if not use_kv_cache:
-                logits = self.next_token_logits(seq[:, -block:])
+                logits = self.next_token_logits(seq[:, max(0, n - block):n])
             elif caches is None or pos == block:  # prefill, or the cache is full: restart from the recent half
-                context = seq if caches is None else seq[:, -(block // 2):]
-                caches = self.new_caches(seq.size(0), block)
+                context = seq[:, :n] if caches is None else seq[:, n - block // 2:n]
+                caches = caches or self.new_caches(seq.size(0), block)  # reused: the refill overwrites from 0
                 logits, pos = self.next_token_logits(context, caches, 0), context.size(1)
             else:
-                logits = self.next_token_logits(seq[:, -1:], caches, pos)
+                logits = self.next_token_logits(seq[:, n - 1:n], caches, pos)
                 pos += 1
-            if suppress_tokens:
-                logits[:, list(suppress_tokens)] = float("-inf")
+            if suppress is not None:
+                logits.index_fill_(1, suppress, float("-inf"))
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             if stop_token is not None:
                 nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
                 done |= nxt == stop_token
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            seq[:, n] = nxt
+            n += 1
             yield nxt
             if stop_token is not None and bool(done.all()):
                 return
@@ -483,7 +500,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
-    if top_k:
+    if top_k and top_k < logits.size(-1):  # top_k >= vocabulary keeps every token: skip the sort
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
@@ -573,7 +590,8 @@ def load_checkpoint(path, map_location="cpu"):
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}; train one first, or check --out_dir/--init_from")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # mmap: tensors are read when used, so sampling never reads the optimizer state (2/3 of the file)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"refusing to load {path}: it holds Python objects, not plain tensors and values, "
                               f"so loading it could run code ({str(e).splitlines()[0][:120]}). "
@@ -586,10 +604,20 @@ def load_checkpoint(path, map_location="cpu"):
 
 
 def model_from_checkpoint(checkpoint, device="cpu"):
-    """Rebuild the GPT a checkpoint was saved from, with its weights."""
-    model = GPT(GPTConfig.from_dict(checkpoint["model_args"]))
-    missing, unexpected = model.load_state_dict(clean_state_dict(checkpoint["model"]), strict=False)
-    if unexpected or [k for k in missing if not k.endswith("lm_head.weight") or not model.config.tie_embeddings]:
+    """Rebuild the GPT a checkpoint was saved from, with its weights. The model is built on the meta
+    device and takes the checkpoint's tensors as its parameters: no random initialisation of weights
+    that are replaced anyway (a third of sample.py's start-up for a 10M-parameter model)."""
+    config = GPTConfig.from_dict(checkpoint["model_args"])
+    with torch.device("meta"):
+        model = GPT(config)
+    state = {k: v.to(torch.get_default_dtype()) if v.is_floating_point() else v
+             for k, v in clean_state_dict(checkpoint["model"]).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_embeddings:  # assign replaced the shared Parameter: tie again
+        model.lm_head.weight = model.transformer.wte.weight
+    model.make_buffers()  # off the meta device
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_embeddings)]
+    if unexpected or missing:
         raise CheckpointError(f"checkpoint does not match its model_args: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.to(device)
 
@@ -741,6 +769,9 @@ def megatron_identity_head(c):
 def hf_layout(c):
     """The Hugging Face architecture that computes what config c does: 'gpt2' or 'llama' for a GPT,
     'megatron-bert' for an encoder (exact with mlm_transform, else see HEAD_SCALE)."""
+    if c.qk_norm:
+        raise ValueError("no Hugging Face layout holds a model with qk_norm=True (GPT-2, LLaMA and Megatron-BERT "
+                         "have no QK-norm); train with qk_norm=False to export")
     arch = (c.pos, c.norm, c.mlp)
     gpt2_blocks = arch == ("learned", "layernorm", "gelu") and c.n_kv_head == c.n_head
     if c.causal and gpt2_blocks:

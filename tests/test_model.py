@@ -7,6 +7,7 @@ from model import GPT, GPTConfig, KVCache, sample_next, top_p_filter
 
 TINY = dict(block_size=32, vocab_size=70, n_layer=2, n_head=4, n_embd=32)
 LLAMA = dict(TINY, pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2, bias=False, tie_embeddings=False)
+QK_NORM = dict(TINY, qk_norm=True, bias=False)
 
 
 def tiny(**kw):
@@ -37,7 +38,7 @@ def test_initial_loss_is_near_uniform():
     assert abs(loss.item() - math.log(1000)) < 0.1  # small init: the model starts out guessing uniformly
 
 
-@pytest.mark.parametrize("kw", [{}, LLAMA], ids=["gpt2", "llama-gqa"])
+@pytest.mark.parametrize("kw", [{}, LLAMA, QK_NORM], ids=["gpt2", "llama-gqa", "qk-norm"])
 def test_kv_cache_greedy_equals_no_cache(kw):
     model = tiny(**kw)
     prompt = torch.randint(0, 70, (2, 5))
@@ -151,6 +152,19 @@ def test_optimizer_decays_only_matrices():
     decay, no_decay = opt.param_groups
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) > 0
+
+
+def test_qk_norm_normalises_queries_and_keys_per_head():
+    model = tiny(**QK_NORM)
+    attn = model.transformer.h[0].attn
+    x = torch.randn(2, 8, 32)
+    q, k, v = attn.c_attn(x).split(32, dim=2)
+    q, k, v = (t.view(2, 8, 4, 8).transpose(1, 2) for t in (q, k, v))
+    q, k = (t / t.pow(2).mean(-1, keepdim=True).add(torch.finfo(t.dtype).eps).sqrt() for t in (q, k))
+    att = (q @ k.transpose(-2, -1) / math.sqrt(8)).masked_fill(torch.ones(8, 8).triu(1).bool(), float("-inf")).softmax(-1)
+    assert torch.allclose(attn(x), attn.c_proj((att @ v).transpose(1, 2).reshape(2, 8, 32)), atol=1e-5)
+    with pytest.raises(ValueError, match="qk_norm=True"):
+        model.export_hf("unused")  # no Hugging Face architecture computes it
 
 
 def test_mfu_is_none_on_cpu():

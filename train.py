@@ -754,6 +754,9 @@ def check_config(cfg, system):
         problems.append(f"nan_policy={cfg.nan_policy!r} is not stop or skip")
     if not 0 < cfg.mask_prob < 1:
         problems.append(f"mask_prob={cfg.mask_prob} must be between 0 and 1")
+    if cfg.fsdp and cfg.optimizer == "muon":  # Newton-Schulz needs each matrix whole; FSDP holds a shard per rank
+        problems.append("optimizer=muon does not work with fsdp=True (FSDP shards the matrices Muon orthogonalises); "
+                        "use optimizer=adamw, or DDP (fsdp=False)")
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -1,9 +1,10 @@
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
 
-from model import GPT, GPTConfig, KVCache, sample_next, top_p_filter
+from model import GPT, GPTConfig, KVCache, model_from_checkpoint, sample_next, top_p_filter
 
 TINY = dict(block_size=32, vocab_size=70, n_layer=2, n_head=4, n_embd=32)
 LLAMA = dict(TINY, pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2, bias=False, tie_embeddings=False)
@@ -197,3 +198,15 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         loss.backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("kw", [{}, LLAMA], ids=["gpt2-tied", "llama-rope-untied"])
+def test_model_from_checkpoint_rebuilds_the_same_model(kw):
+    """model_from_checkpoint builds on the meta device and takes the saved tensors: the same logits, the
+    head still tied to the embedding, and the buffers checkpoints do not hold (RoPE, padding bias) rebuilt."""
+    model = tiny(**kw)
+    loaded = model_from_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config)})
+    idx = torch.randint(0, 70, (2, 16))
+    assert torch.equal(loaded(idx)[0], model(idx)[0])
+    assert (loaded.lm_head.weight is loaded.transformer.wte.weight) == model.config.tie_embeddings
+    assert all(not t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])

@@ -1,4 +1,5 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -85,3 +86,17 @@ def test_unknown_optimizer_is_a_config_error():
     cfg = train.configure(train.DEFAULTS, TINY + ["--optimizer=sgd"], verbose=False)
     with pytest.raises(train.ConfigError, match="optimizer='sgd' is not adamw or muon"):
         make_optimizer(cfg, train.new_model(cfg, 70), "cpu")
+
+
+def test_muon_with_fsdp_is_refused():
+    cfg = train.configure(train.DEFAULTS, TINY + ["--optimizer=muon", "--fsdp=True"], verbose=False)
+    with pytest.raises(train.ConfigError, match="optimizer=muon does not work with fsdp=True"):
+        train.check_config(cfg, SimpleNamespace(world_size=2))
+
+
+def test_resume_with_another_optimizer_says_which_to_use(tmp_path, shakespeare_char):
+    args = TINY + [f"--dataset={shakespeare_char}", f"--out_dir={tmp_path}", "--max_iters=2", "--eval_interval=2",
+                   "--eval_iters=1", "--batch_size=2", "--max_time=0", "--sample_tokens=0", "--threads=1"]
+    train.main(args + ["--optimizer=adamw"])
+    with pytest.raises(SystemExit, match="was trained with optimizer=adamw, this run asks for muon: resume with --optimizer=adamw"):
+        train.main(args + ["--optimizer=muon", "--init_from=resume", "--max_iters=4"])

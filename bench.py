@@ -1,6 +1,8 @@
 """
 Performance numbers: training throughput and MFU, generation with and without the KV cache,
-masked-LM next to causal-LM training. Prints a table; numbers go in the README with the machine.
+masked-LM next to causal-LM training, ms/step on nanoGPT's baby config (AdamW and Muon), and
+sample.py's start-up, time to first token and tokens/s. Prints a table; numbers go in the README
+with the machine.
 
     python bench.py                                  # the default config (config/shakespeare_char.py)
     python bench.py config/gpt2.py --batch_size=16 --compile=True --sections=train

@@ -779,7 +779,8 @@ def main(argv=None):
 
 @torch.no_grad()
 def print_sample(model, tok, cfg, system):
-    """A short sample from the start of a line, so a run shows what it has learned."""
+    """A short sample from the start of a line (of a document, when the text has no newlines, as perplexity
+    models' normalised text), so a run shows what it has learned."""
     model = unsharded(model, system)
     if not system.master:
         return

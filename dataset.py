@@ -156,10 +156,9 @@ def read_meta(data_dir):
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
-        missing = [k for k in ("tokenizer", "vocab_size", "dtype", "train_tokens", "val_tokens") if k not in meta]
-        if missing or not isinstance(meta["tokenizer"], dict) or "kind" not in meta["tokenizer"]:
-            raise ValueError(f"it lacks {missing or ['tokenizer.kind']}")
-        np.dtype(meta["dtype"])
+        if not isinstance(meta, dict) or not isinstance(meta.get("tokenizer"), dict) or "kind" not in meta["tokenizer"]:
+            raise ValueError("it has no tokenizer entry with a kind")
+        np.dtype(meta.get("dtype", "uint16"))  # a tokenizer-only folder has no bins, hence no dtype or counts
     except (ValueError, TypeError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise DataError(f"{path} is corrupt ({e}); run prepare.py again") from None
     return meta
@@ -198,6 +197,9 @@ def read_bin(data_dir, split, meta):
 def check_bins(data_dir, meta, block_size=0):
     """The bins hold the token counts meta.json vouches for (a prepare.py run killed between its renames
     leaves a mix), and each split has room for a training window of block_size + 1 tokens and its shift."""
+    missing = [k for k in ("dtype", "train_tokens", "val_tokens") if k not in meta]
+    if missing:
+        raise DataError(f"{data_dir}/meta.json is corrupt (it lacks {missing}); run prepare.py again")
     for split in ("train", "val"):
         n = len(read_bin(data_dir, split, meta))
         if n != meta[f"{split}_tokens"]:

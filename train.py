@@ -771,7 +771,8 @@ def main(argv=None):
         model.to(system.device)
         if system.master:
             print(f"{cfg.objective} model: {model.get_num_params() / 1e6:.2f}M parameters, "
-                  f"{model.config.n_layer} layers, vocab {tok.vocab_size} ({tok.kind}), device {system.device}, dtype {system.dtype}"
+                  f"{model.config.n_layer}{f'+{model.config.n_decoder_layer}' if span else ''} layers, "
+                  f"vocab {tok.vocab_size}{f' + {len(SENTINELS)} sentinels' if span else ''} ({tok.kind}), device {system.device}, dtype {system.dtype}"
                   + (f", {system.world_size} processes" if system.distributed else ""))
         run = start_run(cfg, system, model, checkpoint if cfg.init_from == "resume" else None)
         batch_fn = make_batch_fn(cfg, data_dir, meta, tok, system)
@@ -797,12 +798,14 @@ def main(argv=None):
 
 @torch.no_grad()
 def print_sample(model, tok, cfg, system):
-    """A short sample from the start of a line, so a run shows what it has learned."""
+    """A short sample from the start of a line (of a document, when the text has no newlines, as perplexity
+    models' normalised text), so a run shows what it has learned."""
     model = unsharded(model, system)
     if not system.master:
         return
     model.eval()
-    start = torch.tensor([tok.encode("\n")], device=system.device)
+    start = tok.encode("\n") if "\n" in getattr(tok, "chars", "\n") else [tok.special_ids[EOT]]  # char vocabularies
+    start = torch.tensor([start], device=system.device)
     with system.autocast:
         out = model.generate(start, cfg.sample_tokens, temperature=0.8, top_k=200,
                              generator=torch.Generator(device=system.device).manual_seed(cfg.seed),

@@ -750,7 +750,7 @@ def check_config(cfg, system):
         problems.append(f"mask_prob={cfg.mask_prob} must be between 0 and 1")
     if problems:
         raise ConfigError("; ".join(problems))
-    if cfg.objective == "span":
+    if cfg.objective == "span" and getattr(cfg, "task", "lm") == "lm":  # finetune's seq2seq reads pairs, not spans
         span_lengths(cfg.block_size, cfg.mask_prob, cfg.mean_span)  # a one-line error when the sizes do not work out
 
 

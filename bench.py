@@ -320,6 +320,11 @@ def main(argv=None):
     unknown = [name for name in cfg.sections.split(",") if name not in SECTIONS]
     if unknown:
         raise ConfigError(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+    small = [f"{k}={getattr(cfg, k)}" for k in ("gen_tokens", "gen_batch", "bench_iters", "batch_size", "block_size")
+             if getattr(cfg, k) < (2 if k == "block_size" else 1)]
+    if small or cfg.bench_warmup < 0:  # each one would time nothing, then divide by that
+        raise ConfigError(f"{', '.join(small) or f'bench_warmup={cfg.bench_warmup}'}: must be at least 1 "
+                          f"(block_size at least 2, bench_warmup at least 0)")
     system = train.setup_system(cfg)
     if not cfg.vocab_size:
         data_dir = dataset_dir(cfg.dataset)

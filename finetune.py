@@ -241,7 +241,10 @@ def read_examples(path, stats):
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     record = None
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str) or "label" not in record:
+                label = record.get("label") if isinstance(record, dict) else None
+                # a label is a name or a number; null, a list or an object would become a class of its own
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not isinstance(label, (str, int)) \
+                        or not str(label).strip():
                     stats["skipped_records"] += 1
                     continue
                 yield record["text"], str(record["label"])
@@ -300,6 +303,10 @@ def load_classification(cfg, tok, causal):
         if all(lab.isdigit() for lab in labels):
             labels.sort(key=int)
         names = labels
+    present = {lab for _, lab in pairs["train"] if lab in labels}
+    if len(present) < 2:  # one class is learned perfectly by predicting it, which says nothing
+        raise DataError(f"{paths['train']} has examples of {len(present)} class{'es' if len(present) != 1 else ''} "
+                        f"({', '.join(sorted(present))}); a classifier needs at least two")
     if "val" not in pairs:  # hold out val_fraction of train, chosen by a stable hash of each example's index
         held = [in_val_split(i, cfg.val_fraction, cfg.seed) for i in range(len(pairs["train"]))]
         pairs["val"] = [p for p, h in zip(pairs["train"], held) if h]
@@ -338,8 +345,14 @@ def load_sft(cfg, tok):
         if not os.path.exists(path):
             raise DataError(f"instruction file {path} not found; give dataset=<an Alpaca .json> "
                                 f"(e.g. {SHARED_DATA}/instruction_tuning/alpaca_en_demo.json)")
-        with open(path, encoding="utf-8", errors="replace") as f:
-            records = json.load(f)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                records = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} is not valid JSON ({e}); give a JSON array of Alpaca records") from None
+        if not isinstance(records, list):
+            raise DataError(f"{path} holds a JSON {type(records).__name__}, not an array of Alpaca records "
+                            f"({{\"instruction\", \"input\", \"output\"}})")
         good = [r for r in records if isinstance(r, dict) and isinstance(r.get("instruction"), str)
                 and isinstance(r.get("output"), str) and isinstance(r.get("input", ""), str)]
         stats["skipped_records"] += len(records) - len(good)
@@ -625,15 +638,16 @@ def predict_with_checkpoint(cfg, gpt, tok, checkpoint, system):
     return predict(classifier.to(system.device), tok, sentences, checkpoint["classes"], gpt.config.block_size, system)
 
 
-def start_finetuning(cfg, system):
+def start_finetuning(cfg, system, checkpoint=None):
     """(run, task, tokenizer): the pretrained model with the task's head, adapters or frozen layers, its data,
-    and the run's state (train.start_run), resumed exactly for init_from=resume."""
+    and the run's state (train.start_run), resumed exactly for init_from=resume (`checkpoint`: the one
+    train.resume_config loaded)."""
     tok = None
     if cfg.init_from == "scratch":
         if cfg.block_size < 1:
             raise ConfigError("init_from=scratch needs a block_size (the context of the new model)")
         tok = build_tokenizer("gpt2") if cfg.tokenizer == "gpt2" else load_tokenizer(train.find_dataset(cfg.tokenizer, system))
-    gpt, tok, checkpoint = train.start_model(cfg, tok, cfg.causal, seq2seq=cfg.task == "seq2seq")
+    gpt, tok, checkpoint = train.start_model(cfg, tok, cfg.causal, checkpoint, seq2seq=cfg.task == "seq2seq")
     resume = cfg.init_from == "resume"
     if resume and checkpoint["config"].get("task") != cfg.task:
         raise ConfigError(f"{cfg.out_dir} was trained with task={checkpoint['config'].get('task')!r}, not {cfg.task!r}")
@@ -679,15 +693,17 @@ def evaluate_test_split(cfg, system, run, task):
 
 @script_main
 def main(argv=None):
-    cfg = configure(DEFAULTS, argv)
+    explicit = set()
+    cfg = configure(DEFAULTS, argv, explicit=explicit)
     system = train.setup_system(cfg)
     try:
+        checkpoint = train.resume_config(cfg, explicit, system) if cfg.init_from == "resume" and not cfg.predict else None
         check_config(cfg)
         train.seed_everything(cfg.seed)  # the same new weights (head, adapters) on every rank
         if cfg.predict:
             gpt, tok, checkpoint = train.start_model(cfg)
             return predict_with_checkpoint(cfg, gpt, tok, checkpoint, system)
-        run, task, tok = start_finetuning(cfg, system)
+        run, task, tok = start_finetuning(cfg, system, checkpoint)
         cpu0, t0 = time.process_time(), time.time()
         metrics = train.Trainer(cfg, system, run, task).fit()
         if system.master:

@@ -25,13 +25,25 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch.nn import functional as F
 
 from configurator import ConfigError, NanorootsError
 from dataset import DataError, atomic_file, atomic_write_text, download
 from tokenizer import BERT_SPECIALS, EOT, hf_tokenizer_files, tokenizer_from_spec
+
+
+MAX_ROPE_TABLE = 2**27  # block_size * head_size of a RoPE model: two float32 tables of 512 MiB each at most;
+                        # LLaMA-3.1's 131,072 positions at head size 128 are 2**24
+MIN_SIZES = dict(block_size=1, vocab_size=1, n_layer=1, n_head=1, n_kv_head=1, n_embd=1, mlp_hidden=0, mlp_multiple_of=1,
+                 n_decoder_layer=0)
+CHOICES = dict(pos=("learned", "rope"), norm=("layernorm", "rmsnorm"), mlp=("gelu", "swiglu"))
+
+
+def has_type(value, kind):
+    """value is a kind (an int where a float is expected is fine; a bool is not an int here)."""
+    return isinstance(value, bool) == (kind is bool) and (isinstance(value, kind) or (kind is float and isinstance(value, int)))
 
 
 @dataclass
@@ -57,22 +69,35 @@ class GPTConfig:
     n_decoder_layer: int = 0    # > 0: an encoder-decoder (T5): n_layer encoder blocks (causal=False), this many decoder blocks
 
     def __post_init__(self):
-        self.n_kv_head = self.n_kv_head or self.n_head
-        problems = []
+        """Every field is checked before anything is allocated: model_args come from checkpoints and config.json
+        files, which are data. Types first, then ranges, then how the sizes divide."""
+        problems = [f"{f.name}={getattr(self, f.name)!r} must be {type(f.default).__name__}" for f in fields(self)
+                    if not has_type(getattr(self, f.name), type(f.default))]
+        if not problems:
+            self.n_kv_head = self.n_kv_head or self.n_head
+            problems = [f"{k}={getattr(self, k)} must be at least {low}" for k, low in MIN_SIZES.items() if getattr(self, k) < low]
+            problems += [f"{k}={getattr(self, k)!r} is not one of {', '.join(v)}" for k, v in CHOICES.items() if getattr(self, k) not in v]
+            if not 0 <= self.dropout < 1:
+                problems.append(f"dropout={self.dropout} must be in [0, 1)")
+            if self.rope_theta <= 0 or self.norm_eps <= 0:
+                problems.append(f"rope_theta={self.rope_theta} and norm_eps={self.norm_eps} must be positive")
+        if problems:
+            raise ConfigError("bad model config: " + "; ".join(problems))
         if self.n_embd % self.n_head:
             problems.append(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if self.n_head % self.n_kv_head:
+        elif self.n_head % self.n_kv_head:
             problems.append(f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}")
-        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
-            problems.append(f"rope needs an even head size, got n_embd/n_head={self.n_embd // self.n_head}")
-        for key, allowed in (("pos", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "swiglu"))):
-            if getattr(self, key) not in allowed:
-                problems.append(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        elif self.pos == "rope" and self.head_size % 2:
+            problems.append(f"rope needs an even head size, got n_embd/n_head={self.head_size}")
+        elif self.pos == "rope" and self.block_size * self.head_size > MAX_ROPE_TABLE:
+            # no weight pins a RoPE model's block_size, so it is bounded: the cos/sin tables stay under 1 GiB
+            problems.append(f"block_size={self.block_size} is too long for RoPE tables of head size {self.head_size} "
+                            f"(at most {MAX_ROPE_TABLE // self.head_size:,} positions)")
         if self.n_decoder_layer and self.causal:
             problems.append(f"n_decoder_layer={self.n_decoder_layer} makes an encoder-decoder, whose encoder reads "
                             f"its whole input: set causal=False")
         if problems:
-            raise ValueError("bad model config: " + "; ".join(problems))
+            raise ConfigError("bad model config: " + "; ".join(problems))
 
     @property
     def padded_vocab_size(self):  # a multiple of 64 keeps the output matmul on fast kernels
@@ -93,6 +118,8 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise ConfigError(f"model_args must be a dict of GPTConfig fields, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -467,7 +494,8 @@ class GPT(nn.Module):
                 logits = self.next_token_logits(seq[:, -block:])
             elif caches is None or pos == block:  # prefill, or the cache is full: restart from the recent half
                 context = seq if caches is None else seq[:, -(block // 2):]
-                caches = self.new_caches(seq.size(0), block)
+                # no longer than this generation can get: a checkpoint's block_size does not decide our memory
+                caches = self.new_caches(seq.size(0), min(block, context.size(1) + max_new_tokens))
                 logits, pos = self.next_token_logits(context, caches, 0), context.size(1)
             else:
                 logits = self.next_token_logits(seq[:, -1:], caches, pos)
@@ -548,6 +576,7 @@ def top_p_filter(logits, top_p):
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
     cum = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
     drop_sorted = cum - F.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already enough
+    drop_sorted[..., 0] = False  # the most likely token always stays (top_p=0 is greedy, not an empty set)
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
@@ -765,7 +794,7 @@ def load_checkpoint(path, map_location="cpu"):
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}; train one first, or check --out_dir/--init_from")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"refusing to load {path}: it holds Python objects, not plain tensors and values, "
                               f"so loading it could run code ({str(e).splitlines()[0][:120]}). "
@@ -775,15 +804,87 @@ def load_checkpoint(path, map_location="cpu"):
         good = next((p for p in others if _loads_cleanly(p)), None)
         hint = f"the last good checkpoint is {good}" if good else "no other checkpoint was found in that folder"
         raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}); {hint}") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict; check --out_dir/--init_from")
+    checkpoint["source"] = path  # named in the errors of the checks that follow
+    return checkpoint
 
 
 def model_from_checkpoint(checkpoint, device="cpu"):
-    """Rebuild the model (GPT or EncoderDecoder) a checkpoint was saved from, with its weights."""
-    model = build_model(GPTConfig.from_dict(checkpoint["model_args"]))
-    missing, unexpected = model.load_state_dict(clean_state_dict(checkpoint["model"]), strict=False)
-    if unexpected or [k for k in missing if not k.endswith("lm_head.weight") or not model.config.tie_embeddings]:
-        raise CheckpointError(f"checkpoint does not match its model_args: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    """Rebuild the model (GPT or EncoderDecoder) a checkpoint was saved from, with its weights. Its model_args are data: they are
+    checked against the tensors it really holds before the model is allocated."""
+    where = checkpoint.get("source", "the checkpoint") if isinstance(checkpoint, dict) else "the checkpoint"
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) or "model_args" not in checkpoint:
+        raise CheckpointError(f"{where} has no model weights and model_args: it is not a nanoroots checkpoint")
+    try:
+        config = GPTConfig.from_dict(checkpoint["model_args"])
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    state = clean_state_dict(checkpoint["model"])
+    check_weights_fit(config, state, where)
+    model = build_model(config)
+    model.load_state_dict(state, strict=False)  # check_weights_fit made sure every tensor is there, bar a tied head
     return model.to(device)
+
+
+def state_shapes(c):
+    """
+    {name: shape} of every tensor in build_model(c).state_dict(), from the config alone: what a model of config c
+    would allocate, known before anything is. (Building GPT(c) on the meta device gives the same, which
+    tests/test_model.py checks, but costs seconds the first time: torch loads its compiler stack for
+    random init and arange on meta tensors.)
+    """
+    C, H = c.n_embd, c.hidden_size
+    norm_bias = c.norm == "layernorm" and c.bias
+
+    def linear(name, n_out, n_in, bias=c.bias):
+        return {f"{name}.weight": torch.Size([n_out, n_in])} | ({f"{name}.bias": torch.Size([n_out])} if bias else {})
+
+    def norm(name):
+        return {f"{name}.weight": torch.Size([C])} | ({f"{name}.bias": torch.Size([C])} if norm_bias else {})
+
+    def block(p, cross=False):  # a Block, or a DecoderBlock with its cross-attention
+        shapes = (norm(p + "ln_1") | linear(p + "attn.c_attn", (c.n_head + 2 * c.n_kv_head) * c.head_size, C)
+                  | linear(p + "attn.c_proj", C, C) | norm(p + "ln_2")
+                  | linear(p + "mlp.c_fc", 2 * H if c.mlp == "swiglu" else H, C) | linear(p + "mlp.c_proj", C, H))
+        if cross:
+            shapes |= (norm(p + "ln_x") | linear(p + "cross_attn.c_attn", c.n_head * c.head_size, C)
+                       | linear(p + "cross_attn.c_kv", 2 * c.n_kv_head * c.head_size, C) | linear(p + "cross_attn.c_proj", C, C))
+        return shapes
+
+    shapes = {"transformer.wte.weight": torch.Size([c.padded_vocab_size, C])}
+    for stack, n_blocks in (("transformer", c.n_layer), ("decoder", c.n_decoder_layer)):
+        if n_blocks and c.pos == "learned":
+            shapes[f"{stack}.wpe.weight"] = torch.Size([c.block_size, C])
+        for i in range(n_blocks):
+            shapes |= block(f"{stack}.h.{i}.", cross=stack == "decoder")
+        shapes |= norm(f"{stack}.ln_f") if n_blocks else {}
+    if c.mlm_transform:
+        shapes |= linear("mlm_transform.0", C, C, True) | {"mlm_transform.2.weight": torch.Size([C]), "mlm_transform.2.bias": torch.Size([C])}
+    return shapes | {"lm_head.weight": torch.Size([c.padded_vocab_size, C])}
+
+
+def check_weights_fit(config, state, where):
+    """
+    Before anything is allocated: the tensors a model of `config` has (state_shapes) are the tensors of
+    `state`, by name and shape; a tied output layer may be left out. The layer count is compared first,
+    so a config that claims a million layers is refused without listing them.
+    """
+    for stack, key in (("transformer", "n_layer"), ("decoder", "n_decoder_layer")):
+        layers = {int(m.group(1)) for k in state if (m := re.match(rf"{stack}\.h\.(\d+)\.", k))}
+        if layers != set(range(getattr(config, key))):
+            raise CheckpointError(f"{where} says {key}={getattr(config, key)} but its weights hold {len(layers)} layers: "
+                                  f"its model_args do not describe its weights")
+    expected = state_shapes(config)
+    if config.tie_embeddings and "lm_head.weight" not in state:
+        expected.pop("lm_head.weight")
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [(k, tuple(getattr(state[k], "shape", ())), tuple(expected[k])) for k in expected if k in state
+             and (not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k])]
+    if missing or unexpected or wrong:
+        shown = (f"{wrong[0][0]} has shape {wrong[0][1]}, model_args imply {wrong[0][2]}" if wrong else
+                 f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise CheckpointError(f"{where} does not match its model_args ({shown}): the file is corrupt or was edited")
 
 
 def checkpoint_tokenizer(checkpoint, source):
@@ -836,12 +937,33 @@ def download_gpt2(name):
     cache = os.environ.get("NANOROOTS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "nanoroots")
     folder = os.path.join(cache, "hf", name)
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    checks = {"config.json": json_problem, "model.safetensors": safetensors_problem}
     for file in ("config.json", "model.safetensors"):
-        try:
-            download(f"{endpoint}/{name}/resolve/main/{file}", os.path.join(folder, file), HUB_SHA256.get(f"{name}/{file}"))
+        try:  # a cached file that does not parse (a transfer cut short by an older version) is fetched again
+            download(f"{endpoint}/{name}/resolve/main/{file}", os.path.join(folder, file), HUB_SHA256.get(f"{name}/{file}"),
+                     check=checks[file])
         except DataError as e:
             raise CheckpointError(f"{name}: {e}") from None
     return folder
+
+
+def json_problem(path):
+    """Why the file at path is not a JSON object, or None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        return f"it is not valid JSON ({e})"
+    return None if isinstance(value, dict) else f"it holds a JSON {type(value).__name__}, not an object"
+
+
+def safetensors_problem(path):
+    """Why the file at path is not a whole safetensors file (its header covers the file exactly), or None."""
+    try:
+        with safe_open(path, "pt"):
+            return None
+    except (SafetensorError, OSError) as e:
+        return f"it is not a whole safetensors file ({e})"
 
 
 def hf_tensor_names(c, layout):
@@ -1046,8 +1168,7 @@ def read_hf_tensors(folder):
         if os.path.isfile(os.path.join(folder, weights)):
             files = [os.path.join(folder, weights)]
         elif os.path.isfile(index):
-            with open(index, encoding="utf-8") as f:
-                files = [os.path.join(folder, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+            files = shard_files(folder, index)
         else:
             continue
         tensors = {}
@@ -1060,6 +1181,22 @@ def read_hf_tensors(folder):
                                       f"{str(e).splitlines()[0][:120]}); download it again") from None
         return tensors
     raise CheckpointError(f"{folder} has a config.json but no model.safetensors or pytorch_model.bin (or their .index.json)")
+
+
+def shard_files(folder, index):
+    """The weight files an .index.json names, each a plain file name inside `folder`: names are data, and one
+    such as ../../etc/passwd or /etc/passwd must not make us open a file elsewhere. (Symlinks in the folder
+    are followed: the Hugging Face cache links every file of a snapshot to its blobs/ folder.)"""
+    try:
+        with open(index, encoding="utf-8") as f:
+            names = sorted(set(json.load(f)["weight_map"].values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index} is not a valid weight index ({type(e).__name__}: {e}); download it again") from None
+    for name in names:
+        if not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name or "\\" in name:
+            raise CheckpointError(f"{index} names the weight file {name!r}, which is not a file in {folder}; "
+                                  f"refusing to read outside the folder")
+    return [os.path.join(folder, name) for name in names]
 
 
 def read_megatron_extras(tensors, state, config, folder):
@@ -1095,16 +1232,18 @@ def read_hf_folder(folder):
         raise CheckpointError(f"{path} has no {e} field; it is incomplete, download it again") from None
     try:
         config = GPTConfig.from_dict(args)
-    except ValueError as e:
+    except ConfigError as e:
         raise CheckpointError(f"{folder}/config.json: {e}") from None
     tensors = read_hf_tensors(folder)
+    layers = {int(m.group(1)) for k in tensors if (m := re.search(r"(?:^|\.)(?:h|layers|layer)\.(\d+)\.", k))}
+    if layers != set(range(config.n_layer)):  # before the names and shapes of n_layer layers are built
+        raise CheckpointError(f"{folder}/config.json says {config.n_layer} layers but the weights hold {len(layers)}: "
+                              f"the weights and the config do not match")
     if layout == "gpt2":  # GPT2Model's files (the original gpt2 ones) lack GPT2LMHeadModel's "transformer." prefix
         tensors = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in tensors.items()}
     # GPT-2 and MegatronBERT files have biases whatever the model has
     file_config = GPTConfig.from_dict(args | {"bias": True}) if layout in ("gpt2", "megatron-bert") else config
-    with torch.device("meta"):  # the shape of every tensor, without allocating or initialising any
-        shapes = {k: v.shape for k, v in GPT(file_config).state_dict().items()}
-        our_names = set(GPT(config).state_dict())
+    shapes, our_names = state_shapes(file_config), set(state_shapes(config))  # without allocating anything
     state = {}
     for ours, theirs, transposed, _ in hf_tensor_names(config, layout):
         missing = [n for n in theirs if n not in tensors]

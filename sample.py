@@ -28,7 +28,7 @@ from configurator import ConfigError, configure, file_or_text, script_main
 from model import checkpoint_tokenizer, load_pretrained, model_from_checkpoint
 from tokenizer import BERT_SPECIALS, EOT, TEMPLATES, format_prompt
 from spans import restore_spans
-from train import setup_system, show_fill_mask
+from train import sample_start, setup_system, show_fill_mask
 
 DEFAULTS = dict(
     init_from="resume",         # resume: the checkpoint in out_dir | gpt2[-medium|-large|-xl] | a .pt file or Hugging Face folder
@@ -59,6 +59,37 @@ def load_for_inference(source, device):
     checkpoint = load_pretrained(source, map_location="cpu")
     tok = checkpoint_tokenizer(checkpoint, source)
     return model_from_checkpoint(checkpoint, device).eval(), tok, checkpoint
+
+
+def check_options(cfg):
+    """Sampling settings that cannot work, as one line before the model is loaded."""
+    problems = []
+    if cfg.num_samples < 1 or cfg.max_new_tokens < 0:
+        problems.append(f"num_samples={cfg.num_samples} must be at least 1 and max_new_tokens={cfg.max_new_tokens} at least 0")
+    if cfg.temperature < 0:
+        problems.append(f"temperature={cfg.temperature} must be 0 (greedy) or more")
+    if cfg.top_k < 0:
+        problems.append(f"top_k={cfg.top_k} must be 0 (all tokens) or more")
+    if not 0 <= cfg.top_p <= 1:
+        problems.append(f"top_p={cfg.top_p} must be between 0 and 1 (1 = off; 0 keeps only the most likely token)")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def prompt_ids(tok, prompt, causal):
+    """The prompt's token ids. Special tokens may be written out ([MASK] for an encoder); an empty prompt
+    starts a new document (<|endoftext|>), and the default new line does so for a character vocabulary
+    without one. A causal model never saw BERT's tokens, so they are refused in its prompt."""
+    if prompt == DEFAULTS["start"]:
+        return sample_start(tok) if causal else []  # an encoder is told to put a [MASK] in its prompt
+    if not prompt:
+        return [tok.special_ids[EOT]]
+    ids = tok.encode(prompt, allow_special=True)
+    found = [s for s in BERT_SPECIALS if tok.special_ids[s] in ids]
+    if causal and found:
+        raise ConfigError(f"the prompt contains {found[0]}, which only a masked-LM encoder reads; this model is causal: "
+                          f"it continues the prompt (remove {found[0]})")
+    return ids
 
 
 def crop_prompt(ids, block_size):
@@ -272,11 +303,12 @@ def generate_outputs(model, tok, ids, cfg, system):
 @script_main
 def main(argv=None):
     cfg = configure(DEFAULTS, argv, verbose=False)  # stdout carries only the samples
+    check_options(cfg)
     system = setup_system(cfg)  # the same device and precision choices as training
     source = cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
     model, tok, _ = load_for_inference(source, system.device)
     prompt = file_or_text(cfg.start, "prompt")
-    ids = crop_prompt(tok.encode(prompt, allow_special=True), model.config.block_size)
+    ids = crop_prompt(prompt_ids(tok, prompt, model.config.causal), model.config.block_size)
     if cfg.attention or cfg.attention_json:
         with system.autocast:
             return write_attention(model, tok, ids, cfg, system.device)

@@ -321,7 +321,18 @@ def bpe_tokenizer(merges, pattern=GPT4_PATTERN):
 
 
 def tokenizer_from_spec(spec):
-    """Rebuild a tokenizer from `tok.spec()` (what meta.json and checkpoints store)."""
+    """Rebuild a tokenizer from `tok.spec()` (what meta.json and checkpoints store); a damaged spec is a
+    TokenizerError, not whatever the constructor trips over."""
+    if not isinstance(spec, dict):
+        raise TokenizerError(f"a tokenizer spec is a JSON object, got {type(spec).__name__}; prepare the data again")
+    try:
+        return _tokenizer_from_spec(spec)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise TokenizerError(f"the {spec.get('kind')} tokenizer spec is damaged ({type(e).__name__}: {e}); "
+                             f"prepare the data again") from None
+
+
+def _tokenizer_from_spec(spec):
     kind = spec.get("kind")
     if kind == "char":
         return CharTokenizer(spec["chars"])

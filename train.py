@@ -13,15 +13,16 @@ One process or many: under torchrun every rank trains on its own batches and gra
 averaged by DDP (or the model is sharded with FSDP when fsdp=True). Checkpoints hold everything
 needed to continue exactly where a run stopped: weights, optimizer, loss scaler, RNG states and
 the data position. finetune.py reuses this file's system setup, model start and training loop
-(the Trainer class); sample.py its system setup.
+(the Trainer class); sample.py its system setup. rundir.py keeps the out_dir: its lock, log.jsonl, loss.png.
 """
 
 import contextlib
-import json
+import importlib.util
 import math
 import os
 import random
 import signal
+import sys
 import time
 from dataclasses import asdict
 from types import SimpleNamespace
@@ -35,9 +36,10 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, NanorootsError, configure, script_main
-from dataset import atomic_write_text, check_bins, dataset_dir, read_bin, read_meta, stable_hash
+from dataset import check_bins, dataset_dir, read_bin, read_meta, stable_hash
 from model import GPTConfig, build_model, checkpoint_tokenizer, clean_state_dict, load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
 from prepare import RECIPES, prepare_recipe
+from rundir import append_log, lock_out_dir, plot_training, start_fresh, truncate_log
 from spans import corrupt_spans, restore_spans, span_lengths
 from tokenizer import BERT_SPECIALS, EOT, SENTINELS, load_tokenizer
 
@@ -52,6 +54,7 @@ DEFAULTS = dict(
     eval_only=False,              # evaluate the initial/loaded model and exit
     always_save_checkpoint=True,  # else only when val loss improves
     init_from="scratch",          # scratch | resume | gpt2[-medium|-large|-xl] | a checkpoint, out_dir or Hugging Face folder
+    overwrite=False,              # a new run may replace the checkpoints already in out_dir (else it refuses to start)
     keep_last=1,                  # numbered checkpoints to keep besides ckpt.pt
     sample_every=0,               # print a short sample every this many iters (0 = only at the end)
     sample_tokens=300,            # length of the samples printed during and after training
@@ -137,6 +140,7 @@ def setup_system(cfg):
     if cfg.device == "cuda" and s.distributed:
         cfg.device = f"cuda:{s.local_rank}"
     s.device, s.device_type = cfg.device, cfg.device.split(":")[0]
+    check_device(cfg.device)
     if s.device_type == "cuda":
         torch.cuda.set_device(s.device)
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for float32 matmuls: ~8x on Ampere+, 10-bit mantissa
@@ -159,7 +163,24 @@ def setup_system(cfg):
     return s
 
 
+def check_device(device):
+    """A device this machine has, or a one-line error (torch's own is a traceback deep inside set_device)."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise ConfigError(f"device={device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but this machine (or this PyTorch build) has no CUDA GPU; use --device=auto or cpu")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA GPUs")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device='mps' but Apple's Metal backend is not available here; use --device=auto or cpu")
+
+
 def teardown(system):
+    lock = getattr(system, "out_dir_lock", None)
+    if lock is not None:  # closing the file releases the lock
+        lock.close()
+        system.out_dir_lock = None
     if system.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -409,19 +430,20 @@ def new_model(cfg, vocab_size, causal=True, seq2seq=False, **overrides):
     return build_model(GPTConfig.from_dict(args))
 
 
-def start_model(cfg, tok=None, causal=True, seq2seq=False):
+def start_model(cfg, tok=None, causal=True, checkpoint=None, seq2seq=False):
     """
     (model, tokenizer, checkpoint or None) for cfg.init_from: a new model (scratch, `causal` or an encoder),
     the run in out_dir (resume), or whatever model.load_pretrained reads (a checkpoint, an out_dir, a Hugging
     Face folder, a GPT-2 name). A pretrained model keeps its architecture; this run sets its dropout (as
     nanoGPT does when it starts from GPT-2), and a smaller block_size crops its context. `tok` is the data's
-    tokenizer, checked against the checkpoint's; without it, the checkpoint's own is used. seq2seq: the
-    model is, or must be, an encoder-decoder.
+    tokenizer, checked against the checkpoint's; without it, the checkpoint's own is used. `checkpoint`:
+    the one resume_config already loaded. seq2seq: the model is, or must be, an encoder-decoder.
     """
     if cfg.init_from == "scratch":
         return new_model(cfg, tok.vocab_size, causal, seq2seq), tok, None
     resume = cfg.init_from == "resume"
-    checkpoint = load_checkpoint(cfg.out_dir) if resume else load_pretrained(cfg.init_from)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(cfg.out_dir) if resume else load_pretrained(cfg.init_from)
     spec = checkpoint.get("tokenizer")
     if tok is not None and spec is not None and spec != tok.spec():
         raise ConfigError(f"dataset {cfg.dataset} uses a {tok.kind} tokenizer with {tok.vocab_size} tokens, which does not "
@@ -437,11 +459,44 @@ def start_model(cfg, tok=None, causal=True, seq2seq=False):
         raise ConfigError(f"{cfg.init_from} is an encoder-decoder, which trains with objective=span or task=seq2seq only"
                           if model.config.n_decoder_layer else f"{cfg.init_from} is not an encoder-decoder, which objective=span "
                           f"and task=seq2seq need: start from one (train.py --objective=span makes one) or from scratch")
-    if 0 < cfg.block_size < model.config.block_size:
+    if 0 < cfg.block_size < model.config.block_size and not resume:
         model.crop_block_size(cfg.block_size)
     elif cfg.block_size > model.config.block_size:
         raise ConfigError(f"block_size={cfg.block_size} is larger than the checkpoint's {model.config.block_size}")
     return model, tok, checkpoint
+
+
+# the settings of this machine and this invocation, which a resumed run does not take from its checkpoint
+MACHINE_KEYS = ("out_dir", "init_from", "overwrite", "eval_only", "device", "dtype", "backend", "compile", "threads")
+
+
+def resume_config(cfg, explicit, system):
+    """
+    init_from=resume continues the run in out_dir with the settings it was started with: every key comes from
+    the checkpoint's config except this machine's (MACHINE_KEYS) and those the command line sets (`explicit`,
+    from configure), which apply; both kinds of difference are printed. The weights fix the architecture, so a
+    model key set to another value than the checkpoint's is refused. Returns the checkpoint (loaded once).
+    """
+    checkpoint = load_checkpoint(cfg.out_dir)
+    saved = checkpoint.get("config") or {}
+    model_args = checkpoint.get("model_args") or {}
+    taken, changed = [], []
+    for key, value in saved.items():
+        if not hasattr(cfg, key) or key in MACHINE_KEYS or value == getattr(cfg, key):
+            continue
+        if key not in explicit:
+            taken.append(f"{key}={value!r}")
+            setattr(cfg, key, value)
+        elif key in MODEL_KEYS and key in model_args and getattr(cfg, key) != model_args[key]:
+            raise ConfigError(f"{key}={getattr(cfg, key)!r} but the run in {cfg.out_dir} has {key}={model_args[key]!r}: "
+                              f"a resumed run keeps its architecture; drop --{key}, or start a new run in another out_dir")
+        else:
+            changed.append(f"{key} {value!r} -> {getattr(cfg, key)!r}")
+    if system.master and taken:
+        print(f"resume: settings from the checkpoint's config (not this command's defaults): {', '.join(taken)}")
+    if system.master and changed:
+        print(f"resume: changed on the command line: {', '.join(changed)}")
+    return checkpoint
 
 
 def resume_state(checkpoint, raw_model, optimizer, scaler, cfg, system, model_state=None):
@@ -466,6 +521,10 @@ def start_run(cfg, system, raw_model, checkpoint=None, model_state=None):
     """What the training loop works on: the model to call (compiled, DDP or FSDP), the optimizer, the loss
     scaler and the loop's state. With a checkpoint (init_from=resume), all of them continue where it left
     off; model_state are the weights to load when they are not the checkpoint's own (finetune.py)."""
+    if system.master:  # before anything is written to out_dir
+        system.out_dir_lock = lock_out_dir(cfg.out_dir)
+        if checkpoint is None and not cfg.eval_only:
+            start_fresh(cfg)
     model = wrap_model(raw_model, cfg, system)
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), system.device_type)
     scaler = torch.amp.GradScaler(system.device_type, init_scale=cfg.init_loss_scale, enabled=system.dtype == "float16")
@@ -489,64 +548,6 @@ def get_lr(it, cfg):
         return cfg.min_lr
     ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
-
-
-# -----------------------------------------------------------------------------
-# logs and plots
-
-def append_log(out_dir, record):
-    with open(os.path.join(out_dir, "log.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def truncate_log(out_dir, iter_num):
-    """On resume: forget log lines a crashed run wrote after its last checkpoint."""
-    path = os.path.join(out_dir, "log.jsonl")
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        keep = [line for line in f if line.strip() and json.loads(line).get("iter", 0) < iter_num]
-    atomic_write_text(path, "".join(keep))
-
-
-def plot_training(out_dir, log_scale=False):
-    """loss.png from log.jsonl: loss vs step and vs tokens, learning rate on a second axis, and
-    accuracy curves when the log has them. Drawn only at eval time."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    with open(os.path.join(out_dir, "log.jsonl"), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    steps = [r for r in records if "loss" in r]
-    evals = [r for r in records if "val_loss" in r]
-    acc_keys = sorted({k for r in evals for k in r if k.startswith("val_") and k.endswith(("acc", "f1"))})
-    fig, axes = plt.subplots(1, 3 if acc_keys else 2, figsize=(15 if acc_keys else 11, 4))
-    for ax, x in zip(axes, ("iter", "tokens")):
-        ax.plot([r[x] for r in steps if x in r], [r["loss"] for r in steps if x in r], lw=0.8, alpha=0.6, label="train (step)")
-        ax.plot([r[x] for r in evals if x in r], [r["train_loss"] for r in evals if x in r], "o-", label="train (eval)")
-        ax.plot([r[x] for r in evals if x in r], [r["val_loss"] for r in evals if x in r], "o-", label="val")
-        ax.set_xlabel("step" if x == "iter" else "tokens")
-        ax.set_ylabel("loss")
-        if log_scale:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper right")
-        lr_ax = ax.twinx()
-        lr_ax.plot([r[x] for r in steps if x in r], [r["lr"] for r in steps if x in r], color="gray", lw=0.8, ls="--")
-        lr_ax.set_ylabel("learning rate", color="gray")
-    if acc_keys:
-        for key in acc_keys:
-            axes[2].plot([r["iter"] for r in evals if key in r], [r[key] for r in evals if key in r], "o-", label=key)
-        axes[2].set_xlabel("step")
-        axes[2].set_ylabel("accuracy / F1")
-        axes[2].grid(alpha=0.3)
-        axes[2].legend()
-    fig.suptitle(os.path.basename(os.path.abspath(out_dir)))
-    fig.tight_layout()
-    tmp = os.path.join(out_dir, "loss.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, os.path.join(out_dir, "loss.png"))
 
 
 # -----------------------------------------------------------------------------
@@ -580,7 +581,8 @@ class Trainer:
             wandb.init(project=cfg.wandb_project, name=os.path.basename(cfg.out_dir), config=vars(cfg))
         self.t_start, self.elapsed0 = time.time(), state.get("train_time", 0.0)
         self.t_last, self.it_last = time.time(), state["iter_num"]  # throughput excludes evaluation
-        previous = signal.signal(signal.SIGINT, self.on_signal)
+        # SIGTERM is what Slurm, Kubernetes and torchrun send before they kill: it stops the run as Ctrl-C does
+        previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while True:
                 it = state["iter_num"]
@@ -603,21 +605,27 @@ class Trainer:
         except KeyboardInterrupt:
             state["train_time"] = self.elapsed()
             path = self.save()
+            signum = self.stop_signal or signal.SIGINT
             if self.system.master:
-                print(f"\ninterrupted at step {state['iter_num']}: checkpoint saved to {path}; "
-                      f"continue with --init_from=resume --out_dir={cfg.out_dir}", flush=True)
-            raise SystemExit(130) from None
+                print(f"\ninterrupted at step {state['iter_num']} ({signal.Signals(signum).name}): checkpoint saved to "
+                      f"{path}; continue with --init_from=resume --out_dir={cfg.out_dir}", flush=True)
+            raise SystemExit(128 + signum) from None  # 130 after Ctrl-C, 143 after SIGTERM: the shell's convention
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         return self.metrics
 
     def elapsed(self):
         """Seconds of training in this run and the runs it resumes."""
         return self.elapsed0 + time.time() - self.t_start
 
-    def on_signal(self, signum, frame):  # finish the current step, save, exit; a second Ctrl-C is immediate
+    def on_signal(self, signum, frame):
+        """The first signal finishes the current step, saves and exits; a second one exits at once, without
+        saving (a step cut in the middle is not a state to resume from)."""
+        if self.stop_signal is not None:
+            print(f"\nsecond {signal.Signals(signum).name}: stopping at once, without saving", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)
         self.stop_signal = signum
-        signal.signal(signum, signal.default_int_handler)
 
     def evaluate_and_checkpoint(self, it, lr, last):
         """Evaluate, log, checkpoint when due; True when the run ends here (last step, eval_only, patience)."""
@@ -733,6 +741,8 @@ class Trainer:
 
 def check_config(cfg, system):
     problems = []
+    if cfg.wandb_log and importlib.util.find_spec("wandb") is None:
+        problems.append("wandb_log=True needs the wandb package: pip install wandb, or drop --wandb_log")
     for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval"):
         if getattr(cfg, key) < 1:
             problems.append(f"{key}={getattr(cfg, key)} must be at least 1")
@@ -756,9 +766,11 @@ def check_config(cfg, system):
 
 @script_main
 def main(argv=None):
-    cfg = configure(DEFAULTS, argv, default_config=os.path.join(HERE, "config", "shakespeare_char.py"))
+    explicit = set()
+    cfg = configure(DEFAULTS, argv, default_config=os.path.join(HERE, "config", "shakespeare_char.py"), explicit=explicit)
     system = setup_system(cfg)
     try:
+        checkpoint = resume_config(cfg, explicit, system) if cfg.init_from == "resume" else None
         check_config(cfg, system)
         data_dir = find_dataset(cfg.dataset, system)
         meta = read_meta(data_dir)
@@ -766,7 +778,7 @@ def main(argv=None):
         check_bins(data_dir, meta, span.window if span else cfg.block_size)
         tok = load_tokenizer(data_dir)
         seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP shards each rank's own copy)
-        model, tok, checkpoint = start_model(cfg, tok, causal=cfg.objective == "clm", seq2seq=span is not None)
+        model, tok, checkpoint = start_model(cfg, tok, cfg.objective == "clm", checkpoint, seq2seq=span is not None)
         seed_everything(cfg.seed + system.rank)  # then each rank its own dropout randomness
         model.to(system.device)
         if system.master:
@@ -804,14 +816,19 @@ def print_sample(model, tok, cfg, system):
     if not system.master:
         return
     model.eval()
-    start = tok.encode("\n") if "\n" in getattr(tok, "chars", "\n") else [tok.special_ids[EOT]]  # char vocabularies
-    start = torch.tensor([start], device=system.device)
+    start = torch.tensor([sample_start(tok)], device=system.device)
     with system.autocast:
         out = model.generate(start, cfg.sample_tokens, temperature=0.8, top_k=200,
                              generator=torch.Generator(device=system.device).manual_seed(cfg.seed),
                              suppress_tokens=[tok.special_ids[s] for s in BERT_SPECIALS])
     model.train()
     print("-" * 40 + "\n" + tok.decode(out[0, 1:].tolist()) + "\n" + "-" * 40, flush=True)
+
+
+def sample_start(tok):
+    """The prompt of an unprompted sample: a new line, or <|endoftext|> (a new document, as GPT-2 samples
+    unconditionally) for a character vocabulary that has no "\n"."""
+    return tok.encode("\n") if tok.kind != "char" or "\n" in tok.stoi else [tok.special_ids[EOT]]
 
 
 def print_fill_mask(model, tok, cfg, data_dir, meta, system):

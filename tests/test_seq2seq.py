@@ -11,8 +11,9 @@ import finetune
 import sample
 import spans
 import train
+from configurator import ConfigError
 from conftest import assert_real_png
-from model import EncoderDecoder, GPTConfig, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
+from model import EncoderDecoder, GPTConfig, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint, state_shapes
 from test_train import TINY, read_log
 from tokenizer import CharTokenizer, EOT, SPECIAL_TOKENS, SENTINELS, build_tokenizer
 
@@ -158,6 +159,7 @@ def test_tiny_encoder_decoder_learns_to_copy_and_reverse(task):
 
 def test_checkpoint_round_trip(tmp_path):
     model = encdec(**LLAMA)
+    assert {k: v.shape for k, v in model.state_dict().items()} == state_shapes(model.config)  # checked before loading
     path = save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config), "iter_num": 3}, str(tmp_path))
     again = model_from_checkpoint(load_checkpoint(path)).eval()
     assert isinstance(again, EncoderDecoder) and again.config.n_decoder_layer == 2
@@ -166,7 +168,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_config_needs_a_bidirectional_encoder_and_export_refuses():
-    with pytest.raises(ValueError, match="set causal=False"):
+    with pytest.raises(ConfigError, match="set causal=False"):
         GPTConfig(**(SMALL | dict(causal=True)))
     assert type(build_model(GPTConfig(**(SMALL | dict(n_decoder_layer=0))))).__name__ == "GPT"
     with pytest.raises(ValueError, match="encoder-decoder has no Hugging Face export"):

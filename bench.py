@@ -1,8 +1,8 @@
 """
-Performance numbers: training throughput and MFU, generation with and without the KV cache,
-masked-LM next to causal-LM training, ms/step on nanoGPT's baby config (AdamW and Muon), and
-sample.py's start-up, time to first token and tokens/s. Prints a table; numbers go in the README
-with the machine.
+Performance numbers: training throughput and MFU, generation with and without the KV cache (a GPT's
+and an encoder-decoder's), masked-LM next to causal-LM training, ms/step on nanoGPT's baby config
+(AdamW and Muon), and sample.py's start-up, time to first token and tokens/s. Prints a table;
+numbers go in the README with the machine.
 
     python bench.py                                  # the default config (config/shakespeare_char.py)
     python bench.py config/gpt2.py --batch_size=16 --compile=True --sections=train
@@ -124,7 +124,26 @@ def bench_generate(cfg, system):
         rows.append(dict(benchmark=f"generate {n} tokens, batch {cfg.gen_batch}, {'KV cache' if cache else 'no cache'}",
                          metric="tokens/s", value=speed[cache]))
     rows.append(dict(benchmark="generate: KV cache speed-up", metric="x", value=speed[True] / speed[False]))
-    return rows
+    return rows + bench_generate_seq2seq(cfg, system, n, speed[True])
+
+
+def bench_generate_seq2seq(cfg, system, n, gpt_speed):
+    """The encoder-decoder of the same size (n_decoder_layer decoder blocks, n_layer = n_decoder_layer by
+    default) writing n tokens for a block_size/2-token input: the encoder runs once, every decoding step
+    reads the cached self-attention and the cross-attention keys and values computed once."""
+    torch.manual_seed(cfg.seed)
+    model = train.new_model(cfg, cfg.vocab_size, seq2seq=True).to(system.device).eval()
+    src = torch.randint(cfg.vocab_size, (cfg.gen_batch, max(1, cfg.block_size // 2)), device=system.device)
+    start = torch.zeros(cfg.gen_batch, 1, dtype=torch.long, device=system.device)
+
+    def gen():
+        with system.autocast:
+            model.generate(src, n, decoder_idx=start, temperature=0)
+    speed = n * cfg.gen_batch / median_time(gen, max(1, cfg.bench_iters // 3), 1, system.device)
+    layers = f"{model.config.n_layer}+{model.config.n_decoder_layer}"
+    return [dict(benchmark=f"generate {n} tokens, batch {cfg.gen_batch}, encoder-decoder {layers}, KV cache", metric="tokens/s",
+                 value=speed),
+            dict(benchmark="generate: encoder-decoder / GPT tokens/s", metric="x", value=speed / gpt_speed)]
 
 
 # nanoGPT's "baby GPT" for CPUs (its README: 4 layers, 4 heads, 128 wide, context 64, batch 12, no dropout,

@@ -1,14 +1,16 @@
 """
-One Transformer, read top to bottom: a GPT (causal, autoregressive) or a BERT-style encoder
-(bidirectional, masked LM), with GPT-2's architecture by default and LLaMA's options
-(RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases, untied head) behind config switches.
+One Transformer, read top to bottom: a GPT (causal, autoregressive), a BERT-style encoder
+(bidirectional, masked LM) or, from the same blocks, a T5-style encoder-decoder (the encoder's stack
+read by a causal decoder through cross-attention), with GPT-2's architecture by default and LLaMA's
+options (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases, untied head) behind config switches.
 Also here: generation with a preallocated KV cache, MFU, checkpoint I/O, and Hugging Face weight I/O
 (GPT-2 and LLaMA layouts, in and out):
 
     python model.py --init_from=out-shakespeare-char --export_hf=hf-shakespeare-char
 
 References: GPT-2 (Radford et al. 2019), nanoGPT's model.py, BERT (Devlin et al. 2019),
-RoFormer (Su et al. 2021), LLaMA (Touvron et al. 2023), GQA (Ainslie et al. 2023).
+RoFormer (Su et al. 2021), LLaMA (Touvron et al. 2023), GQA (Ainslie et al. 2023), the Transformer
+(Vaswani et al. 2017) and T5 (Raffel et al. 2020) for the encoder-decoder.
 """
 
 import glob
@@ -34,7 +36,8 @@ from tokenizer import BERT_SPECIALS, EOT, hf_tokenizer_files, tokenizer_from_spe
 
 MAX_ROPE_TABLE = 2**27  # block_size * head_size of a RoPE model: two float32 tables of 512 MiB each at most;
                         # LLaMA-3.1's 131,072 positions at head size 128 are 2**24
-MIN_SIZES = dict(block_size=1, vocab_size=1, n_layer=1, n_head=1, n_kv_head=1, n_embd=1, mlp_hidden=0, mlp_multiple_of=1)
+MIN_SIZES = dict(block_size=1, vocab_size=1, n_layer=1, n_head=1, n_kv_head=1, n_embd=1, mlp_hidden=0, mlp_multiple_of=1,
+                 n_decoder_layer=0)
 CHOICES = dict(pos=("learned", "rope"), norm=("layernorm", "rmsnorm"), mlp=("gelu", "swiglu"))
 
 
@@ -65,6 +68,7 @@ class GPTConfig:
     mlp_multiple_of: int = 64   # swiglu hidden size is rounded up to this (LLaMA 7B uses 256)
     tie_embeddings: bool = True
     mlm_transform: bool = False  # BERT's dense + GELU + LayerNorm before the MLM output layer
+    n_decoder_layer: int = 0    # > 0: an encoder-decoder (T5): n_layer encoder blocks (causal=False), this many decoder blocks
 
     def __post_init__(self):
         """Every field is checked before anything is allocated: model_args come from checkpoints and config.json
@@ -91,6 +95,9 @@ class GPTConfig:
             # no weight pins a RoPE model's block_size, so it is bounded: the cos/sin tables stay under 1 GiB
             problems.append(f"block_size={self.block_size} is too long for RoPE tables of head size {self.head_size} "
                             f"(at most {MAX_ROPE_TABLE // self.head_size:,} positions)")
+        if self.n_decoder_layer and self.causal:
+            problems.append(f"n_decoder_layer={self.n_decoder_layer} makes an encoder-decoder, whose encoder reads "
+                            f"its whole input: set causal=False")
         if problems:
             raise ConfigError("bad model config: " + "; ".join(problems))
 
@@ -155,22 +162,30 @@ class KVCache:
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention; with cross=True, cross-attention: the queries come from x, the keys and
+    values from the encoder's output (memory_kv), as in the original Transformer's decoder."""
 
-    def __init__(self, config):
+    def __init__(self, config, causal=None, cross=False):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, config.head_size
-        self.causal = config.causal
+        self.causal = config.causal if causal is None else causal
         self.qk_norm = config.qk_norm
-        # query, key and value projections in one matmul: n_head + 2 * n_kv_head heads
-        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_size, bias=config.bias)
+        # query, key and value projections in one matmul: n_head + 2 * n_kv_head heads. Cross-attention
+        # projects only its queries here, and the encoder's output to keys and values in c_kv.
+        kv_heads = 0 if cross else 2 * config.n_kv_head
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + kv_heads) * config.head_size, bias=config.bias)
+        if cross:
+            self.c_kv = nn.Linear(config.n_embd, 2 * config.n_kv_head * config.head_size, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.capture = False    # set by GPT.attention_maps: also compute and keep the probabilities
         self.attn_probs = None  # (B, nh, T, T_keys) after a capturing forward
 
-    def forward(self, x, rope=None, padding_mask=None, cache=None, pos=0):
+    def forward(self, x, rope=None, padding_mask=None, cache=None, pos=0, memory=None):
         B, T, C = x.size()
+        if memory is not None:
+            return self.cross_attention(x, memory, padding_mask)
         q, k, v = self.c_attn(x).split([C, self.n_kv_head * self.head_size, self.n_kv_head * self.head_size], dim=2)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)     # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
@@ -183,14 +198,34 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(pos, k, v)  # (B, nkv, pos+T, hs)
         mask, is_causal = self.attention_mask(T, k.size(2), pos, padding_mask, x.device)
-        if self.capture:
-            y = self.attention_with_probs(q, k, v, mask, is_causal)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                               dropout_p=self.dropout if self.training else 0.0,
-                                               enable_gqa=self.n_kv_head != self.n_head)
+        y = self.attend(q, k, v, mask, is_causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
+
+    def memory_kv(self, memory):
+        """Cross-attention's keys and values, each (B, nkv, S, hs), from the encoder's output memory (B, S, C):
+        computed once per input, then read by every decoding step (the cross-attention cache)."""
+        B, S, _ = memory.size()
+        k, v = self.c_kv(memory).view(B, S, 2 * self.n_kv_head, self.head_size).transpose(1, 2).chunk(2, dim=1)
+        return k, v
+
+    def cross_attention(self, x, memory, padding_mask):
+        """x (B, T, C) attends to memory = memory_kv(encoder output); padding_mask (B, S) is True at the
+        encoder's real tokens. No causal mask and no RoPE: every output position may read the whole input."""
+        B, T, C = x.size()
+        q = self.c_attn(x).view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = memory
+        mask, _ = self.attention_mask(T, k.size(2), 0, padding_mask, x.device)
+        y = self.attend(q, k, v, mask, False).transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def attend(self, q, k, v, mask, is_causal):
+        """softmax(q k^T / sqrt(hs)) v with SDPA's fused kernels, or written out when capturing the probabilities."""
+        if self.capture:
+            return self.attention_with_probs(q, k, v, mask, is_causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                              dropout_p=self.dropout if self.training else 0.0,
+                                              enable_gqa=self.n_kv_head != self.n_head)
 
     def attention_mask(self, T, T_keys, pos, padding_mask, device):
         """(mask, is_causal) for SDPA. Queries are positions pos..pos+T-1, keys 0..T_keys-1.
@@ -252,6 +287,22 @@ class Block(nn.Module):
 
     def forward(self, x, rope=None, padding_mask=None, cache=None, pos=0):
         x = x + self.attn(self.ln_1(x), rope, padding_mask, cache, pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class DecoderBlock(nn.Module):
+    """A causal Block with cross-attention to the encoder between its self-attention and its MLP
+    (Vaswani et al. 2017, Fig. 1; pre-norm as our Block): x + attn, then x + cross_attn, then x + mlp."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1, self.attn = make_norm(config), Attention(config, causal=True)
+        self.ln_x, self.cross_attn = make_norm(config), Attention(config, causal=False, cross=True)
+        self.ln_2, self.mlp = make_norm(config), MLP(config)
+
+    def forward(self, x, memory, rope=None, memory_mask=None, cache=None, pos=0):
+        x = x + self.attn(self.ln_1(x), rope, None, cache, pos)
+        x = x + self.cross_attn(self.ln_x(x), padding_mask=memory_mask, memory=memory)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -548,6 +599,148 @@ def top_p_filter(logits, top_p):
 
 
 # -----------------------------------------------------------------------------
+# the third family: an encoder-decoder (T5, BART; the original Transformer's shape)
+
+class EncoderDecoder(GPT):
+    """
+    GPT's stack with bidirectional attention (causal=False) reads the input: the encoder is `transformer`,
+    built and run by GPT exactly as a masked-LM encoder is. A causal stack of DecoderBlocks (`decoder`)
+    writes the output one token at a time, each block also attending to the encoder's final states
+    (Vaswani et al. 2017; Raffel et al. 2020). One token embedding serves both stacks and, tied, the
+    output layer. Positions as config.pos says: a learned table per stack, or RoPE in both
+    self-attentions (cross-attention compares content only, as T5's does).
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.decoder = nn.ModuleDict(dict(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([DecoderBlock(config) for _ in range(config.n_decoder_layer)]),
+            ln_f=make_norm(config),
+        ))
+        if config.pos == "learned":
+            self.decoder["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        self.decoder.apply(self._init_weights)
+        # GPT-2's residual scaling (see GPT) for a stack whose blocks add three branches each
+        for name, p in self.decoder.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(3 * config.n_decoder_layer))
+
+    def get_num_params(self, non_embedding=True):
+        n = super().get_num_params(non_embedding)
+        return n - self.decoder.wpe.weight.numel() if non_embedding and "wpe" in self.decoder else n
+
+    def encode(self, idx, padding_mask=None):
+        """The encoder's reading of idx (B, S) as every decoder block's cross-attention keys and values: a
+        list of (k, v), computed once per input however many tokens the decoder then writes."""
+        h = self.hidden_states(idx, padding_mask)  # GPT's stack, bidirectional
+        return [block.cross_attn.memory_kv(h) for block in self.decoder.h]
+
+    def decoder_hidden_states(self, idx, memory, memory_mask=None, caches=None, pos=0):
+        """The decoder's final-norm hidden states (B, T, C) for its input ids idx (B, T) at positions
+        pos..pos+T-1, reading memory = encode(input), whose real tokens memory_mask (B, S) marks."""
+        B, T = idx.size()
+        if pos + T > self.config.block_size:
+            raise ValueError(f"output of {pos + T} tokens is longer than block_size={self.config.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos == "learned":
+            x = x + self.decoder.wpe(torch.arange(pos, pos + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T])
+        x = self.decoder.drop(x)
+        for i, block in enumerate(self.decoder.h):
+            if self.grad_checkpoint and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, memory[i], rope, memory_mask, use_reentrant=False)
+            else:
+                x = block(x, memory[i], rope, memory_mask, caches[i] if caches is not None else None, pos)
+        return self.decoder.ln_f(x)
+
+    def forward(self, idx, decoder_idx, targets=None, padding_mask=None):
+        """
+        Logits (B, T, V) of the decoder reading decoder_idx (B, T) (the output so far: a start token, then
+        the target shifted right) while attending to the input idx (B, S), whose real tokens padding_mask
+        marks. With targets (B, T), -100 where there is nothing to predict: (logits, mean cross-entropy).
+        """
+        h = self.decoder_hidden_states(decoder_idx, self.encode(idx, padding_mask), padding_mask)
+        if targets is None:
+            return self.head(h), None
+        logits = self.head(h, padded=True)  # as GPT.forward: the padding columns are -inf, the loss ignores them
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+        return logits[..., :self.config.vocab_size], loss
+
+    def crop_block_size(self, block_size):
+        super().crop_block_size(block_size)
+        if "wpe" in self.decoder:
+            self.decoder.wpe.weight = nn.Parameter(self.decoder.wpe.weight[:block_size])
+
+    @torch.no_grad()
+    def cross_attention_maps(self, idx, decoder_idx, padding_mask=None):
+        """Cross-attention probabilities of every decoder block, a list of (B, nh, T, S): how each output
+        token (row) spreads its attention over the input tokens (columns), from one forward pass."""
+        attns = [b.cross_attn for b in self.decoder.h]
+        for a in attns:
+            a.capture = True
+        try:
+            self(idx, decoder_idx, padding_mask=padding_mask)
+            return [a.attn_probs for a in attns]
+        finally:
+            for a in attns:
+                a.capture, a.attn_probs = False, None
+
+    # --- generation: the encoder once, then the decoder as a GPT generates ------------------------
+
+    def new_caches(self, batch_size, max_len, dtype=None):
+        """Self-attention caches for the decoder's blocks (the encoder runs once and keeps none)."""
+        c, w = self.config, self.lm_head.weight
+        return [KVCache(batch_size, c.n_kv_head, max_len, c.head_size, dtype or w.dtype, w.device)
+                for _ in range(c.n_decoder_layer)]
+
+    @torch.no_grad()
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
+                        use_kv_cache=True, generator=None, suppress_tokens=(), decoder_idx=None, padding_mask=None):
+        """
+        Yield the next output token of every sequence, a (B,) tensor per step, for the inputs idx (B, S)
+        (padding_mask marks their real tokens). The encoder runs once and every decoder block's
+        cross-attention keys and values are computed once; the decoder starts from decoder_idx (B, T),
+        at least the start token, and runs as GPT.generate_tokens does: with the KV cache one forward
+        over decoder_idx, then one token at a time; without it, the whole output again at every step.
+        The options are GPT.generate_tokens'; the output ends where the decoder's context (block_size) does.
+        """
+        if decoder_idx is None:
+            raise ValueError("an encoder-decoder generates from decoder_idx, the output's start token(s)")
+        memory = self.encode(idx, padding_mask)
+        seq, pos = decoder_idx, 0
+        caches = self.new_caches(idx.size(0), self.config.block_size) if use_kv_cache else None
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        for _ in range(min(max_new_tokens, self.config.block_size - seq.size(1) + 1)):
+            h = self.decoder_hidden_states(seq[:, pos:], memory, padding_mask, caches, pos)
+            pos = seq.size(1) if use_kv_cache else 0
+            logits = self.head(h[:, -1]).float()
+            if suppress_tokens:
+                logits[:, list(suppress_tokens)] = float("-inf")
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            if stop_token is not None:
+                nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
+                done |= nxt == stop_token
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            yield nxt
+            if stop_token is not None and bool(done.all()):
+                return
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, decoder_idx=None, **kwargs):
+        """decoder_idx (B, T) followed by up to max_new_tokens generated tokens, (B, T + n)."""
+        new = list(self.generate_tokens(idx, max_new_tokens, decoder_idx=decoder_idx, **kwargs))
+        return torch.cat([decoder_idx] + [t[:, None] for t in new], dim=1)
+
+
+def build_model(config):
+    """The model a config describes: an EncoderDecoder when it has decoder layers, else a GPT (causal or encoder)."""
+    return EncoderDecoder(config) if config.n_decoder_layer else GPT(config)
+
+
+# -----------------------------------------------------------------------------
 # device peaks for MFU: dense bf16/fp16 tensor-core FLOP/s, and TF32 for float32 (vendor data sheets)
 
 PEAK_FLOPS = {"A100": (312e12, 156e12), "H100": (989e12, 494e12), "H200": (989e12, 494e12),
@@ -635,7 +828,7 @@ def load_checkpoint(path, map_location="cpu"):
 
 
 def model_from_checkpoint(checkpoint, device="cpu"):
-    """Rebuild the GPT a checkpoint was saved from, with its weights. Its model_args are data: they are
+    """Rebuild the model (GPT or EncoderDecoder) a checkpoint was saved from, with its weights. Its model_args are data: they are
     checked against the tensors it really holds before the model is allocated."""
     where = checkpoint.get("source", "the checkpoint") if isinstance(checkpoint, dict) else "the checkpoint"
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) or "model_args" not in checkpoint:
@@ -646,14 +839,14 @@ def model_from_checkpoint(checkpoint, device="cpu"):
         raise CheckpointError(f"{where}: {e}") from None
     state = clean_state_dict(checkpoint["model"])
     check_weights_fit(config, state, where)
-    model = GPT(config)
+    model = build_model(config)
     model.load_state_dict(state, strict=False)  # check_weights_fit made sure every tensor is there, bar a tied head
     return model.to(device)
 
 
 def state_shapes(c):
     """
-    {name: shape} of every tensor in GPT(c).state_dict(), from the config alone: what a model of config c
+    {name: shape} of every tensor in build_model(c).state_dict(), from the config alone: what a model of config c
     would allocate, known before anything is. (Building GPT(c) on the meta device gives the same, which
     tests/test_model.py checks, but costs seconds the first time: torch loads its compiler stack for
     random init and arange on meta tensors.)
@@ -667,15 +860,22 @@ def state_shapes(c):
     def norm(name):
         return {f"{name}.weight": torch.Size([C])} | ({f"{name}.bias": torch.Size([C])} if norm_bias else {})
 
+    def block(p, cross=False):  # a Block, or a DecoderBlock with its cross-attention
+        shapes = (norm(p + "ln_1") | linear(p + "attn.c_attn", (c.n_head + 2 * c.n_kv_head) * c.head_size, C)
+                  | linear(p + "attn.c_proj", C, C) | norm(p + "ln_2")
+                  | linear(p + "mlp.c_fc", 2 * H if c.mlp == "swiglu" else H, C) | linear(p + "mlp.c_proj", C, H))
+        if cross:
+            shapes |= (norm(p + "ln_x") | linear(p + "cross_attn.c_attn", c.n_head * c.head_size, C)
+                       | linear(p + "cross_attn.c_kv", 2 * c.n_kv_head * c.head_size, C) | linear(p + "cross_attn.c_proj", C, C))
+        return shapes
+
     shapes = {"transformer.wte.weight": torch.Size([c.padded_vocab_size, C])}
-    if c.pos == "learned":
-        shapes["transformer.wpe.weight"] = torch.Size([c.block_size, C])
-    for i in range(c.n_layer):
-        p = f"transformer.h.{i}."
-        shapes |= (norm(p + "ln_1") | linear(p + "attn.c_attn", (c.n_head + 2 * c.n_kv_head) * c.head_size, C)
-                   | linear(p + "attn.c_proj", C, C) | norm(p + "ln_2")
-                   | linear(p + "mlp.c_fc", 2 * H if c.mlp == "swiglu" else H, C) | linear(p + "mlp.c_proj", C, H))
-    shapes |= norm("transformer.ln_f")
+    for stack, n_blocks in (("transformer", c.n_layer), ("decoder", c.n_decoder_layer)):
+        if n_blocks and c.pos == "learned":
+            shapes[f"{stack}.wpe.weight"] = torch.Size([c.block_size, C])
+        for i in range(n_blocks):
+            shapes |= block(f"{stack}.h.{i}.", cross=stack == "decoder")
+        shapes |= norm(f"{stack}.ln_f") if n_blocks else {}
     if c.mlm_transform:
         shapes |= linear("mlm_transform.0", C, C, True) | {"mlm_transform.2.weight": torch.Size([C]), "mlm_transform.2.bias": torch.Size([C])}
     return shapes | {"lm_head.weight": torch.Size([c.padded_vocab_size, C])}
@@ -687,10 +887,11 @@ def check_weights_fit(config, state, where):
     `state`, by name and shape; a tied output layer may be left out. The layer count is compared first,
     so a config that claims a million layers is refused without listing them.
     """
-    layers = {int(m.group(1)) for k in state if (m := re.match(r"transformer\.h\.(\d+)\.", k))}
-    if layers != set(range(config.n_layer)):
-        raise CheckpointError(f"{where} says n_layer={config.n_layer} but its weights hold {len(layers)} layers: "
-                              f"its model_args do not describe its weights")
+    for stack, key in (("transformer", "n_layer"), ("decoder", "n_decoder_layer")):
+        layers = {int(m.group(1)) for k in state if (m := re.match(rf"{stack}\.h\.(\d+)\.", k))}
+        if layers != set(range(getattr(config, key))):
+            raise CheckpointError(f"{where} says {key}={getattr(config, key)} but its weights hold {len(layers)} layers: "
+                                  f"its model_args do not describe its weights")
     expected = state_shapes(config)
     if config.tie_embeddings and "lm_head.weight" not in state:
         expected.pop("lm_head.weight")
@@ -874,6 +1075,9 @@ def hf_layout(c):
     if c.qk_norm:
         raise ValueError("no Hugging Face layout holds a model with qk_norm=True (GPT-2, LLaMA and Megatron-BERT "
                          "have no QK-norm); train with qk_norm=False to export")
+    if c.n_decoder_layer:  # its encoder alone would pass as MegatronBERT below, without the decoder
+        raise ValueError("an encoder-decoder has no Hugging Face export yet (T5's layout is not written); "
+                         "use its checkpoint with sample.py and finetune.py")
     arch = (c.pos, c.norm, c.mlp)
     gpt2_blocks = arch == ("learned", "layernorm", "gelu") and c.n_kv_head == c.n_head
     if c.causal and gpt2_blocks:

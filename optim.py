@@ -1,6 +1,6 @@
 """
-The optimizers train.py builds: AdamW over every parameter, or Muon for the hidden matrices with AdamW
-for the rest.
+The optimizers train.py builds, AdamW over every parameter or Muon for the hidden matrices with AdamW
+for the rest, and the learning-rate schedule that drives them.
 
 Muon (Jordan et al. 2024, kellerjordan.github.io/posts/muon; torch.optim.Muon) steps each 2-D weight
 by its Nesterov momentum made (nearly) semi-orthogonal with a few Newton-Schulz iterations: every
@@ -9,6 +9,8 @@ touches learn as fast as the dominant ones. It is meant for the matrices inside 
 embeddings, the output head, norms and biases keep AdamW, as in modded-nanogpt and nanochat. On tiny
 Shakespeare it takes the default model further in the same number of steps (README, "Tuning").
 """
+
+import math
 
 import torch
 
@@ -37,9 +39,11 @@ class Optimizers:
 
 
 def hidden_matrices(raw_model):
-    """The 2-D trainable weights inside the Transformer blocks (a finetuning Classifier holds its GPT as .gpt)."""
-    blocks = getattr(raw_model, "gpt", raw_model).transformer.h
-    return [p for p in blocks.parameters() if p.requires_grad and p.dim() == 2]
+    """The 2-D trainable weights inside the Transformer blocks: the encoder's or GPT's, and an encoder-decoder's
+    decoder blocks (a finetuning Classifier holds its GPT as .gpt)."""
+    model = getattr(raw_model, "gpt", raw_model)
+    stacks = [model.transformer.h] + ([model.decoder.h] if hasattr(model, "decoder") else [])
+    return [p for blocks in stacks for p in blocks.parameters() if p.requires_grad and p.dim() == 2]
 
 
 def make_optimizer(cfg, raw_model, device_type):
@@ -64,3 +68,24 @@ def make_optimizer(cfg, raw_model, device_type):
     muon = torch.optim.Muon([{"params": matrices, "lr_scale": cfg.muon_lr / cfg.learning_rate}], lr=cfg.muon_lr,
                             weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, nesterov=True)
     return Optimizers(adamw, muon)
+
+
+def schedule_step(it, elapsed, cfg):
+    """The step the schedule is at: `it`, or with a time budget (max_time > 0) the same share of max_iters as
+    the share of max_time spent, if that is further along. A slower machine then warms up and decays in fewer
+    steps, and reaches min_lr exactly when the budget is spent; a step-capped run reproduces on any machine."""
+    if cfg.max_time > 0:
+        return max(it, min(elapsed / cfg.max_time, 1.0) * cfg.max_iters)
+    return it
+
+
+def get_lr(it, cfg):
+    """Linear warmup (non-zero from step 0), then cosine decay to min_lr at lr_decay_iters."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it > cfg.lr_decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)

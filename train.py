@@ -1,9 +1,11 @@
 """
-Pretraining: a GPT (objective='clm', next-token prediction) or a BERT-style encoder
-(objective='mlm', masked-token prediction) on a prepared dataset.
+Pretraining: a GPT (objective='clm', next-token prediction), a BERT-style encoder
+(objective='mlm', masked-token prediction) or a T5-style encoder-decoder (objective='span', span
+corruption) on a prepared dataset.
 
     python train.py                                   # config/shakespeare_char.py, ~2 minutes on a CPU
     python train.py config/mlm_shakespeare_char.py
+    python train.py config/span_shakespeare_char.py
     torchrun --standalone --nproc_per_node=8 train.py config/gpt2.py
     python train.py --init_from=resume --out_dir=out-shakespeare-char
 
@@ -32,11 +34,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, NanorootsError, configure, script_main
 from dataset import check_bins, dataset_dir, read_bin, read_meta, stable_hash
-from model import GPT, GPTConfig, checkpoint_tokenizer, clean_state_dict, load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
-from optim import make_optimizer
+from model import GPTConfig, build_model, checkpoint_tokenizer, clean_state_dict, load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
+from optim import get_lr, make_optimizer, schedule_step
 from prepare import RECIPES, prepare_recipe
 from rundir import append_log, lock_out_dir, plot_training, start_fresh, truncate_log
-from tokenizer import BERT_SPECIALS, EOT, load_tokenizer
+from spans import corrupt_spans, restore_spans, span_lengths
+from tokenizer import BERT_SPECIALS, EOT, SENTINELS, load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -77,9 +80,12 @@ DEFAULTS = dict(
     qk_norm=False,                # RMS-normalise queries and keys per head (not exportable to Hugging Face)
     tie_embeddings=True,
     mlm_transform=False,
+    n_decoder_layer=0,            # span: the decoder's blocks (0 = n_layer, as in T5); the encoder has n_layer
     # objective
-    objective="clm",              # clm (GPT) | mlm (BERT-style masked LM)
-    mask_prob=0.15,               # mlm: share of tokens chosen for prediction (BERT); 80% [MASK], 10% random, 10% kept
+    objective="clm",              # clm (GPT) | mlm (BERT-style masked LM) | span (T5's span corruption, encoder-decoder)
+    mask_prob=0.15,               # mlm: share of tokens chosen for prediction (BERT); 80% [MASK], 10% random, 10% kept;
+                                  # span: share of tokens dropped in spans (T5: 15%)
+    mean_span=3.0,                # span: mean length of a dropped span (T5: 3)
     mlm_baselines="",             # mlm with eval_only: also score a CLM checkpoint (this out_dir) and the most
                                   # frequent token at the same masked positions
     # optimizer: AdamW, or Muon for the Transformer blocks' matrices with AdamW for the rest
@@ -115,7 +121,8 @@ DEFAULTS = dict(
 )
 
 MODEL_KEYS = ["block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "dropout", "bias", "pos",
-              "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "qk_norm", "tie_embeddings", "mlm_transform"]
+              "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "qk_norm", "tie_embeddings", "mlm_transform",
+              "n_decoder_layer"]
 
 
 class TrainError(NanorootsError):
@@ -204,7 +211,7 @@ def wrap_model(model, cfg, system):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # see dcp_state_dict
         half = {"bfloat16": torch.bfloat16}.get(cfg.dtype)
         mp = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32) if half else MixedPrecisionPolicy()
-        for block in model.transformer.h:
+        for block in [*model.transformer.h, *(model.decoder.h if hasattr(model, "decoder") else [])]:
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
         return torch.compile(model) if cfg.compile else model
@@ -247,7 +254,7 @@ def unsharded(raw_model, system):
         return raw_model
     dcp_sd = dcp_state_dict()
     state = dcp_sd.get_model_state_dict(raw_model, options=dcp_sd.StateDictOptions(full_state_dict=True, cpu_offload=True))
-    plain = GPT(GPTConfig.from_dict(asdict(raw_model.config)))
+    plain = build_model(GPTConfig.from_dict(asdict(raw_model.config)))
     if system.master:
         plain.load_state_dict(clean_state_dict(state))
     return plain.to(system.device)
@@ -340,12 +347,16 @@ def make_batch_fn(cfg, data_dir, meta, tok, system, split="train"):
     """batch(index) -> (x, y) on the device for micro-batch number `index` of `split`."""
     special = set(tok.special_ids.values())
     n_normal = min(special)  # ordinary tokens come first, the specials are appended after them
+    span = span_lengths(cfg.block_size, cfg.mask_prob, cfg.mean_span) if cfg.objective == "span" else None
 
     def batch(index, split=split, kind="train"):
         g = batch_generator(cfg.seed, kind, split, index)
         data = read_bin(data_dir, split, meta)
         if cfg.objective == "clm":
             return to_device(get_batch(data, cfg.batch_size, cfg.block_size, g), system)
+        if cfg.objective == "span":  # (input, decoder input, target)
+            x, _ = get_batch(data, cfg.batch_size, span.window, g, shift=False)
+            return to_device(corrupt_spans(x, span, list(tok.sentinel_ids.values()), tok.special_ids[EOT], g), system)
         x, _ = get_batch(data, cfg.batch_size, cfg.block_size, g, shift=False)
         return to_device(mask_tokens(x, special, n_normal, tok.special_ids["[MASK]"], cfg.mask_prob, g), system)
 
@@ -353,33 +364,38 @@ def make_batch_fn(cfg, data_dir, meta, tok, system, split="train"):
 
 
 def lm_loss(model, batch, autocast):
-    x, y = batch
-    with autocast:
-        _, loss = model(x, y)
+    with autocast:  # (x, y), or for span (input, decoder input, target)
+        _, loss = model(*batch)
     return loss
 
 
 @torch.no_grad()
-def evaluate_lm(model, batch_fn, cfg, system):
-    """Mean loss (and masked-token accuracy for mlm) on eval_iters fixed batches per split, averaged
-    over the ranks, which each evaluate their own share."""
+def evaluate_lm(model, batch_fn, cfg, system, n_normal=0):
+    """Mean loss (and masked-token accuracy for mlm; for span, the accuracy on the spans' own tokens, ids
+    below n_normal, not the sentinels) on eval_iters fixed batches per split, averaged over the ranks,
+    which each evaluate their own share."""
     model.eval()
     out = {}
     for split in ("train", "val"):
         losses, correct, total = [], 0, 0
         for k in range(cfg.eval_iters):
-            x, y = batch_fn(k * system.world_size + system.rank, split=split, kind="eval")
+            batch = batch_fn(k * system.world_size + system.rank, split=split, kind="eval")
+            y = batch[-1]
             with system.autocast:
-                logits, loss = model(x, y)
+                logits, loss = model(*batch)
             losses.append(loss.item())
             if cfg.objective == "mlm":
                 target = y[y != -100]
                 correct += (logits.argmax(-1) == target).sum().item()
                 total += target.numel()
+            elif cfg.objective == "span":
+                in_span = y < n_normal
+                correct += (logits.argmax(-1)[in_span] == y[in_span]).sum().item()
+                total += in_span.sum().item()
         mean_loss, acc = all_reduce_mean([sum(losses) / len(losses), correct / max(total, 1)], system)
         out[f"{split}_loss"] = mean_loss
-        if cfg.objective == "mlm":
-            out[f"{split}_mlm_acc"] = acc
+        if cfg.objective in ("mlm", "span"):
+            out[f"{split}_{cfg.objective}_acc"] = acc
     out["val_ppl"] = math.exp(min(out["val_loss"], 50))  # for mlm this is the pseudo-perplexity
     model.train()
     return out
@@ -421,23 +437,27 @@ def mlm_baselines(model, batch_fn, cfg, data_dir, meta, system):
 # -----------------------------------------------------------------------------
 # the model and the run's state: a new model, a pretrained one, or the run being resumed
 
-def new_model(cfg, vocab_size, causal=True, **overrides):
-    """A freshly initialised model with the run's architecture keys (MODEL_KEYS)."""
+def new_model(cfg, vocab_size, causal=True, seq2seq=False, **overrides):
+    """A freshly initialised model with the run's architecture keys (MODEL_KEYS): a GPT (`causal`), an
+    encoder, or with seq2seq an encoder-decoder, whose vocabulary adds the sentinels after vocab_size."""
     args = {k: getattr(cfg, k) for k in MODEL_KEYS} | {"vocab_size": vocab_size, "causal": causal} | overrides
-    return GPT(GPTConfig.from_dict(args))
+    if seq2seq:
+        args |= {"causal": False, "n_decoder_layer": args["n_decoder_layer"] or args["n_layer"],
+                 "vocab_size": vocab_size + len(SENTINELS)}
+    return build_model(GPTConfig.from_dict(args))
 
 
-def start_model(cfg, tok=None, causal=True, checkpoint=None):
+def start_model(cfg, tok=None, causal=True, checkpoint=None, seq2seq=False):
     """
     (model, tokenizer, checkpoint or None) for cfg.init_from: a new model (scratch, `causal` or an encoder),
     the run in out_dir (resume), or whatever model.load_pretrained reads (a checkpoint, an out_dir, a Hugging
     Face folder, a GPT-2 name). A pretrained model keeps its architecture; this run sets its dropout (as
     nanoGPT does when it starts from GPT-2), and a smaller block_size crops its context. `tok` is the data's
     tokenizer, checked against the checkpoint's; without it, the checkpoint's own is used. `checkpoint`:
-    the one resume_config already loaded.
+    the one resume_config already loaded. seq2seq: the model is, or must be, an encoder-decoder.
     """
     if cfg.init_from == "scratch":
-        return new_model(cfg, tok.vocab_size, causal), tok, None
+        return new_model(cfg, tok.vocab_size, causal, seq2seq), tok, None
     resume = cfg.init_from == "resume"
     if checkpoint is None:
         checkpoint = load_checkpoint(cfg.out_dir) if resume else load_pretrained(cfg.init_from)
@@ -452,6 +472,10 @@ def start_model(cfg, tok=None, causal=True, checkpoint=None):
     if not resume:
         checkpoint["model_args"] = {**checkpoint["model_args"], "dropout": cfg.dropout}
     model = model_from_checkpoint(checkpoint)
+    if seq2seq != bool(model.config.n_decoder_layer):
+        raise ConfigError(f"{cfg.init_from} is an encoder-decoder, which trains with objective=span or task=seq2seq only"
+                          if model.config.n_decoder_layer else f"{cfg.init_from} is not an encoder-decoder, which objective=span "
+                          f"and task=seq2seq need: start from one (train.py --objective=span makes one) or from scratch")
     if 0 < cfg.block_size < model.config.block_size and not resume:
         model.crop_block_size(cfg.block_size)
     elif cfg.block_size > model.config.block_size:
@@ -530,30 +554,6 @@ def start_run(cfg, system, raw_model, checkpoint=None, model_state=None):
         state = resume_state(checkpoint, raw_model, optimizer, scaler, cfg, system, model_state)
     state["start_iter"] = state["iter_num"]
     return SimpleNamespace(model=model, raw_model=raw_model, optimizer=optimizer, scaler=scaler, state=state)
-
-
-# -----------------------------------------------------------------------------
-# learning rate schedule
-
-def schedule_step(it, elapsed, cfg):
-    """The step the schedule is at: `it`, or with a time budget (max_time > 0) the same share of max_iters as
-    the share of max_time spent, if that is further along. A slower machine then warms up and decays in fewer
-    steps, and reaches min_lr exactly when the budget is spent; a step-capped run reproduces on any machine."""
-    if cfg.max_time > 0:
-        return max(it, min(elapsed / cfg.max_time, 1.0) * cfg.max_iters)
-    return it
-
-
-def get_lr(it, cfg):
-    """Linear warmup (non-zero from step 0), then cosine decay to min_lr at lr_decay_iters."""
-    if not cfg.decay_lr:
-        return cfg.learning_rate
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-    if it > cfg.lr_decay_iters:
-        return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
 # -----------------------------------------------------------------------------
@@ -759,8 +759,11 @@ def check_config(cfg, system):
     if cfg.gradient_accumulation_steps % system.world_size:
         problems.append(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} is global and must be divisible "
                         f"by the number of processes ({system.world_size})")
-    if cfg.objective not in ("clm", "mlm"):
-        problems.append(f"objective={cfg.objective!r} is not clm or mlm")
+    if cfg.objective not in ("clm", "mlm", "span"):
+        problems.append(f"objective={cfg.objective!r} is not clm, mlm or span")
+    if cfg.objective != "span" and cfg.n_decoder_layer:
+        problems.append(f"n_decoder_layer={cfg.n_decoder_layer} is for objective=span (an encoder-decoder); "
+                        f"clm and mlm have no decoder")
     if cfg.nan_policy not in ("stop", "skip"):
         problems.append(f"nan_policy={cfg.nan_policy!r} is not stop or skip")
     if not 0 < cfg.mask_prob < 1:
@@ -770,6 +773,8 @@ def check_config(cfg, system):
                         "use optimizer=adamw, or DDP (fsdp=False)")
     if problems:
         raise ConfigError("; ".join(problems))
+    if cfg.objective == "span" and getattr(cfg, "task", "lm") == "lm":  # finetune's seq2seq reads pairs, not spans
+        span_lengths(cfg.block_size, cfg.mask_prob, cfg.mean_span)  # a one-line error when the sizes do not work out
 
 
 @script_main
@@ -782,33 +787,36 @@ def main(argv=None):
         check_config(cfg, system)
         data_dir = find_dataset(cfg.dataset, system)
         meta = read_meta(data_dir)
-        check_bins(data_dir, meta, cfg.block_size)
+        span = span_lengths(cfg.block_size, cfg.mask_prob, cfg.mean_span) if cfg.objective == "span" else None
+        check_bins(data_dir, meta, span.window if span else cfg.block_size)
         tok = load_tokenizer(data_dir)
         seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP shards each rank's own copy)
-        model, tok, checkpoint = start_model(cfg, tok, cfg.objective == "clm", checkpoint)
+        model, tok, checkpoint = start_model(cfg, tok, cfg.objective == "clm", checkpoint, seq2seq=span is not None)
         seed_everything(cfg.seed + system.rank)  # then each rank its own dropout randomness
         model.to(system.device)
         if system.master:
             print(f"{cfg.objective} model: {model.get_num_params() / 1e6:.2f}M parameters, "
-                  f"{model.config.n_layer} layers, vocab {tok.vocab_size} ({tok.kind}), device {system.device}, dtype {system.dtype}"
+                  f"{model.config.n_layer}{f'+{model.config.n_decoder_layer}' if span else ''} layers, "
+                  f"vocab {tok.vocab_size}{f' + {len(SENTINELS)} sentinels' if span else ''} ({tok.kind}), device {system.device}, dtype {system.dtype}"
                   + (f", {system.world_size} processes" if system.distributed else ""))
         run = start_run(cfg, system, model, checkpoint if cfg.init_from == "resume" else None)
         batch_fn = make_batch_fn(cfg, data_dir, meta, tok, system)
         task = SimpleNamespace(
             batch=batch_fn, loss=lambda m, batch: lm_loss(m, batch, system.autocast),
-            evaluate=lambda m: evaluate_lm(m, batch_fn, cfg, system),
+            evaluate=lambda m: evaluate_lm(m, batch_fn, cfg, system, min(tok.special_ids.values())),
             checkpoint_extra=lambda: {"tokenizer": tok.spec(), "dataset": cfg.dataset},
-            sample=(lambda m: print_sample(m, tok, cfg, system)) if cfg.objective == "clm" else None,
-            tokens_per_micro_batch=cfg.batch_size * cfg.block_size)
+            sample={"clm": lambda m: print_sample(m, tok, cfg, system),
+                    "span": lambda m: print_span_fill(m, tok, batch_fn, system)}.get(cfg.objective),
+            tokens_per_micro_batch=cfg.batch_size * (span.window if span else cfg.block_size))  # text tokens read
         Trainer(cfg, system, run, task).fit()
         if cfg.eval_only and cfg.mlm_baselines and system.master:
             scores = mlm_baselines(model, batch_fn, cfg, data_dir, meta, system)
             print(f"masked-token accuracy on {scores.pop('positions')} val positions: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if not cfg.eval_only:
-            if cfg.objective == "clm":
-                print_sample(model, tok, cfg, system)
-            else:
+            if cfg.objective == "mlm":
                 print_fill_mask(model, tok, cfg, data_dir, meta, system)
+            else:
+                task.sample(model)
     finally:
         teardown(system)
 
@@ -850,6 +858,24 @@ def print_fill_mask(model, tok, cfg, data_dir, meta, system):
     model.eval()
     show_fill_mask(tok, *model.fill_mask(ids, tok.special_ids["[MASK]"], tok.special_ids.values(), top_k=3))
     model.train()
+
+
+@torch.no_grad()
+def print_span_fill(model, tok, batch_fn, system):
+    """An encoder-decoder's demo: a corrupted validation window, the spans it writes for the sentinels
+    (greedy), and the true ones."""
+    model = unsharded(model, system)
+    if not system.master:
+        return
+    src, decoder_idx, target = (t[:1] for t in batch_fn(0, split="val", kind="eval"))
+    model.eval()
+    with system.autocast:
+        out = model.generate(src, target.size(1), decoder_idx=decoder_idx[:, :1], temperature=0, stop_token=tok.special_ids[EOT])
+    model.train()
+    written = [t for t in out[0, 1:].tolist() if t != tok.special_ids[EOT]]
+    filled = restore_spans(src[0].tolist(), written, tok.sentinel_ids.values())
+    print("-" * 40 + f"\ninput:   {tok.decode(src[0].tolist())!r}\nwritten: {tok.decode(written)!r}\ntruth:   "
+          f"{tok.decode(target[0, :-1].tolist())!r}\nfilled:  {tok.decode(filled)!r}\n" + "-" * 40, flush=True)
 
 
 def show_fill_mask(tok, filled, steps, out=None):

@@ -17,6 +17,7 @@ def test_bench_prints_a_table_and_plots_it(tmp_path, monkeypatch, capsys):
     assert any("train mlm" in n for n in names) and any("train clm" in n for n in names) and "generate: KV cache speed-up" in names
     baby = [r for r in rows if "nanoGPT's baby config" in r["benchmark"]]
     assert [r["benchmark"].rsplit(", ", 1)[1] for r in baby] == ["adamw", "muon"] and all(r["metric"] == "ms/iter" for r in baby)
+    assert "generate: encoder-decoder / GPT tokens/s" in names
     assert all(r["value"] > 0 for r in rows) and "| benchmark" in out
     assert_real_png(tmp_path / "bench.png")
 

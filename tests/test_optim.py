@@ -100,3 +100,13 @@ def test_resume_with_another_optimizer_says_which_to_use(tmp_path, shakespeare_c
     train.main(args + ["--optimizer=adamw"])
     with pytest.raises(SystemExit, match="was trained with optimizer=adamw, this run asks for muon: resume with --optimizer=adamw"):
         train.main(args + ["--optimizer=muon", "--init_from=resume", "--max_iters=4"])
+
+
+def test_muon_also_takes_an_encoder_decoders_decoder_blocks():
+    cfg = train.configure(train.DEFAULTS, TINY + ["--optimizer=muon", "--n_decoder_layer=1"], verbose=False)
+    model = train.new_model(cfg, 70, seq2seq=True)
+    _, muon = make_optimizer(cfg, model, "cpu").optimizers
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    assert in_muon == {n for n, p in model.named_parameters() if n.startswith(("transformer.h.", "decoder.h.")) and p.dim() == 2}
+    assert any(n.startswith("decoder.h.") for n in in_muon)  # cross-attention's c_kv included

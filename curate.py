@@ -6,8 +6,9 @@ order a document meets it:
     -> PII redaction
 
 `curate_document` runs the per-document stages on one document; `curate_shard` streams a rank's share of
-the corpus through it, staging the survivors and tallying every decision. Duplicates are decided over the
-whole corpus from the hashes alone (`find_duplicates`). The report (report.json, report.md, plots/) shows
+the corpus through it, staging the survivors, writing their dedup keys to disk and tallying every decision.
+Duplicates are decided over the whole corpus from the keys alone: dedup.py partitions that decision over the
+ranks, `find_duplicates` takes it in memory. The report (report.json, report.md, plots/) shows
 documents and bytes per stage, removals with examples, filter histograms, clusters and PII counts.
 prepare.py reads the documents, calls this file and writes the dataset. Thresholds and word lists are
 BigScience's, in data/roots/; ../shared/ROOTS_NOTES.md gives each definition with its source.
@@ -33,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from dataset import HERE, DataError, stable_hash
+from dedup import EXACT, RECORD, KeyWriter, collisions, components, largest_clusters, sort_records
 from model import CheckpointError, checkpoint_tokenizer, load_checkpoint, model_from_checkpoint
 from tokenizer import EOT, encode_known
 
@@ -89,9 +91,10 @@ SCRIPT_BLOCKS = [
     (0xFB50, 0xFDFF, "Arab"), (0xFE70, 0xFEFF, "Arab"), (0x20000, 0x2FA1F, "Hani"),
 ]
 SCRIPTS = sorted({s for _, _, s in SCRIPT_BLOCKS})
-BLOCK_FIRST = np.array([b[0] for b in SCRIPT_BLOCKS])
-BLOCK_LAST = np.array([b[1] for b in SCRIPT_BLOCKS])
-BLOCK_SCRIPT = np.array([SCRIPTS.index(b[2]) for b in SCRIPT_BLOCKS])
+SCRIPT_OF = np.full(0x110000, len(SCRIPTS), dtype=np.uint8)  # by code point: its script's index, or len(SCRIPTS)
+for first, last, script in SCRIPT_BLOCKS:
+    SCRIPT_OF[first:last + 1] = SCRIPTS.index(script)
+UTF8_SIZE = np.repeat(np.array([1, 2, 3, 4], dtype=np.uint8), [0x80, 0x800 - 0x80, 0x10000 - 0x800, 0x110000 - 0x10000])
 # scripts -> candidate languages: the ROOTS languages, and one language for scripts that have about one on the web
 SCRIPT_LANGS = {"Latn": ("ca", "en", "es", "eu", "fr", "id", "pt", "vi", "de", "it", "nl", "pl", "sv"),
                 "Arab": ("ar", "ur"), "Hani": ("zh",), "Kana": ("ja",), "Deva": ("hi",), "Beng": ("bn",),
@@ -128,21 +131,18 @@ def script_bytes(text):
     """UTF-8 bytes of letters per script. Bytes, not characters: a Chinese character (3 bytes) then weighs
     about what the letters of a short English word do."""
     cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    block = np.searchsorted(BLOCK_FIRST, cp, side="right") - 1
-    inside = (block >= 0) & (cp <= BLOCK_LAST[block.clip(0)])
-    size = 1 + (cp >= 0x80).astype(int) + (cp >= 0x800) + (cp >= 0x10000)
-    totals = np.bincount(BLOCK_SCRIPT[block[inside]], weights=size[inside], minlength=len(SCRIPTS))
-    return dict(zip(SCRIPTS, totals.tolist()))
+    totals = np.bincount(SCRIPT_OF[cp], weights=UTF8_SIZE[cp], minlength=len(SCRIPTS) + 1)
+    return dict(zip(SCRIPTS, totals[:-1].tolist()))
 
 
 def closed_class_votes(text, langs, res):
     """Per language, the share of the words that are on its closed-class list; a word on k lists counts 1/k."""
     words = words_of(text, res, lower=True)
-    votes = Counter()
-    for word, n in Counter(words).items():
-        voters = res.votes.get(word, ())
+    votes, counts = Counter(), Counter(words)
+    for word in filter(res.votes.__contains__, counts):  # in first-seen order, as the sums' rounding depends on it
+        voters = res.votes[word]
         for lang in voters:
-            votes[lang] += n / len(voters)
+            votes[lang] += counts[word] / len(voters)
     return {lang: votes[lang] / max(len(words), 1) for lang in langs}
 
 
@@ -199,19 +199,22 @@ def suspect_words(bad, cutoff):
     return re.compile("(?<![^ \t\n])(?:" + "|".join(alternatives + long) + ")")  # tried at word starts only
 
 
-# separator runs, matched only from where a run starts (linear time): one holding a newline ends a line, then
-# one holding a tab ends a cell, then spaces
-LINE_BREAK_RUN = re.compile("(?<![ \t\n])[ \t\n]*\n[ \t\n]*")
-TAB_RUN = re.compile("(?<![ \t])[ \t]*\t[ \t]*")
-SPACE_RUN = re.compile(" {2,}")
-
-
 def rejoin(text):
     """What ROOTS' split on "\\n", then "\\t", then " ", and re-join does: runs of separators collapse, and
-    empty words, tab cells and lines vanish. (Whole-text regexes; tests check it equals the split/join.)"""
-    text = LINE_BREAK_RUN.sub("\n", text)
-    text = TAB_RUN.sub("\t", text)
-    return SPACE_RUN.sub(" ", text).strip(" \t\n")
+    empty words, tab cells and lines vanish: a run of " ", "\\t", "\\n" becomes "\\n" if it holds one, else "\\t"
+    if it holds one, else " ", and the ends are stripped. (Array operations on the code points; tests check it
+    equals the split/join.)"""
+    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    sep = (cp == 32) | (cp == 10) | (cp == 9)
+    first = sep & ~np.concatenate(([False], sep[:-1]))  # where each run starts
+    run = np.cumsum(first)[sep] - 1  # the run of each separator
+    kind = np.zeros(int(first.sum()), dtype=np.uint32)  # per run: 32, or 9 with a tab, or 10 with a newline
+    np.maximum.at(kind, run, np.select([cp[sep] == 10, cp[sep] == 9], [2, 1], 0).astype(np.uint32))
+    out = cp.copy()
+    out[first] = np.array([32, 9, 10], dtype=np.uint32)[kind]
+    out = out[~sep | first]
+    lo, hi = int(len(out) > 0 and out[0] in (9, 10, 32)), len(out) - int(len(out) > 1 and out[-1] in (9, 10, 32))
+    return out[lo:hi].tobytes().decode("utf-32-le", "surrogatepass")
 
 
 def clean_document(text, params, res, nfc=False):
@@ -266,9 +269,26 @@ def words_of(text, res, lower=False, chinese=False):
         text = " ".join(CHINESE_PIECES.findall(DIGITS.sub("0", CONTROL_CHARS.sub("", text)).lower()))
     elif lower:
         text = text.lower()
-    s = res.special
-    words = (w if w[0] not in s and w[-1] not in s else strip_special(w, s) for w in WORD_SEPARATORS.split(text) if w)
-    return [w for w in words if w]
+    starts, ends = word_spans(text, res.is_special)
+    return [text[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+
+
+def count_words(text, res, chinese=False):
+    """len(words_of(text, res, chinese=chinese)), without making the words."""
+    if chinese:
+        return len(words_of(text, res, chinese=True))
+    return len(word_spans(text, res.is_special)[0])
+
+
+def word_spans(text, is_special):
+    """(starts, ends) of ROOTS' words: its split on " ", "\\n", "\\t" and strip of special characters from both
+    ends, as array operations: a word is the span from its first to its last non-special character (the
+    separators are special), and a word without one is dropped. (Tests check it equals the split/strip.)"""
+    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    kept = np.flatnonzero(~is_special[cp])  # the characters a strip keeps, when they are inside a word
+    word = ((cp == 32) | (cp == 10) | (cp == 9)).cumsum()[kept]  # which word each belongs to
+    new = np.flatnonzero(word[1:] != word[:-1]) + 1
+    return kept[np.concatenate(([0], new))[:len(kept)]], kept[np.concatenate((new - 1, [len(kept) - 1]))[:len(kept)]] + 1
 
 
 def augment_words(words, params):
@@ -315,7 +335,7 @@ def word_repetition_ratio(words, n):
     grams = Counter(zip(*(words[i:] for i in range(n))))
     if not grams:
         return 0.0
-    return sum(c for c in grams.values() if c > 1) / (len(words) - n + 1)
+    return sum(filter((1).__lt__, grams.values())) / (len(words) - n + 1)  # the counts over 1
 
 
 def special_characters_ratio(text, is_special):
@@ -328,7 +348,7 @@ def word_list_ratio(words, candidates, word_set):
     and flagged-words ratios)."""
     if not words:
         return 0.0
-    return min(1.0, sum(w in word_set for w in candidates) / len(words))
+    return min(1.0, sum(map(word_set.__contains__, candidates)) / len(words))
 
 
 FILTERS = ("words", "char_rep", "word_rep", "special", "closed_class", "flagged", "ppl")  # ROOTS' order
@@ -363,7 +383,7 @@ def quality_filters(text, lang, res, char_rep_k="code", short_circuit=True, perp
     chinese = p["tokenization"]  # zh: ROOTS took SentencePiece words
     lowered = functools.cache(lambda: words_of(text, res, lower=True, chinese=chinese))
     measure = {
-        "words": lambda: len(words_of(text, res, chinese=chinese)),
+        "words": lambda: count_words(text, res, chinese=chinese),
         "char_rep": lambda: char_repetition_ratio(text, p["character_repetition_length"], char_rep_k),
         "word_rep": lambda: word_repetition_ratio(lowered(), p["word_repetition_length"]),
         "special": lambda: special_characters_ratio(text, res.is_special),
@@ -418,18 +438,39 @@ class PerplexityScorer:
 # -----------------------------------------------------------------------------
 # deduplication: exact (ROOTS catalogue dedup_document) and MinHash LSH near-duplicates (datatrove's defaults)
 
-EXACT_IGNORED = re.compile(r"[\s\d!-/:-@\[-`{-~]+")  # whitespace, digits, ASCII punctuation
+EXACT_IGNORED = re.compile(r"[\s\d!-/:-@\[-`{-~]")  # whitespace, digits, ASCII punctuation
+
+
+@functools.cache
+def char_table(pattern):
+    """By code point: whether the one-character regex `pattern` matches it (Python's own \\s, \\d, ...)."""
+    every = "".join(map(chr, range(0x110000)))
+    table = np.zeros(0x110000, dtype=bool)
+    table[[m.start() for m in pattern.finditer(every)]] = True
+    return table
 
 
 def exact_dedup_key(text):
     """Signed 64-bit key of the text without whitespace, digits and ASCII punctuation: ROOTS hashed that string
     with MD5 (first copy wins); we keep MD5's first 8 bytes."""
-    digest = hashlib.md5(EXACT_IGNORED.sub("", text).encode("utf-8")).digest()
+    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    kept = cp[~char_table(EXACT_IGNORED)[cp]].tobytes().decode("utf-32-le", "surrogatepass")
+    digest = hashlib.md5(kept.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little", signed=True)
 
 
 SHINGLE = 5  # datatrove MinhashConfig n_grams
-WORD_RUNS = re.compile(r"\w+")
+WORD_CHAR = re.compile(r"\w")
+
+
+def shingle_words(text):
+    """datatrove's simplified words: lower case, digits -> 0, runs of word characters (Python's \\w), as array
+    operations on the code points (the same as re.findall(r"\\w+", DIGITS.sub("0", text.lower())))."""
+    cp = np.frombuffer(text.lower().encode("utf-32-le", "surrogatepass"), dtype=np.uint32).copy()
+    cp[char_table(DIGITS)[cp]] = ord("0")
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], char_table(WORD_CHAR)[cp], [False]))))
+    text = cp.tobytes().decode("utf-32-le", "surrogatepass")
+    return [text[a:b] for a, b in zip(edges[::2].tolist(), edges[1::2].tolist())]
 
 
 def mix64(x):
@@ -441,15 +482,24 @@ def mix64(x):
     return x ^ (x >> np.uint64(31))
 
 
+WORD_IDS, WORD_IDS_MAX = {}, 1 << 16  # word -> its 64-bit hash, cached: web text repeats its words (Zipf)
+
+
 def shingle_hashes(text, unspaced=False):
     """Distinct 32-bit hashes of the word 5-grams (character 5-grams for languages written without spaces),
     after datatrove's simplification: lower case, digits -> 0, punctuation and symbols separate words."""
-    words = WORD_RUNS.findall(DIGITS.sub("0", text.lower()))
+    words = shingle_words(text)
     if unspaced:
         units = np.frombuffer("".join(words).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     else:
-        ids = {w: int.from_bytes(hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest(), "little") for w in set(words)}
-        units = np.array([ids[w] for w in words], dtype=np.uint64)
+        ids = list(map(WORD_IDS.get, words))
+        if None in ids:
+            if len(WORD_IDS) > WORD_IDS_MAX:  # bounded, so memory stays flat however many distinct words go by
+                WORD_IDS.clear()
+            for w in set(words).difference(WORD_IDS):
+                WORD_IDS[w] = int.from_bytes(hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest(), "little")
+            ids = list(map(WORD_IDS.__getitem__, words))
+        units = np.array(ids, dtype=np.uint64)
     m = len(units) - SHINGLE + 1
     if m <= 0:
         return np.zeros(0, dtype=np.uint64)
@@ -472,11 +522,14 @@ def minhash_permutations(num_perm):
 def minhash_signature(hashes, num_perm):
     """(num_perm,) uint64 < 2^32: per hash function, the minimum over the document's shingle hashes."""
     a, b = minhash_permutations(num_perm)
-    signature = np.full(num_perm, 2**32, dtype=np.uint64)
-    for i in range(0, len(hashes), 4096):  # (4096, num_perm) at a time keeps memory flat for long documents
-        values = (hashes[i:i + 4096, None] * a + b) >> np.uint64(32)
-        signature = np.minimum(signature, values.min(axis=0))
-    return signature
+    if not len(hashes):
+        return np.full(num_perm, 2**32, dtype=np.uint64)
+    low = np.full(num_perm, 2**64 - 1, dtype=np.uint64)
+    for i in range(0, len(hashes), 4096):  # (num_perm, 4096) at a time keeps memory flat for long documents
+        values = np.multiply.outer(a, hashes[i:i + 4096])
+        values += b[:, None]
+        np.minimum(low, values.min(axis=1), out=low)
+    return low >> np.uint64(32)  # the shift keeps order: the minimum's top bits are the top bits' minimum
 
 
 def band_hashes(signature, bands, rows):
@@ -489,51 +542,25 @@ def band_hashes(signature, bands, rows):
 
 def find_duplicates(exact, near):
     """
-    Duplicates over the whole corpus. exact: (docs, keys) int64 arrays; near: (docs, bands) arrays, bands of
-    shape (len(docs), n_bands). Returns ({doc: (reason, kept doc)}, near-duplicate clusters as sorted lists).
-    The first copy wins: exact copies keep the lowest index; near-duplicate clusters are unions (union-find)
-    of documents that share a band, and keep their lowest index, which the union makes the root.
+    Duplicates over a corpus held in memory (one process): what dedup.decide_duplicates decides across ranks.
+    exact: (docs, keys) int64 arrays; near: (docs, bands) arrays, bands of shape (len(docs), n_bands). Returns
+    ({doc: (reason, kept doc)}, near-duplicate clusters as sorted lists, largest first). The first copy wins:
+    exact copies keep the lowest index; near-duplicate clusters are unions (union-find) of documents that share
+    a band, among those exact dedup kept, and keep their lowest index.
     """
-    drop = {}
-    docs, keys = exact
-    order = np.lexsort((docs, keys))
-    docs, keys = docs[order], keys[order]
-    new_key = np.ones(len(keys), dtype=bool)
-    new_key[1:] = keys[1:] != keys[:-1]
-    first = docs[np.flatnonzero(new_key)][np.cumsum(new_key) - 1]  # the first copy of each document's key
-    for doc, original in zip(docs[~new_key].tolist(), first[~new_key].tolist()):
-        drop[doc] = ("exact_dup", original)
-
-    parent = {}
-
-    def find(x):
-        root = x
-        while parent.get(root, root) != root:
-            root = parent[root]
-        while x != root:  # path compression
-            parent[x], x = root, parent[x]
-        return root
-
+    records = np.zeros(len(exact[0]), dtype=RECORD)
+    records["band"], records["key"], records["doc"] = EXACT, exact[1], exact[0]
+    first, docs = collisions([sort_records(records)])
+    drop = {doc: ("exact_dup", kept) for doc, kept in zip(docs.tolist(), first.tolist())}
     near_docs, bands = near
-    alive = np.array([d not in drop for d in near_docs.tolist()], dtype=bool)
-    near_docs, bands = near_docs[alive], bands[alive]
-    for band in bands.T:
-        order = np.lexsort((near_docs, band))
-        d, h = near_docs[order], band[order]
-        same = np.flatnonzero(h[1:] == h[:-1]) + 1  # positions whose band equals the previous document's
-        for a, b in zip(d[same - 1].tolist(), d[same].tolist()):
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    clusters = defaultdict(list)
-    for doc in sorted(parent):
-        clusters[find(doc)].append(doc)
-    for root, members in clusters.items():
-        for doc in members:
-            if doc != root:
-                drop[doc] = ("near_dup", root)
-    return drop, sorted(([root] + [m for m in members if m != root] for root, members in clusters.items()),
-                        key=lambda c: (-len(c), c[0]))
+    alive = ~np.isin(near_docs, docs)
+    records = np.zeros(bands[alive].size, dtype=RECORD)
+    records["band"] = np.tile(np.arange(bands.shape[1]), int(alive.sum()))
+    records["key"], records["doc"] = bands[alive].reshape(-1), np.repeat(near_docs[alive], bands.shape[1])
+    first, docs = collisions([sort_records(records)])
+    nodes, roots = components(first, docs)
+    drop |= {doc: ("near_dup", root) for doc, root in zip(nodes.tolist(), roots.tolist()) if doc != root}
+    return drop, largest_clusters(nodes, roots)
 
 
 # -----------------------------------------------------------------------------
@@ -621,6 +648,7 @@ class Tally:
         self.langs, self.pii = Counter(), Counter()
         self.hist = {}                                        # (filter, lang) -> counts over HIST_EDGES[filter]
         self.examples = defaultdict(list)                     # reason -> [{doc, lang, values, text}]
+        self.cluster_text = {}                                # doc -> the start of a shown cluster's kept text
         self.peak_rss_mb = {}                                 # rank -> peak resident memory
 
     def lap(self, stage, since, nbytes=0):
@@ -641,12 +669,12 @@ class Tally:
             counts = self.hist.setdefault((name, lang), np.zeros(len(edges) - 1, dtype=np.int64))
             counts[min(max(np.searchsorted(edges, value, side="right") - 1, 0), len(counts) - 1)] += 1
 
-    def count_staged(self, record, drop):
-        """Rank 0's pass over a staged survivor of pass 1: a duplicate is removed now; a kept document is
-        counted with its language, its PII spans and the bytes redaction changed. True if kept."""
+    def count_staged(self, record, duplicate=None):
+        """Pass 2's look at a staged survivor of pass 1: a duplicate ((reason, kept doc) or None) is removed now;
+        a kept document is counted with its language, its PII spans and the bytes redaction changed. True if kept."""
         doc, size = record["i"], len(record["text"].encode("utf-8"))
-        if doc in drop:
-            reason, original = drop[doc]
+        if duplicate:
+            reason, original = duplicate
             self.remove(reason, doc, record["lang"], record["bytes"], {"duplicate_of": original}, record["text"])
             return False
         self.docs["kept"] += 1
@@ -658,6 +686,21 @@ class Tally:
             self.docs["pii_docs"] += 1
         return True
 
+    def count_document(self, doc, size, text, result, filters, removed):
+        """Pass 1's tally of one document (curate_document's result); a removal also goes to `removed` as a line."""
+        self.seconds.update(result["seconds"])
+        self.work.update(result["bytes_in"])
+        if result["removed"] != "empty":
+            self.langs[result["lang"]] += 1
+        if "clean" in result["seconds"]:
+            self.bytes["changed:clean"] += result["size"] - size
+        if result["removed"] in FILTERS or (result["removed"] is None and filters):
+            self.observe(result["lang"], result["values"])
+        if result["removed"]:
+            self.remove(result["removed"], doc, result["lang"], result["size"], result["values"], result.get("text", text))
+            removed.write(json.dumps({"doc": doc, "reason": result["removed"], "lang": result["lang"],
+                                      "values": result["values"]}) + "\n")
+
     def add(self, other):
         for mine, theirs in ((self.docs, other.docs), (self.bytes, other.bytes), (self.seconds, other.seconds),
                              (self.work, other.work), (self.langs, other.langs), (self.pii, other.pii)):
@@ -666,6 +709,7 @@ class Tally:
             self.hist[key] = self.hist.get(key, 0) + counts
         for reason, examples in other.examples.items():
             self.examples[reason] = sorted(self.examples[reason] + examples, key=lambda e: e["doc"])[:3]
+        self.cluster_text.update(other.cluster_text)
         self.peak_rss_mb.update(other.peak_rss_mb)
         return self
 
@@ -740,64 +784,47 @@ def curate_document(text, run):
     return out
 
 
-def curate_shard(documents, rank, world, cfg, stage_path, removed_path):
+def curate_shard(documents, rank, world, cfg, scratch):
     """
-    Pass 1 over this rank's documents (index % world == rank): curate_document on each. Survivors are
-    staged to `stage_path` as {"i", "lang", "text", "bytes", "pii"} lines in index order (bytes: the size
-    before PII redaction), every removal goes to `removed_path`. Returns (tally, dedup index); the index
-    holds hashes, never text.
+    Pass 1 over this rank's share of the corpus. The documents are cut, in input order, into shards of
+    cfg.shard_mb MB of input each; every rank cuts the same way, so shards do not depend on the number of ranks,
+    and shard k is rank k % world's. curate_document on each of this rank's documents: survivors are staged to
+    scratch/staged-<rank>.jsonl as {"i", "lang", "text", "bytes", "pii"} lines in index order (bytes: the size
+    before PII redaction), removals go to removed-<rank>.jsonl, dedup keys to {exact,near}-<rank>.bin.
+    Returns a namespace: tally, starts (each shard's first document), staged (the staged documents), the paths.
     """
-    run = curation_settings(cfg)
-    tally = Tally()
-    exact = {"doc": array.array("q"), "key": array.array("q")}
-    near = {"doc": array.array("q"), "bands": array.array("q")}
-    with open(stage_path, "w", encoding="utf-8") as staged, open(removed_path, "w", encoding="utf-8") as removed:
+    run, tally = curation_settings(cfg), Tally()
+    out = SimpleNamespace(tally=tally, starts=[], staged=array.array("q"), **{
+        f"{name}_path": os.path.join(scratch, f"{name}-{rank}.{ext}")
+        for name, ext in (("staged", "jsonl"), ("removed", "jsonl"), ("exact", "bin"), ("near", "bin"))})
+    exact = KeyWriter(out.exact_path) if cfg.dedup else None
+    near = KeyWriter(out.near_path) if cfg.near_dedup else None
+    shard_bytes, filled = cfg.shard_mb * 1e6, math.inf
+    with open(out.staged_path, "w", encoding="utf-8") as staged, open(out.removed_path, "w", encoding="utf-8") as removed:
         clock = time.perf_counter()
         for doc, text in enumerate(tqdm(documents, unit=" docs", desc="curating", mininterval=2, disable=rank or None)):
-            if doc % world != rank:  # reading the other ranks' documents is this rank's cost too
+            size = len(text.encode("utf-8"))
+            if filled >= shard_bytes:  # this document starts a new shard
+                out.starts.append(doc)
+                filled = 0
+            filled += size
+            if (len(out.starts) - 1) % world != rank:  # reading the other ranks' documents is this rank's cost too
                 clock = tally.lap("read", clock)
                 continue
-            size = len(text.encode("utf-8"))
             tally.docs["read"] += 1
             tally.bytes["read"] += size
             tally.lap("read", clock, size)
-            out = curate_document(text, run)
-            tally.seconds.update(out["seconds"])
-            tally.work.update(out["bytes_in"])
-            if out["removed"] != "empty":
-                tally.langs[out["lang"]] += 1
-            if "clean" in out["seconds"]:
-                tally.bytes["changed:clean"] += out["size"] - size
-            if out["removed"] in FILTERS or (out["removed"] is None and cfg.filters):
-                tally.observe(out["lang"], out["values"])
-            if out["removed"]:
-                tally.remove(out["removed"], doc, out["lang"], out["size"], out["values"], out.get("text", text))
-                removed.write(json.dumps({"doc": doc, "reason": out["removed"], "lang": out["lang"],
-                                          "values": out["values"]}) + "\n")
-            else:
-                if out["exact_key"] is not None:
-                    exact["doc"].append(doc)
-                    exact["key"].append(out["exact_key"])
-                if out["bands"] is not None:
-                    near["doc"].append(doc)
-                    near["bands"].extend(out["bands"])
-                staged.write(json.dumps({"i": doc, "lang": out["lang"], "text": out["text"], "bytes": out["size"],
-                                         "pii": out["pii"]}, ensure_ascii=False) + "\n")
+            result = curate_document(text, run)
+            tally.count_document(doc, size, text, result, cfg.filters, removed)
+            if not result["removed"]:
+                if exact and result["exact_key"] is not None:
+                    exact.add(doc, result["exact_key"])
+                if near and result["bands"] is not None:
+                    near.add_bands(doc, result["bands"])
+                out.staged.append(doc)
+                staged.write(json.dumps({"i": doc, "lang": result["lang"], "text": result["text"], "bytes": result["size"],
+                                         "pii": result["pii"]}, ensure_ascii=False) + "\n")
             clock = time.perf_counter()
+    out.exact_path, out.near_path = exact and exact.close(), near and near.close()
     tally.peak_rss_mb[rank] = peak_rss_mb()
-    index = {"exact": (np.array(exact["doc"], dtype=np.int64), np.array(exact["key"], dtype=np.int64)),
-             "near": (np.array(near["doc"], dtype=np.int64),
-                      np.array(near["bands"], dtype=np.int64).reshape(-1, cfg.minhash_bands))}
-    return tally, index
-
-
-def decide_duplicates(shards):
-    """Every rank's (tally, index) from curate_shard -> (their summed tally, {doc: (reason, kept doc)}, near-
-    duplicate clusters): the decisions for the whole corpus, taken from hashes alone."""
-    tally = functools.reduce(Tally.add, (t for t, _ in shards), Tally())
-    clock = time.perf_counter()
-    exact = tuple(np.concatenate(parts) for parts in zip(*(index["exact"] for _, index in shards)))
-    near = tuple(np.concatenate(parts) for parts in zip(*(index["near"] for _, index in shards)))
-    drop, clusters = find_duplicates(exact, near)
-    tally.lap("dedup_decision", clock, 0)
-    return tally, drop, clusters
+    return out

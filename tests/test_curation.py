@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 
+import bench
 import curate as C
 import prepare as P
-from dataset import DataError
+from dataset import DataError, read_bin
 from conftest import ROOT, assert_real_png, needs_shared_data
 from model import GPT, GPTConfig
-from tokenizer import EOT, CharTokenizer
+from tokenizer import EOT, CharTokenizer, load_tokenizer
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "curation_docs.jsonl")
 CRAWL = os.path.join("web_crawl_sample", "CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz")
@@ -269,7 +270,7 @@ def test_pipeline_removes_each_reason_redacts_pii_and_writes_a_readable_report(e
     assert "PI:IP_ADDRESS" in kept[2]["text"] and "PI:USER" in kept[2]["text"]
     # the bins hold exactly the kept documents, each ended by <|endoftext|>
     tok = CharTokenizer(json.load(open(out / "tokenizer.json"))["chars"])
-    ids = np.concatenate([np.fromfile(out / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
+    ids = np.concatenate([read_bin(str(out), s, meta)[:] for s in ("train", "val")])
     texts = tok.decode(ids).split(EOT)[:-1]
     assert sorted(texts) == sorted(k["text"] for k in kept) and meta["train_docs"] + meta["val_docs"] == 4
 
@@ -365,17 +366,49 @@ def test_perplexity_filter_records_values_and_removes_above_ppl_max(tmp_path, ti
 
 # --- ranks ------------------------------------------------------------------------------------------------------
 
-def test_two_ranks_write_what_one_rank_writes(tmp_path):
-    args = [f"--input={FIXTURE}", "--lang=auto", f"--data_root={tmp_path}", "--keep_text=True"]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "prepare.py", "--name=one", *args], cwd=ROOT, check=True, capture_output=True, env=env)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "prepare.py",
-                    "--name=two", *args], cwd=ROOT, check=True, capture_output=True, env=env, timeout=240)
-    for file in ("train.bin", "val.bin", "meta.json", "tokenizer.json", "removed.jsonl.gz", "clean.jsonl.gz"):
-        assert (tmp_path / "one" / file).read_bytes() == (tmp_path / "two" / file).read_bytes(), file
-    one, two = (json.load(open(tmp_path / n / "report.json")) for n in ("one", "two"))
-    assert two["ranks"] == 2 and one["stages"] == two["stages"] and one["removed"] == two["removed"]
-    assert not [f for f in os.listdir(tmp_path / "two") if f.startswith(".")]  # staged files are cleaned up
+def shard_of_each_document(corpus, shard_mb):
+    """The shard each document of a .jsonl lands in: a new shard starts once shard_mb MB of input are in one."""
+    shards, filled = [], math.inf
+    with open(corpus, encoding="utf-8") as f:
+        for line in f:
+            if filled >= shard_mb * 1e6:
+                shards.append(len(shards) and shards[-1] + 1)
+                filled = 0
+            else:
+                shards.append(shards[-1])
+            filled += len(json.loads(line)["text"].encode("utf-8"))
+    return shards
+
+
+@needs_shared_data
+def test_four_ranks_write_what_one_rank_writes(tmp_path):
+    corpus = tmp_path / "crawl.jsonl"
+    planted = bench.crawl_like_corpus(str(corpus), 0.4, dup_rate=0.3)
+    # shards of 50 kB: 7 of them, 1-2 per rank; a tiny dedup memory makes every rank spill sorted runs and merge them
+    settings = dict(input=str(corpus), keep_text=True, tokenizer="bpe", vocab_size=300, shard_mb=0.05, dedup_memory_mb=0.001)
+    one, _ = run(tmp_path, name="one", **settings)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "prepare.py",
+                    "--name=four", f"--data_root={tmp_path / 'data'}", *(f"--{k}={v}" for k, v in settings.items())],
+                   cwd=ROOT, check=True, capture_output=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    out = tmp_path / "data"
+    four = json.load(open(out / "four" / "meta.json"))
+    assert len(one["shards"]["train"]) >= 6 and one.pop("run_id") != four.pop("run_id") and one == four
+    for name in os.listdir(out / "one"):  # shards, tokenizer, kept text, removals: byte for byte
+        if name not in ("meta.json", "report.json", "report.md", "plots"):
+            assert (out / "one" / name).read_bytes() == (out / "four" / name).read_bytes(), name
+    report = json.load(open(out / "four" / "report.json"))
+    assert report["ranks"] == 4 and report["removed"] == json.load(open(out / "one" / "report.json"))["removed"]
+    assert sorted(os.listdir(out / "four")) == sorted(os.listdir(out / "one"))  # no working files left
+    # the planted copies are caught, also where the copy and its original belong to different ranks
+    removed = {r["doc"]: r for r in read_jsonl_gz(out / "four" / "removed.jsonl.gz")}
+    shard = shard_of_each_document(corpus, 0.05)
+    judged = [(copy, original) for copy, original, _ in planted if original not in removed]
+    assert all(removed[copy]["reason"] in ("exact_dup", "near_dup") for copy, _ in judged)
+    assert sum(shard[copy] % 4 != shard[original] % 4 for copy, original in judged) >= 5
+    # the shards, read as one stream, hold each kept document once
+    tok = load_tokenizer(str(out / "four"))
+    texts = tok.decode(np.concatenate([read_bin(str(out / "four"), s, four)[:] for s in ("train", "val")])).split(EOT)[:-1]
+    assert sorted(texts) == sorted(k["text"] for k in read_jsonl_gz(out / "four" / "clean.jsonl.gz"))
 
 
 # --- real data (../shared/data) ------------------------------------------------------------------------------------

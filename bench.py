@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -316,18 +315,16 @@ def crawl_like_corpus(path, mb, seed=0, dup_rate=0.03, reach=3000, source=CRAWL_
 
 
 def curate_with_ranks(input_path, root, ranks, **overrides):
-    """prepare.py on `input_path` with `ranks` processes (torchrun beyond one), as a user runs it. Returns (its
-    report, CPU seconds of all its processes)."""
+    """prepare.py on `input_path` with `ranks` processes (torchrun beyond one), as a user runs it; returns its
+    report."""
     args = [os.path.join(HERE, "prepare.py"), f"--input={input_path}", "--name=scale", f"--data_root={root}",
             *(f"--{k}={v}" for k, v in overrides.items())]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else [sys.executable]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = subprocess.run(launcher + args, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
     if run.returncode:
         raise DataError(f"prepare.py with {ranks} ranks failed: {run.stderr[-2000:]}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(os.path.join(root, "scale", "report.json"), encoding="utf-8") as f:
-        return json.load(f), after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        return json.load(f)
 
 
 def planted_caught(data_dir, planted):
@@ -339,9 +336,10 @@ def planted_caught(data_dir, planted):
 
 
 def bench_data_scale(cfg, system):
-    """Per corpus size and number of ranks: the pipeline's MB/s (per process: input MB / the run's seconds /
-    ranks; the interpreter's start is left out), input MB per CPU second, peak memory of the largest rank, and
-    the planted duplicates it caught. The load average before each run says how busy the machine was."""
+    """Per corpus size and number of ranks: the pipeline's MB/s per process (input MB / the run's seconds /
+    ranks; the interpreter's start is left out), input MB per CPU second of the ranks (what a process does when
+    it has a core to itself, however busy the machine), peak memory of the largest rank, and the planted
+    duplicates it caught. The load average before each run says how busy the machine was."""
     if not os.path.exists(CRAWL_SAMPLE):
         raise DataError(f"the data_scale section builds its corpus from {CRAWL_SAMPLE}, which is absent")
     rows = []
@@ -352,11 +350,11 @@ def bench_data_scale(cfg, system):
             size = os.path.getsize(corpus) / 1e6
             for ranks in map(int, str(cfg.data_ranks).split(",")):
                 load = os.getloadavg()[0]
-                report, cpu = curate_with_ranks(corpus, tmp, ranks, lang="auto", tokenizer="gpt2", shard_mb=cfg.data_shard_mb)
+                report = curate_with_ranks(corpus, tmp, ranks, lang="auto", tokenizer="gpt2", shard_mb=cfg.data_shard_mb)
                 caught, judged = planted_caught(os.path.join(tmp, "scale"), planted)
                 name = f"curate {mb:g} MB crawl-like, {ranks} rank{'s' * (ranks > 1)} (load {load:.1f})"
                 rows += [dict(benchmark=name, metric="MB/s/proc", value=size / report["seconds"] / ranks),
-                         dict(benchmark=name, metric="MB/CPU s", value=size / cpu),
+                         dict(benchmark=name, metric="MB/CPU s", value=size / sum(report["cpu_seconds"].values())),
                          dict(benchmark=name, metric="s", value=report["seconds"]),
                          dict(benchmark=name, metric="peak MB", value=max(report["peak_rss_mb"].values())),
                          dict(benchmark=name, metric="dups %", value=100 * caught / max(judged, 1))]

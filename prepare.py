@@ -604,12 +604,13 @@ def gzip_member(path):
             yield text
 
 
-def write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id, rank, world, batch_docs=256):
+def write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id, rank, world, cpu_start, batch_docs=256):
     """
     Pass 2 on every rank, shard by shard: the staged survivors of pass 1 less the duplicates are tallied
     (Tally.count_staged) and tokenized into train-NNNNN.bin / val-NNNNN.bin under temporary names, and every
     removal of the shard goes to its part of removed.jsonl.gz (the kept text to clean.jsonl.gz with keep_text).
-    `shown`: documents whose text opens a cluster in the report. Returns {shard: {split: meta.json entry}}.
+    `shown`: documents whose text opens a cluster in the report. Returns {shard: {split: meta.json entry}}; the
+    tally gets this rank's peak memory and its CPU seconds since `cpu_start`.
     """
     tally, written = shard.tally, {}
     clock = time.perf_counter()
@@ -649,6 +650,7 @@ def write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id,
             written[k] = writer.close() if writer else {}
             clock = tally.lap("tokenize", clock, size)
     tally.peak_rss_mb[rank] = peak_rss_mb()
+    tally.cpu_seconds[rank] = round(time.process_time() - cpu_start, 2)
     return written
 
 
@@ -783,7 +785,7 @@ def curate_and_write(cfg, sources, data_dir, started):
     2 on every rank writing its shards, then rank 0 commits them (see the section's comment). Returns the
     meta.json dict on rank 0, None elsewhere."""
     rank, world = init_distributed()
-    run_id, committed = broadcast(uuid.uuid4().hex[:12]), False
+    run_id, committed, cpu_start = broadcast(uuid.uuid4().hex[:12]), False, time.process_time()
     scratch = os.path.join(data_dir, ".scratch")  # every rank's working files, on the shared output folder
     os.makedirs(scratch, exist_ok=True)
     try:
@@ -803,7 +805,7 @@ def curate_and_write(cfg, sources, data_dir, started):
                 kept = lambda: ((r["i"], r["text"]) for r, dup in staged_records(shard.staged_path, drops) if not dup)  # noqa: E731
                 tok = fit_tokenizer_on_ranks(cfg, kept, plan, rank)
                 shard.tally.lap("tokenize", clock)
-            written = write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id, rank, world)
+            written = write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id, rank, world, cpu_start)
         remove_working_files(scratch, rank)  # before the gather: afterwards only rank 0 touches the folder
         everyone = gather((shard.tally, written, stats))  # tallies and shard lists: no text
         committed = rank != 0

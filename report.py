@@ -63,7 +63,7 @@ def build_report(cfg, out_dir, source, world, tally, clusters, cluster_text, cou
                        "largest_clusters": [{"size": len(c), "kept": c[0], "removed": c[1:11], "text": cluster_text.get(c[0], "")}
                                             for c in clusters[1][:5]]},
         "pii": {"spans": dict(tally.pii), "docs": tally.docs["pii_docs"]},
-        "peak_rss_mb": tally.peak_rss_mb,
+        "peak_rss_mb": tally.peak_rss_mb, "cpu_seconds": tally.cpu_seconds,
         "input_stats": dict(stats), "output": counts,
     }
 

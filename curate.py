@@ -461,7 +461,7 @@ EXACT_IGNORED = re.compile(r"[\s\d!-/:-@\[-`{-~]")  # whitespace, digits, ASCII 
 @functools.cache
 def char_table(pattern):
     """By code point: whether the one-character regex `pattern` matches it (Python's own \\s, \\d, ...)."""
-    every = "".join(map(chr, range(0x110000)))
+    every = np.arange(0x110000, dtype=np.uint32).tobytes().decode("utf-32-le", "surrogatepass")  # no per-char objects
     table = np.zeros(0x110000, dtype=bool)
     table[[m.start() for m in pattern.finditer(every)]] = True
     return table

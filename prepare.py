@@ -81,7 +81,7 @@ DEFAULTS = dict(
     tokenizer_train_bytes=20_000_000,  # bpe: train on a sample of this many bytes of the train split (0 = all of it)
     val_fraction=0.1,       # share of documents (or of the one document's tokens) kept for validation
     seed=1337,              # seeds the train/val split
-    max_tokens=0,           # stop after writing this many tokens (0 = no cap)
+    max_tokens=0,           # stop after writing this many tokens (0 = no cap; curated runs keep whole shards)
     keep_downloads=True,    # False: delete each downloaded shard once it is read (big corpora)
     # curation, ROOTS-style (see the README's "Data curation"); every stage is on unless switched off
     curate=True,            # False: read and tokenize only (the bundled recipes)
@@ -766,7 +766,9 @@ def write_uncurated(cfg, sources, data_dir):
 
     tok = fit_tokenizer(cfg, lambda: documents(Counter(), True))
     counts = write_dataset(documents(stats, cfg.keep_downloads), tok, data_dir, cfg.val_fraction, cfg.seed, cfg.max_tokens)
-    return write_meta(data_dir, tok, counts, ",".join(sources), stats)
+    meta = write_meta(data_dir, tok, counts, ",".join(sources), stats)
+    remove_stale_bins(data_dir, meta)  # the shards of an earlier curated run
+    return meta
 
 
 @contextlib.contextmanager
@@ -785,7 +787,7 @@ def curate_and_write(cfg, sources, data_dir, started):
     2 on every rank writing its shards, then rank 0 commits them (see the section's comment). Returns the
     meta.json dict on rank 0, None elsewhere."""
     rank, world = init_distributed()
-    run_id, committed, cpu_start = broadcast(uuid.uuid4().hex[:12]), False, time.process_time()
+    run_id, gathered, committed, cpu_start = broadcast(uuid.uuid4().hex[:12]), False, False, time.process_time()
     scratch = os.path.join(data_dir, ".scratch")  # every rank's working files, on the shared output folder
     os.makedirs(scratch, exist_ok=True)
     try:
@@ -808,20 +810,21 @@ def curate_and_write(cfg, sources, data_dir, started):
             written = write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id, rank, world, cpu_start)
         remove_working_files(scratch, rank)  # before the gather: afterwards only rank 0 touches the folder
         everyone = gather((shard.tally, written, stats))  # tallies and shard lists: no text
-        committed = rank != 0
+        gathered, committed = True, rank != 0  # every rank is done with the working folder
         if rank != 0:
             return None
         meta = commit_corpus(cfg, data_dir, scratch, ",".join(sources), world, everyone, clusters, tok, run_id, started)
         committed = True
         return meta
     finally:
-        remove_working_files(scratch, rank)
+        if not gathered:  # after the gather rank 0 removes the whole folder
+            remove_working_files(scratch, rank)
         if not committed:  # a failed run leaves no temporary shards behind
             for name in os.listdir(data_dir):
                 if name.endswith(f".tmp{run_id}"):
                     with contextlib.suppress(FileNotFoundError):  # another failing rank removed it first
                         os.remove(os.path.join(data_dir, name))
-        if rank == 0 and committed:
+        if rank == 0 and gathered:
             shutil.rmtree(scratch)
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -318,6 +318,15 @@ def test_every_stage_can_be_switched_off(tmp_path):
     assert meta["train_docs"] + meta["val_docs"] == 12 and not (out / "report.md").exists()
 
 
+def test_max_tokens_keeps_whole_shards_up_to_the_one_that_reaches_it(tmp_path):
+    whole, out = run(tmp_path, input=FIXTURE, lang="en", shard_mb=0.0005, name="whole")  # ~1 document a shard
+    shards = sorted((e["file"][-9:-4], e["file"], e["tokens"]) for split in ("train", "val") for e in whole["shards"][split])
+    assert len({k for k, _, _ in shards}) == 3  # three shards kept something: 00000, 00003 (train), 00004 (val)
+    capped, _ = run(tmp_path, input=FIXTURE, lang="en", shard_mb=0.0005, name="capped", max_tokens=shards[0][2] + 1)
+    assert [e["file"] for split in ("train", "val") for e in capped["shards"][split]] == [f for _, f, _ in shards[:2]]
+    assert not [f for f in os.listdir(tmp_path / "data" / "capped") if ".tmp" in f or f.startswith("val")]
+
+
 def test_bad_curation_settings_are_one_line_errors(tmp_path):
     for overrides, message in ((dict(char_rep_k="exact"), "char_rep_k"), (dict(lang="xx"), "cannot be identified"),
                                (dict(ppl_max=100.0), "needs --ppl_model"), (dict(minhash_rows=0), "minhash")):

@@ -803,47 +803,55 @@ def curate_document(text, run):
     return out
 
 
-def curate_shard(documents, rank, world, cfg, scratch):
+DOC_BASE = 10**12  # a document's index: its source's place in the input * 10**12 + its place in that source
+
+
+def curate_shard(sources, rank, world, by_source, cfg, scratch):
     """
-    Pass 1 over this rank's share of the corpus. The documents are cut, in input order, into shards of
-    cfg.shard_mb MB of input each; every rank cuts the same way, so shards do not depend on the number of ranks,
-    and shard k is rank k % world's. curate_document on each of this rank's documents: survivors are staged to
-    scratch/staged-<rank>.jsonl as {"i", "lang", "text", "bytes", "pii"} lines in index order (bytes: the size
-    before PII redaction), removals go to removed-<rank>.jsonl, dedup keys to {exact,near}-<rank>.bin.
-    Returns a namespace: tally, starts (each shard's first document), staged (the staged documents), the paths.
+    Pass 1 over this rank's share of the corpus. `sources`: (source number, its documents, or None where this
+    rank does not read it). Each source is cut, in order, into shards of cfg.shard_mb MB of input; every rank
+    cuts the same way, so shards do not depend on the number of ranks. Shard k of source u is rank u % world's
+    when ranks read whole sources (`by_source`), else rank (u + k) % world's. curate_document on each of this
+    rank's documents: survivors are staged to scratch/staged-<rank>.jsonl as {"i", "lang", "text", "bytes",
+    "pii"} lines in index order (bytes: the size before PII redaction), removals go to removed-<rank>.jsonl,
+    dedup keys to {exact,near}-<rank>.bin. Returns a namespace: tally, shards ([source, k, first document,
+    owner] of every shard this rank saw), staged (the staged documents), the paths.
     """
     run, tally = curation_settings(cfg), Tally()
-    out = SimpleNamespace(tally=tally, starts=[], staged=array.array("q"), **{
+    out = SimpleNamespace(tally=tally, shards=[], staged=array.array("q"), **{
         f"{name}_path": os.path.join(scratch, f"{name}-{rank}.{ext}")
         for name, ext in (("staged", "jsonl"), ("removed", "jsonl"), ("exact", "bin"), ("near", "bin"))})
     exact = KeyWriter(out.exact_path) if cfg.dedup else None
     near = KeyWriter(out.near_path) if cfg.near_dedup else None
-    shard_bytes, filled = cfg.shard_mb * 1e6, math.inf
     with open(out.staged_path, "w", encoding="utf-8") as staged, open(out.removed_path, "w", encoding="utf-8") as removed:
-        clock = time.perf_counter()
-        for doc, text in enumerate(tqdm(documents, unit=" docs", desc="curating", mininterval=2, disable=rank or None)):
-            size = len(text.encode("utf-8"))
-            if filled >= shard_bytes:  # this document starts a new shard
-                out.starts.append(doc)
-                filled = 0
-            filled += size
-            if (len(out.starts) - 1) % world != rank:  # reading the other ranks' documents is this rank's cost too
-                clock = tally.lap("read", clock)
-                continue
-            tally.docs["read"] += 1
-            tally.bytes["read"] += size
-            tally.lap("read", clock, size)
-            result = curate_document(text, run)
-            tally.count_document(doc, size, text, result, cfg.filters, removed)
-            if not result["removed"]:
-                if exact and result["exact_key"] is not None:
-                    exact.add(doc, result["exact_key"])
-                if near and result["bands"] is not None:
-                    near.add_bands(doc, result["bands"])
-                out.staged.append(doc)
-                staged.write(json.dumps({"i": doc, "lang": result["lang"], "text": result["text"], "bytes": result["size"],
-                                         "pii": result["pii"]}, ensure_ascii=False) + "\n")
-            clock = time.perf_counter()
+        for u, documents in sources:
+            filled, clock, bar = math.inf, time.perf_counter(), tqdm(unit=" docs", desc="curating", mininterval=2, disable=rank or None)
+            for doc, text in enumerate(documents or (), start=u * DOC_BASE):
+                bar.update()
+                size = len(text.encode("utf-8"))
+                if filled >= cfg.shard_mb * 1e6:  # this document starts a new shard
+                    k = out.shards[-1][1] + 1 if out.shards and out.shards[-1][0] == u else 0
+                    out.shards.append([u, k, doc, u % world if by_source else (u + k) % world])
+                    filled = 0
+                filled += size
+                if out.shards[-1][3] != rank:  # reading the other ranks' documents is this rank's cost too
+                    clock = tally.lap("read", clock)
+                    continue
+                tally.docs["read"] += 1
+                tally.bytes["read"] += size
+                tally.lap("read", clock, size)
+                result = curate_document(text, run)
+                tally.count_document(doc, size, text, result, cfg.filters, removed)
+                if not result["removed"]:
+                    if exact and result["exact_key"] is not None:
+                        exact.add(doc, result["exact_key"])
+                    if near and result["bands"] is not None:
+                        near.add_bands(doc, result["bands"])
+                    out.staged.append(doc)
+                    staged.write(json.dumps({"i": doc, "lang": result["lang"], "text": result["text"], "bytes": result["size"],
+                                             "pii": result["pii"]}, ensure_ascii=False) + "\n")
+                clock = time.perf_counter()
+            bar.close()
     out.exact_path, out.near_path = exact and exact.close(), near and near.close()
     tally.peak_rss_mb[rank] = peak_rss_mb()
     return out

@@ -222,7 +222,8 @@ def token_dtype(vocab_size):
 
 
 def shard_name(split, index):
-    return f"{split}-{index:05d}.bin"
+    """train-00042.bin for shard 42; a label (str) names a shard that is renumbered when committed."""
+    return f"{split}-{index:05d}.bin" if isinstance(index, int) else f"{split}-{index}.bin"
 
 
 class BinWriter:
@@ -301,10 +302,12 @@ class BinWriter:
 
 
 def commit_shards(data_dir, shards, run_id):
-    """Rename every rank's closed shards ({split: [entry]}) from their temporary names into place."""
+    """Rename every rank's closed shards ({split: [entry]}) from their temporary names into place: to
+    entry["file"], from the name it was written under (entry["written"], when it is renumbered)."""
     for entries in shards.values():
         for entry in entries:
-            os.replace(os.path.join(data_dir, f"{entry['file']}.tmp{run_id}"), os.path.join(data_dir, entry["file"]))
+            written = entry.pop("written", entry["file"])
+            os.replace(os.path.join(data_dir, f"{written}.tmp{run_id}"), os.path.join(data_dir, entry["file"]))
 
 
 BIN_NAME = re.compile(r"(train|val)(-\d{5})?\.bin")

@@ -19,14 +19,16 @@ from the train split only, so the validation loss is measured on text it has nev
 Curation follows ROOTS (curate.py), every stage on unless switched off:
     read -> lang (script + closed-class words) -> clean -> quality filters -> exact dedup -> MinHash
     near-dedup -> PII redaction -> tokenize + write -> report.md / report.json / removed.jsonl.gz
-The input is cut, in order, into shards of shard_mb MB; under torchrun shard k is rank k % world's. Pass 1:
-every rank streams its shards through the per-document stages, stages the survivors in data/<name>/.scratch/
-and writes their dedup keys to disk. The duplicates are decided from the keys alone, partitioned by key over
+Each input source is cut, in order, into shards of shard_mb MB. Under torchrun, given at least as many local
+files as ranks (--input=a.jsonl.gz,b.jsonl.gz,...), each rank reads only its own files; otherwise every rank
+reads the whole input and takes every world-th shard. Pass 1: every rank streams its shards through the
+per-document stages, stages the survivors in data/<name>/.scratch/ and writes their dedup keys to disk. The duplicates are decided from the keys alone, partitioned by key over
 the ranks (dedup.py): no text crosses ranks, and no rank holds more than its share. The tokenizer is fitted
 once (a BPE on rank 0, from a sample drawn across ranks). Pass 2: every rank tokenizes and writes its own shards
 (train-00000.bin, val-00000.bin, ...); rank 0 renames them into place and writes meta.json last, listing them.
 The shards depend on the input alone, so N ranks write byte-for-byte what one writes. A curated document's
-split (train or val) is decided by its index in the input. Memory stays flat: no stage holds the corpus.
+index is its source's place in --input * 10**12 + its place in the source; its split (train or val) is
+decided by that index. Memory stays flat: no stage holds the corpus.
 Outputs are written to temporary names and renamed at the end, so an interrupted run leaves the previous
 outputs intact. Without curation (--curate=False), one process writes train.bin and val.bin in one stream.
 """
@@ -41,7 +43,6 @@ import heapq
 import io
 import itertools
 import json
-import math
 import os
 import re
 import shutil
@@ -56,11 +57,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from configurator import configure, script_main
-from curate import SNIPPET, Tally, curate_shard, peak_rss_mb, wanted_languages
+from curate import DOC_BASE, SNIPPET, Tally, curate_shard, peak_rss_mb, wanted_languages
 from dedup import REASONS, all_gather, broadcast, decide_duplicates, gather
 from report import build_report, write_report
 from dataset import (DATA_ROOT, HERE, SHARED_DATA, BinWriter, DataError, atomic_file, commit_shards, dataset_dir, download,
-                     in_val_split, remove_stale_bins, stable_hash, token_dtype, write_meta)
+                     in_val_split, remove_stale_bins, shard_name, stable_hash, token_dtype, write_meta)
 from tokenizer import EOT, build_tokenizer, load_tokenizer, tokenizer_from_spec
 
 DEFAULTS = dict(
@@ -609,7 +610,7 @@ def write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id,
     Pass 2 on every rank, shard by shard: the staged survivors of pass 1 less the duplicates are tallied
     (Tally.count_staged) and tokenized into train-NNNNN.bin / val-NNNNN.bin under temporary names, and every
     removal of the shard goes to its part of removed.jsonl.gz (the kept text to clean.jsonl.gz with keep_text).
-    `shown`: documents whose text opens a cluster in the report. Returns {shard: {split: meta.json entry}}; the
+    `shown`: documents whose text opens a cluster in the report. Returns {(source, k): {split: entry}}; the
     tally gets this rank's peak memory and its CPU seconds since `cpu_start`.
     """
     tally, written = shard.tally, {}
@@ -617,13 +618,17 @@ def write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id,
     with open(shard.removed_path, encoding="utf-8") as removed_in:
         staged = Cursor(staged_records(shard.staged_path, drops), lambda item: item[0]["i"])
         removals = Cursor(map(json.loads, removed_in), lambda record: record["doc"])
-        for k in range(rank, len(shard.starts), world):
-            end = shard.starts[k + 1] if k + 1 < len(shard.starts) else math.inf
-            writer = BinWriter(data_dir, tok.vocab_size, shard=k, run_id=run_id) if tok else None  # None: nothing kept
+        for i, (u, k, _, owner) in enumerate(shard.shards):
+            if owner != rank:
+                continue
+            following = shard.shards[i + 1] if i + 1 < len(shard.shards) else None
+            end = following[2] if following and following[0] == u else (u + 1) * DOC_BASE
+            label = f"{u:05d}-{k:05d}"  # renumbered in input order when rank 0 commits
+            writer = BinWriter(data_dir, tok.vocab_size, shard=label, run_id=run_id) if tok else None  # None: nothing kept
             dups, batch, size = [], [], 0
             try:
                 with contextlib.ExitStack() as files:
-                    clean = cfg.keep_text and files.enter_context(gzip_member(os.path.join(scratch, f"clean-{k:05d}.jsonl.gz")))
+                    clean = cfg.keep_text and files.enter_context(gzip_member(os.path.join(scratch, f"clean-{label}.jsonl.gz")))
                     for record, duplicate in staged.upto(end):
                         if record["i"] in shown:
                             tally.cluster_text[record["i"]] = record["text"][:SNIPPET]
@@ -640,14 +645,14 @@ def write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id,
                             batch = []
                     if batch:
                         write_tokens(writer, tok, batch, plan)
-                    with gzip_member(os.path.join(scratch, f"removed-{k:05d}.jsonl.gz")) as out:
+                    with gzip_member(os.path.join(scratch, f"removed-{label}.jsonl.gz")) as out:
                         for record in heapq.merge(removals.upto(end), dups, key=lambda r: r["doc"]):
                             out.write(json.dumps(record) + "\n")
             except BaseException:
                 if writer:
                     writer.abort()
                 raise
-            written[k] = writer.close() if writer else {}
+            written[u, k] = writer.close() if writer else {}
             clock = tally.lap("tokenize", clock, size)
     tally.peak_rss_mb[rank] = peak_rss_mb()
     tally.cpu_seconds[rank] = round(time.process_time() - cpu_start, 2)
@@ -665,26 +670,28 @@ def concatenate(paths, out_path):
 
 
 def list_shards(written, max_tokens, data_dir, run_id):
-    """meta.json's shard lists in shard order, up to the shard that reaches max_tokens (0: all); the temporary
-    files of the shards past it are deleted."""
+    """meta.json's shard lists, numbered in input order (train-00000.bin, ...), up to the shard that reaches
+    max_tokens (0: all); the temporary files of the shards past it are deleted."""
     listed, total = {"train": [], "val": []}, 0
-    for k in sorted(written):
+    for index, key in enumerate(sorted(written)):
         if max_tokens and total >= max_tokens:
-            for entry in written[k].values():
+            for entry in written[key].values():
                 os.remove(os.path.join(data_dir, f"{entry['file']}.tmp{run_id}"))
             continue
-        for split, entry in written[k].items():
-            listed[split].append(entry)
+        for split, entry in written[key].items():
+            listed[split].append(entry | {"file": shard_name(split, index), "written": entry["file"]})
             total += entry["tokens"]
     return listed
 
 
-def commit_corpus(cfg, data_dir, scratch, source, world, everyone, clusters, tok, run_id, started):
+def commit_corpus(cfg, data_dir, scratch, source, world, by_source, everyone, clusters, tok, run_id, started):
     """Rank 0, once every rank has written: rename the shards into place, then meta.json; removed.jsonl.gz (and
     clean.jsonl.gz) from the shards' parts, in shard order; the report. Returns the meta.json dict."""
     tally = functools.reduce(Tally.add, (t for t, _, _ in everyone), Tally())
     written = {k: entries for _, shards, _ in everyone for k, entries in shards.items()}
-    stats, counts, meta = everyone[0][2], {}, None  # every rank read every document: the same input stats
+    # ranks that read their own sources counted their own input stats; ranks that read everything, the same
+    stats = sum((s for _, _, s in everyone), Counter()) if by_source else everyone[0][2]
+    counts, meta = {}, None
     if tally.docs["kept"]:
         shards = list_shards(written, cfg.max_tokens, data_dir, run_id)
         commit_shards(data_dir, shards, run_id)
@@ -693,9 +700,10 @@ def commit_corpus(cfg, data_dir, scratch, source, world, everyone, clusters, tok
         meta = write_meta(data_dir, tok, counts | {"shards": shards}, source, stats)
         remove_stale_bins(data_dir, meta)
         counts["shards"] = len(shards["train"])
-    concatenate([os.path.join(scratch, f"removed-{k:05d}.jsonl.gz") for k in sorted(written)], os.path.join(data_dir, "removed.jsonl.gz"))
+    labels = [f"{u:05d}-{k:05d}" for u, k in sorted(written)]
+    concatenate([os.path.join(scratch, f"removed-{label}.jsonl.gz") for label in labels], os.path.join(data_dir, "removed.jsonl.gz"))
     if cfg.keep_text:
-        concatenate([os.path.join(scratch, f"clean-{k:05d}.jsonl.gz") for k in sorted(written)], os.path.join(data_dir, "clean.jsonl.gz"))
+        concatenate([os.path.join(scratch, f"clean-{label}.jsonl.gz") for label in labels], os.path.join(data_dir, "clean.jsonl.gz"))
     write_report(data_dir, build_report(cfg, data_dir, source, world, tally, clusters, tally.cluster_text, counts, stats,
                                         time.time() - started))
     if not tally.docs["read"]:
@@ -792,12 +800,14 @@ def curate_and_write(cfg, sources, data_dir, started):
     os.makedirs(scratch, exist_ok=True)
     try:
         stats = Counter()
-        documents = read_sources(sources, stats, cfg.text_field, cfg.max_doc_mb << 20, os.path.join(data_dir, "downloads"),
-                                 cfg.sha256, cfg.keep_downloads)
+        by_source = world > 1 and len(sources) >= world and not any(s.startswith(("http://", "https://")) for s in sources)
+        documents = ((u, read_sources([source], stats, cfg.text_field, cfg.max_doc_mb << 20, os.path.join(data_dir, "downloads"),
+                                      cfg.sha256, cfg.keep_downloads) if not by_source or u % world == rank else None)
+                     for u, source in enumerate(sources))
         with disk_full_is_a_data_error(data_dir):
-            shard = curate_shard(documents, rank, world, cfg, scratch)
+            shard = curate_shard(documents, rank, world, by_source, cfg, scratch)
             clock = time.perf_counter()
-            owner = lambda docs: (np.searchsorted(shard.starts, docs, side="right") - 1) % world  # noqa: E731
+            owner = document_owner(shard.shards, world, by_source)
             drops, clusters = decide_duplicates(shard.exact_path, shard.near_path, owner, rank, world, cfg.dedup_memory_mb, scratch)
             plan = split_plan(cfg, shard.staged, drops)
             shown = set(broadcast([cluster[0] for cluster in clusters[1]] if rank == 0 else None))
@@ -813,7 +823,7 @@ def curate_and_write(cfg, sources, data_dir, started):
         gathered, committed = True, rank != 0  # every rank is done with the working folder
         if rank != 0:
             return None
-        meta = commit_corpus(cfg, data_dir, scratch, ",".join(sources), world, everyone, clusters, tok, run_id, started)
+        meta = commit_corpus(cfg, data_dir, scratch, ",".join(sources), world, by_source, everyone, clusters, tok, run_id, started)
         committed = True
         return meta
     finally:
@@ -828,6 +838,14 @@ def curate_and_write(cfg, sources, data_dir, started):
             shutil.rmtree(scratch)
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def document_owner(shards, world, by_source):
+    """docs -> the rank that curated each: the owner of its source, or of its shard (every rank saw them all)."""
+    if by_source:
+        return lambda docs: (docs // DOC_BASE) % world
+    firsts, owners = np.array([s[2] for s in shards], dtype=np.int64), np.array([s[3] for s in shards], dtype=np.int64)
+    return lambda docs: owners[np.searchsorted(firsts, docs, side="right") - 1]
 
 
 def remove_working_files(scratch, rank):

@@ -420,6 +420,34 @@ def test_four_ranks_write_what_one_rank_writes(tmp_path):
     assert sorted(texts) == sorted(k["text"] for k in read_jsonl_gz(out / "four" / "clean.jsonl.gz"))
 
 
+@needs_shared_data
+def test_ranks_that_read_their_own_input_files_write_what_one_rank_writes(tmp_path):
+    lines = []
+    bench.crawl_like_corpus(str(tmp_path / "crawl.jsonl"), 0.2, dup_rate=0.3, seed=1)
+    with open(tmp_path / "crawl.jsonl", encoding="utf-8") as f:
+        lines = f.readlines()
+    parts = [tmp_path / f"part-{p}.jsonl" for p in range(3)]  # 3 files for 2 ranks: each rank reads its own
+    for p, part in enumerate(parts):
+        part.write_text("".join(lines[p * len(lines) // 3:(p + 1) * len(lines) // 3]), encoding="utf-8")
+    settings = dict(input=",".join(map(str, parts)), keep_text=True, shard_mb=0.03, dedup_memory_mb=0.001)
+    one, _ = run(tmp_path, name="one", **settings)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "prepare.py",
+                    "--name=two", f"--data_root={tmp_path / 'data'}", *(f"--{k}={v}" for k, v in settings.items())],
+                   cwd=ROOT, check=True, capture_output=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    out = tmp_path / "data"
+    two = json.load(open(out / "two" / "meta.json"))
+    assert one.pop("run_id") != two.pop("run_id") and one == two
+    for name in os.listdir(out / "one"):
+        if name not in ("meta.json", "report.json", "report.md", "plots"):
+            assert (out / "one" / name).read_bytes() == (out / "two" / name).read_bytes(), name
+    removed = read_jsonl_gz(out / "two" / "removed.jsonl.gz")
+    dups = [r for r in removed if r["reason"] in ("exact_dup", "near_dup")]
+    # documents are numbered file * 10**12 + place; copies in a later file than their original were caught
+    assert any(r["doc"] // C.DOC_BASE != r["values"]["duplicate_of"] // C.DOC_BASE for r in dups)
+    report = json.load(open(out / "two" / "report.json"))
+    assert report["input_stats"] == json.load(open(out / "one" / "report.json"))["input_stats"]
+
+
 # --- real data (../shared/data) ------------------------------------------------------------------------------------
 
 def survivors(texts, lang, res):

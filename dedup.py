@@ -1,6 +1,8 @@
 """
-Corpus-wide duplicate decisions across torchrun ranks, taken from hashes alone, with memory that shrinks as
-ranks are added (curate.py makes the keys; prepare.py calls `decide_duplicates` between its two passes).
+Duplicates: the keys of one document (exact: ROOTS' catalogue dedup_document; near: MinHash LSH with datatrove's
+defaults), and corpus-wide decisions across torchrun ranks, taken from those keys alone, with memory that shrinks
+as ranks are added (curate.py makes each document's keys; prepare.py calls `decide_duplicates` between its two
+passes; `find_duplicates` is the same decision in memory).
 
     pass 1, every rank:  (band, key, doc) records of its own documents -> a key file on disk (KeyWriter)
     exchange:            all-to-all over Gloo, so rank r receives every key of the r-th range of key space
@@ -14,18 +16,141 @@ The same machinery serves any corpus-level stage whose decision is a function of
 Every collective falls back to plain code in one process, so one rank runs the same path as many.
 """
 
+import datetime
+import functools
+import hashlib
+import json
 import os
+import re
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from dataset import stable_hash
+
 # one record per key: exact-dedup keys use band -1, MinHash LSH bands 0..bands-1; key is a signed 64-bit hash
 RECORD = np.dtype([("band", "<i8"), ("key", "<i8"), ("doc", "<i8")])
 EXACT = -1
+DOC_BASE = 10**12  # a document's index: its source's place in the input * 10**12 + its place in that source
+DIGITS = re.compile(r"\d")
+
+# -----------------------------------------------------------------------------
+# deduplication: exact (ROOTS catalogue dedup_document) and MinHash LSH near-duplicates (datatrove's defaults)
+
+EXACT_IGNORED = re.compile(r"[\s\d!-/:-@\[-`{-~]")  # whitespace, digits, ASCII punctuation
+
+
+@functools.cache
+def char_table(pattern):
+    """By code point: whether the one-character regex `pattern` matches it (Python's own \\s, \\d, ...)."""
+    every = np.arange(0x110000, dtype=np.uint32).tobytes().decode("utf-32-le", "surrogatepass")  # no per-char objects
+    table = np.zeros(0x110000, dtype=bool)
+    table[[m.start() for m in pattern.finditer(every)]] = True
+    return table
+
+
+def exact_dedup_key(text):
+    """Signed 64-bit key of the text without whitespace, digits and ASCII punctuation: ROOTS hashed that string
+    with MD5 (first copy wins); we keep MD5's first 8 bytes."""
+    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    kept = cp[~char_table(EXACT_IGNORED)[cp]].tobytes().decode("utf-32-le", "surrogatepass")
+    digest = hashlib.md5(kept.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little", signed=True)
+
+
+SHINGLE = 5  # datatrove MinhashConfig n_grams
+WORD_CHAR = re.compile(r"\w")
+
+
+def shingle_words(text):
+    """datatrove's simplified words: lower case, digits -> 0, runs of word characters (Python's \\w), as array
+    operations on the code points (the same as re.findall(r"\\w+", DIGITS.sub("0", text.lower())))."""
+    cp = np.frombuffer(text.lower().encode("utf-32-le", "surrogatepass"), dtype=np.uint32).copy()
+    cp[char_table(DIGITS)[cp]] = ord("0")
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], char_table(WORD_CHAR)[cp], [False]))))
+    text = cp.tobytes().decode("utf-32-le", "surrogatepass")
+    return [text[a:b] for a, b in zip(edges[::2].tolist(), edges[1::2].tolist())]
+
+
+def mix64(x):
+    """splitmix64's finaliser: spreads every input bit over the 64 output bits (x: uint64 array)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+WORD_IDS, WORD_IDS_MAX = {}, 1 << 16  # word -> its 64-bit hash, cached: web text repeats its words (Zipf)
+
+
+def shingle_hashes(text, unspaced=False):
+    """Distinct 32-bit hashes of the word 5-grams (character 5-grams for languages written without spaces),
+    after datatrove's simplification: lower case, digits -> 0, punctuation and symbols separate words."""
+    words = shingle_words(text)
+    if unspaced:
+        units = np.frombuffer("".join(words).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    else:
+        ids = list(map(WORD_IDS.get, words))
+        if None in ids:
+            if len(WORD_IDS) > WORD_IDS_MAX:  # bounded, so memory stays flat however many distinct words go by
+                WORD_IDS.clear()
+            for w in set(words).difference(WORD_IDS):
+                WORD_IDS[w] = int.from_bytes(hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest(), "little")
+            ids = list(map(WORD_IDS.__getitem__, words))
+        units = np.array(ids, dtype=np.uint64)
+    m = len(units) - SHINGLE + 1
+    if m <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    h = np.zeros(m, dtype=np.uint64)
+    for j in range(SHINGLE):
+        h = h * np.uint64(0x100000001B3) + units[j:j + m]
+    return np.unique(mix64(h) >> np.uint64(32))
+
+
+@functools.lru_cache(maxsize=None)
+def minhash_permutations(num_perm):
+    """a (odd), b of the hashes h -> ((a*h + b) mod 2^64) >> 32 of 32-bit shingle hashes: multiply-add-shift, a
+    strongly universal family (Dietzfelbinger 1996) that needs no division; datatrove uses (a*h + b) mod
+    (2^61 - 1). Drawn from stable hashes, so every process and run uses the same ones."""
+    a = np.array([stable_hash("minhash-a", i) | 1 for i in range(num_perm)], dtype=np.uint64)
+    b = np.array([stable_hash("minhash-b", i) for i in range(num_perm)], dtype=np.uint64)
+    return a, b
+
+
+def minhash_signature(hashes, num_perm):
+    """(num_perm,) uint64 < 2^32: per hash function, the minimum over the document's shingle hashes."""
+    a, b = minhash_permutations(num_perm)
+    if not len(hashes):
+        return np.full(num_perm, 2**32, dtype=np.uint64)
+    low = np.full(num_perm, 2**64 - 1, dtype=np.uint64)
+    for i in range(0, len(hashes), 4096):  # (num_perm, 4096) at a time keeps memory flat for long documents
+        values = np.multiply.outer(a, hashes[i:i + 4096])
+        values += b[:, None]
+        np.minimum(low, values.min(axis=1), out=low)
+    return low >> np.uint64(32)  # the shift keeps order: the minimum's top bits are the top bits' minimum
+
+
+def band_hashes(signature, bands, rows):
+    """One signed 64-bit hash per LSH band of `rows` signature values: two documents are near-duplicate
+    candidates when any band agrees. 14 bands x 8 rows (datatrove) flag Jaccard ~ (1/14)^(1/8) = 0.72 and up."""
+    values = signature.astype("<u8")
+    return [int.from_bytes(hashlib.blake2b(values[i * rows:(i + 1) * rows].tobytes(), digest_size=8).digest(),
+                           "little", signed=True) for i in range(bands)]
 
 # -----------------------------------------------------------------------------
 # collectives that are plain code in one process
+
+
+def init_distributed():
+    """(rank, world size). Under torchrun (WORLD_SIZE > 1) joins a Gloo group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    # ranks wait for the slowest one at each exchange; a day's timeout lets big, unevenly split corpora finish
+    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+    return dist.get_rank(), dist.get_world_size()
 
 
 def distributed():
@@ -289,3 +414,45 @@ def decide_duplicates(exact_path, near_path, doc_owner, rank, world, memory_mb, 
         drops.append(route_drops(*near, NEAR_DUP, doc_owner, world))
     drops = np.concatenate(drops)
     return drops[np.argsort(drops["doc"], kind="stable")], clusters
+
+
+def find_duplicates(exact, near):
+    """
+    Duplicates over a corpus held in memory (one process): what dedup.decide_duplicates decides across ranks.
+    exact: (docs, keys) int64 arrays; near: (docs, bands) arrays, bands of shape (len(docs), n_bands). Returns
+    ({doc: (reason, kept doc)}, near-duplicate clusters as sorted lists, largest first). The first copy wins:
+    exact copies keep the lowest index; near-duplicate clusters are unions (union-find) of documents that share
+    a band, among those exact dedup kept, and keep their lowest index.
+    """
+    records = np.zeros(len(exact[0]), dtype=RECORD)
+    records["band"], records["key"], records["doc"] = EXACT, exact[1], exact[0]
+    first, docs = collisions([sort_records(records)])
+    drop = {doc: ("exact_dup", kept) for doc, kept in zip(docs.tolist(), first.tolist())}
+    near_docs, bands = near
+    alive = ~np.isin(near_docs, docs)
+    records = np.zeros(bands[alive].size, dtype=RECORD)
+    records["band"] = np.tile(np.arange(bands.shape[1]), int(alive.sum()))
+    records["key"], records["doc"] = bands[alive].reshape(-1), np.repeat(near_docs[alive], bands.shape[1])
+    first, docs = collisions([sort_records(records)])
+    nodes, roots = components(first, docs)
+    drop |= {doc: ("near_dup", root) for doc, root in zip(nodes.tolist(), roots.tolist()) if doc != root}
+    return drop, largest_clusters(nodes, roots)
+
+
+def staged_records(path, drops):
+    """(record, (reason, kept doc) or None) for each staged survivor of pass 1 in `path`, in index order;
+    drops: this rank's duplicates (dedup.decide_duplicates)."""
+    docs = drops["doc"]
+    with open(path, encoding="utf-8") as f:
+        for record in map(json.loads, f):
+            k = np.searchsorted(docs, record["i"])
+            found = k < len(docs) and docs[k] == record["i"]
+            yield record, (REASONS[int(drops["band"][k])], int(drops["key"][k])) if found else None
+
+
+def document_owner(shards, world, by_source):
+    """docs -> the rank that curated each: the owner of its source, or of its shard (every rank saw them all)."""
+    if by_source:
+        return lambda docs: (docs // DOC_BASE) % world
+    firsts, owners = np.array([s[2] for s in shards], dtype=np.int64), np.array([s[3] for s in shards], dtype=np.int64)
+    return lambda docs: owners[np.searchsorted(firsts, docs, side="right") - 1]

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import dedup
-from curate import find_duplicates
 
 
 def random_records(rng, n, keys, band=dedup.EXACT):
@@ -92,7 +91,7 @@ def test_partitioned_decision_equals_the_plain_one(tmp_path, memory_mb):
     near_docs = docs[rng.random(n) < 0.8]  # some documents are too short to shingle
     near = (near_docs, band_keys[near_docs])
     expected_drop, expected_clusters = naive_duplicates((docs, exact_keys[docs]), near)
-    assert find_duplicates((docs, exact_keys[docs]), near) == (expected_drop, expected_clusters)
+    assert dedup.find_duplicates((docs, exact_keys[docs]), near) == (expected_drop, expected_clusters)
     drop, clusters, count, runs = decide(tmp_path, (docs, exact_keys[docs]), near, memory_mb)
     assert drop == expected_drop and clusters == expected_clusters and count == len(expected_clusters)
     assert any(r == "near_dup" for r, _ in drop.values()) and any(r == "exact_dup" for r, _ in drop.values())
@@ -101,6 +100,6 @@ def test_partitioned_decision_equals_the_plain_one(tmp_path, memory_mb):
 
 def test_an_exact_copy_does_not_join_near_clusters():
     # 2 is an exact copy of 0 and shares a band with 3: exact dedup removes 2 first, so 3 stays apart from 0
-    drop, clusters = find_duplicates((np.array([0, 2, 3]), np.array([5, 5, 6])),
+    drop, clusters = dedup.find_duplicates((np.array([0, 2, 3]), np.array([5, 5, 6])),
                                      (np.array([0, 2, 3]), np.array([[1, 1], [1, 2], [9, 2]])))
     assert drop == {2: ("exact_dup", 0)} and clusters == []

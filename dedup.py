@@ -439,6 +439,19 @@ def find_duplicates(exact, near):
     return drop, largest_clusters(nodes, roots)
 
 
+class Cursor:
+    """A stream sorted by document index, read shard by shard: upto(end) yields the items before document `end`."""
+
+    def __init__(self, items, doc):
+        self.items, self.doc = iter(items), doc
+        self.head = next(self.items, None)
+
+    def upto(self, end):
+        while self.head is not None and self.doc(self.head) < end:
+            item, self.head = self.head, next(self.items, None)
+            yield item
+
+
 def staged_records(path, drops):
     """(record, (reason, kept doc) or None) for each staged survivor of pass 1 in `path`, in index order;
     drops: this rank's duplicates (dedup.decide_duplicates)."""

@@ -48,9 +48,11 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 import uuid
+import zlib
 from collections import Counter
 from types import SimpleNamespace
 
@@ -61,10 +63,12 @@ from tqdm import tqdm
 from configurator import configure, script_main
 from curate import (DOC_BASE, SNIPPET, Tally, curate_shard, need, normalize_for_perplexity, peak_rss_mb,
                     perplexity_settings, wanted_languages)
-from dedup import all_gather, broadcast, decide_duplicates, document_owner, gather, init_distributed, staged_records
+from dedup import (Cursor, all_gather, broadcast, decide_duplicates, document_owner, gather, init_distributed,
+                   staged_records)
 from report import build_report, write_report
-from dataset import (DATA_ROOT, HERE, SHARED_DATA, BinWriter, DataError, atomic_file, commit_shards, dataset_dir, download,
-                     in_val_split, remove_stale_bins, shard_name, stable_hash, token_dtype, write_meta)
+from dataset import (DATA_ROOT, HERE, SHARED_DATA, BinWriter, DataError, commit_shards, concatenate, dataset_dir, download,
+                     download_path, in_val_split, list_shards, remove_download, remove_stale_bins, stable_hash,
+                     token_dtype, write_meta)
 from tokenizer import EOT, build_tokenizer, load_tokenizer, tokenizer_from_spec
 
 DEFAULTS = dict(
@@ -316,6 +320,32 @@ def _is_jsonl(path):
     return path.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson"))
 
 
+def folder_files(folder, stats):
+    """The regular files in a folder tree, sorted. A symlink that leads outside the folder (to /etc/passwd,
+    say) is not followed into the training data, nor is a dangling one; a FIFO, socket or device is never
+    opened (reading a FIFO waits forever). Each is skipped and counted."""
+    root = os.path.realpath(folder) + os.sep
+    files = []
+    for path in sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names):
+        if os.path.islink(path) and not os.path.exists(path):
+            stats["skipped_dangling_symlinks"] += 1
+        elif os.path.islink(path) and not os.path.realpath(path).startswith(root):
+            stats["skipped_symlinks_outside_folder"] += 1
+        elif not stat.S_ISREG(os.stat(path).st_mode):
+            stats["skipped_not_regular_files"] += 1
+        else:
+            files.append(path)
+    return files
+
+
+def _whole_gzip(path, docs):
+    """The documents of a reader of `path`; a .gz cut short, or not gzip at all, is a one-line error naming it."""
+    try:
+        yield from docs
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path} is not a complete gzip file ({e}); download or copy it again") from None
+
+
 def _has_reader(path):
     """Formats read by a reader of their own (binary ones included), not as text."""
     return _is_jsonl(path) or path.endswith((".warc", ".warc.gz", ".parquet"))
@@ -323,7 +353,7 @@ def _has_reader(path):
 
 def read_path(path, stats, text_field="text", max_doc_bytes=64 << 20):
     if os.path.isdir(path):
-        files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
+        files = folder_files(path, stats)
         if not files:
             raise DataError(f"folder {path} has no files")
         for file in files:
@@ -332,9 +362,11 @@ def read_path(path, stats, text_field="text", max_doc_bytes=64 << 20):
                 continue
             yield from read_path(file, stats, text_field, max_doc_bytes)
     elif not os.path.exists(path):
-        raise DataError(f"input {path} does not exist")
+        raise DataError(f"input {path} " + ("is a symlink to a file that does not exist" if os.path.islink(path) else "does not exist"))
+    elif not os.path.isfile(path):
+        raise DataError(f"input {path} is not a regular file (a FIFO, socket or device); give a file or a folder")
     elif _is_jsonl(path):
-        yield from read_jsonl(path, stats, text_field, max_doc_bytes)
+        yield from _whole_gzip(path, read_jsonl(path, stats, text_field, max_doc_bytes))
     elif path.endswith((".warc", ".warc.gz")):
         yield from read_warc(path, stats, max_doc_bytes)
     elif path.endswith(".parquet"):
@@ -390,7 +422,7 @@ def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, down
             continue
         url = source.startswith(("http://", "https://"))
         if url:
-            dest = os.path.join(download_dir or tempfile.gettempdir(), os.path.basename(source.split("?")[0]))
+            dest = download_path(source, download_dir or tempfile.gettempdir())
             if rank == 0:
                 download(source, dest, sha256=sha256 or known_sha256(source))
             if distributed:
@@ -403,7 +435,7 @@ def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, down
                 if distributed:
                     dist.barrier()  # every rank has finished reading it
                 if rank == 0:
-                    os.remove(source)
+                    remove_download(source)
 
 
 # -----------------------------------------------------------------------------
@@ -554,19 +586,6 @@ def fit_tokenizer(cfg, texts):
 # fitted once, and in pass 2 every rank writes its own shards; rank 0 renames them into place, writes meta.json
 # last, and the report. Shards are cut by input position, so N ranks write byte-for-byte what one writes.
 
-class Cursor:
-    """A stream sorted by document index, read shard by shard: upto(end) yields the items before document `end`."""
-
-    def __init__(self, items, doc):
-        self.items, self.doc = iter(items), doc
-        self.head = next(self.items, None)
-
-    def upto(self, end):
-        while self.head is not None and self.doc(self.head) < end:
-            item, self.head = self.head, next(self.items, None)
-            yield item
-
-
 def split_plan(cfg, staged, drops):
     """How the kept documents are split, agreed by every rank: by in_val_split of their index; a corpus that
     keeps one document splits it by position; when no kept document falls in val, the last one moves there
@@ -689,31 +708,6 @@ def write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id,
     return written
 
 
-def concatenate(paths, out_path):
-    """Byte-copy files into one (gzip members into one .gz), written atomically; each part is then deleted."""
-    with atomic_file(out_path, "wb") as out:
-        for path in paths:
-            with open(path, "rb") as f:
-                shutil.copyfileobj(f, out, 1 << 20)
-    for path in paths:
-        os.remove(path)
-
-
-def list_shards(written, max_tokens, data_dir, run_id):
-    """meta.json's shard lists, numbered in input order (train-00000.bin, ...), up to the shard that reaches
-    max_tokens (0: all); the temporary files of the shards past it are deleted."""
-    listed, total = {"train": [], "val": []}, 0
-    for index, key in enumerate(sorted(written)):
-        if max_tokens and total >= max_tokens:
-            for entry in written[key].values():
-                os.remove(os.path.join(data_dir, f"{entry['file']}.tmp{run_id}"))
-            continue
-        for split, entry in written[key].items():
-            listed[split].append(entry | {"file": shard_name(split, index), "written": entry["file"]})
-            total += entry["tokens"]
-    return listed
-
-
 def commit_corpus(cfg, data_dir, scratch, source, world, by_source, everyone, clusters, tok, run_id, started):
     """Rank 0, once every rank has written: rename the shards into place, then meta.json; removed.jsonl.gz (and
     clean.jsonl.gz) from the shards' parts, in shard order; the report. Returns the meta.json dict."""
@@ -754,6 +748,8 @@ def check_config(cfg):
         raise DataError(f"minhash_bands={cfg.minhash_bands}, minhash_rows={cfg.minhash_rows}: both must be >= 1 (default 14 x 8)")
     if cfg.shard_mb <= 0 or cfg.dedup_memory_mb <= 0:
         raise DataError(f"shard_mb={cfg.shard_mb}, dedup_memory_mb={cfg.dedup_memory_mb}: both must be > 0 (default 64 and 256)")
+    if not 0 <= cfg.val_fraction < 1:
+        raise DataError(f"val_fraction={cfg.val_fraction} must be at least 0 and below 1 (default 0.1)")
     perplexity_settings(cfg)
     if cfg.ppl_normalize and cfg.curate:
         raise DataError("ppl_normalize=True writes text for training a perplexity model: use it with --curate=False")
@@ -775,8 +771,13 @@ def prepare(cfg):
         raise DataError("nothing to read: give a recipe (e.g. `python prepare.py shakespeare_char`) or --input=PATH_OR_URL")
     check_config(cfg)
     name = cfg.name or os.path.splitext(os.path.basename(sources[0].rstrip("/")))[0].split(".")[0]
+    if name in ("", ".", "..") or os.path.basename(name) != name:  # outputs stay under data_root
+        raise DataError(f"name={name!r} must be a plain folder name: the outputs go to {cfg.data_root}/<name>/")
     data_dir = os.path.join(cfg.data_root, name)
-    os.makedirs(data_dir, exist_ok=True)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create {data_dir} ({e.strerror}); choose another --data_root") from None
     started = time.time()
     if not cfg.curate:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:

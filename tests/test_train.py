@@ -1,15 +1,19 @@
 import functools
 import json
 import math
+import os
 import re
 
 import numpy as np
 import pytest
 import torch
 
+import finetune
 import train
 from conftest import assert_real_png
+from dataset import BinWriter, commit_shards, read_bin, read_meta, write_meta
 from model import load_checkpoint
+from tokenizer import load_tokenizer
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--eval_iters=2",
         "--max_time=0", "--device=cpu", "--dtype=float32", "--log_interval=1", "--warmup_iters=5",
@@ -128,6 +132,43 @@ def test_mlm_baselines_score_the_same_positions(tmp_path, shakespeare_char, caps
     assert set(scores) == {"mlm_acc", "clm_left_context_acc", "most_frequent_acc"}
     # the most frequent character (space) is right about one time in six in Shakespeare
     assert 0.1 < scores["most_frequent_acc"] < 0.25 and all(0 <= v <= 1 for v in scores.values())
+
+
+def reshard(src, dst, cuts):
+    """A copy of the prepared dataset `src` in shards, as prepare.py's ranks write them: each split cut at the
+    fractions `cuts` of its length."""
+    meta, tok = read_meta(src), load_tokenizer(src)
+    listed, pieces = {"train": [], "val": []}, {}
+    os.makedirs(dst)
+    for split in listed:
+        tokens = read_bin(src, split, meta)
+        edges = [0, *(int(c * len(tokens)) for c in cuts), len(tokens)]
+        pieces[split] = [tokens[a:b] for a, b in zip(edges, edges[1:])]
+    for k in range(len(cuts) + 1):
+        writer = BinWriter(str(dst), tok.vocab_size, shard=k, run_id="copy")
+        for split in listed:
+            writer.write(split, pieces[split][k])
+        for split, entry in writer.close().items():
+            listed[split].append(entry)
+    commit_shards(str(dst), listed, "copy")
+    counts = {f"{s}_tokens": sum(e["tokens"] for e in listed[s]) for s in listed}
+    write_meta(str(dst), tok, counts | {"dtype": meta["dtype"], "run_id": "copy", "shards": listed}, "copy", {})
+    return str(dst)
+
+
+def test_train_and_finetune_read_shards_as_the_one_file_they_were_cut_from(tmp_path, shakespeare_char):
+    sharded = reshard(shakespeare_char, tmp_path / "sharded", [0.1, 0.1004, 0.6])  # one shard of ~400 tokens
+    losses = lambda log: [(r["iter"], r["loss"]) for r in log if "loss" in r]  # noqa: E731
+    one = run(tmp_path / "one", shakespeare_char, "--max_iters=8", "--eval_interval=4")
+    assert losses(run(tmp_path / "shards", sharded, "--max_iters=8", "--eval_interval=4")) == losses(one)
+    tuned = []
+    for data in (shakespeare_char, sharded):
+        out = tmp_path / f"lm-{len(tuned)}"
+        finetune.main(["--task=lm", f"--init_from={tmp_path / 'one'}", f"--dataset={data}", f"--out_dir={out}",
+                       "--max_iters=4", "--eval_interval=2", "--log_interval=1", "--batch_size=4", "--block_size=32", "--device=cpu",
+                       "--dtype=float32", "--threads=1", "--eval_iters=2"])
+        tuned.append([(r["iter"], r.get("loss"), r.get("val_loss")) for r in read_log(out)])
+    assert tuned[0] == tuned[1] and len(tuned[0]) >= 6
 
 
 LM_LOSS = train.lm_loss

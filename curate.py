@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from dataset import HERE, DataError
+from boilerplate import TEMPLATE_MIN_COUNT, remove_repeated_substrings, remove_template_lines, template_keys
 from dedup import DIGITS, DOC_BASE, KeyWriter, band_hashes, exact_dedup_key, minhash_signature, shingle_hashes
 from model import CheckpointError, checkpoint_tokenizer, load_checkpoint, model_from_checkpoint
 from tokenizer import EOT, encode_known
@@ -581,10 +582,17 @@ def redact_pii(text, kinds=PII_KINDS):
 # pass 1: each rank streams its share of the documents through the per-document stages
 
 REASON_STAGE = {"empty": "read", "html_empty": "html", "lang": "lang", **{f: "filters" for f in FILTERS},
-                "exact_dup": "exact_dedup", "near_dup": "near_dedup"}
+                "exact_dup": "exact_dedup", "near_dup": "near_dedup",
+                "template_empty": "templates", "substring_empty": "substrings"}
 # fixed histogram bins keep memory flat: ratios in [0, 1], counts and perplexities on a log scale
 HIST_EDGES = {f: np.linspace(0, 1, 51) for f in FILTERS} | {"words": np.logspace(0, 6, 61), "ppl": np.logspace(0, 6, 61)}
 SNIPPET = 300  # characters of each example shown in the report
+SOURCE_FIELDS = ("id", "url", "source")  # of the input record: shown beside each example in the report
+
+
+def source_of(meta):
+    """The fields of a document's input record that say where it came from, for the report's examples."""
+    return {k: str(meta[k]) for k in SOURCE_FIELDS if meta and meta.get(k) is not None}
 
 
 class Tally:
@@ -600,6 +608,7 @@ class Tally:
         self.examples = defaultdict(list)                     # reason -> [{doc, lang, values, text}]
         self.cluster_text = {}                                # doc -> the start of a shown cluster's kept text
         self.html_examples = []                               # [{doc, lang, page, text}]: the 3 first HTML pages
+        self.cut_examples = defaultdict(list)                 # stage -> [{doc, lang, cut}]: what boilerplate stages cut
         self.peak_rss_mb = {}                                 # rank -> peak resident memory
         self.cpu_seconds = {}                                 # rank -> CPU seconds of its whole run
 
@@ -609,11 +618,12 @@ class Tally:
         self.work[stage] += nbytes
         return now
 
-    def remove(self, reason, doc, lang, size, values, text):
+    def remove(self, reason, doc, lang, size, values, text, meta=None):
         self.docs["removed:" + reason] += 1
         self.bytes["removed:" + reason] += size
         if len(self.examples[reason]) < 3:
-            self.examples[reason].append({"doc": doc, "lang": lang, "values": values, "text": text[:SNIPPET]})
+            self.examples[reason].append({"doc": doc, "lang": lang, "values": values, "text": text[:SNIPPET],
+                                          **source_of(meta)})
 
     def count_changes(self, doc, out, page):
         """Bytes each stage added or removed; the HTML pages, and the first three with the text kept from them."""
@@ -636,7 +646,7 @@ class Tally:
         doc, size = record["i"], len(record["text"].encode("utf-8"))
         if duplicate:
             reason, original = duplicate
-            self.remove(reason, doc, record["lang"], record["bytes"], {"duplicate_of": original}, record["text"])
+            self.remove(reason, doc, record["lang"], record["bytes"], {"duplicate_of": original}, record["text"], record.get("meta"))
             return False
         self.docs["kept"] += 1
         self.bytes["kept"] += size
@@ -646,6 +656,24 @@ class Tally:
             self.pii.update(record["pii"])
             self.docs["pii_docs"] += 1
         return True
+
+    def cut(self, stage, record, text, what):
+        """A boilerplate stage rewrote a kept document (record) to text, cutting `what`; True if it is still kept
+        (a document left empty is removed)."""
+        before, after = len(record["text"].encode("utf-8")), len(text.encode("utf-8"))
+        self.bytes["changed:" + stage] += after - before
+        self.bytes["kept"] += after - before
+        if what and len(self.cut_examples[stage]) < 3:
+            self.cut_examples[stage].append({"doc": record["i"], "lang": record["lang"], "cut": what[:SNIPPET],
+                                             **source_of(record.get("meta"))})
+        record["text"] = text
+        if text.strip():
+            return True
+        self.docs["kept"] -= 1
+        self.docs["kept:" + record["lang"]] -= 1
+        self.bytes["kept"] -= after
+        self.remove(stage[:-1] + "_empty", record["i"], record["lang"], after, {}, what, record.get("meta"))
+        return False
 
     def count_document(self, doc, size, text, result, filters, removed):
         """Pass 1's tally of one document (curate_document's result); a removal also goes to `removed` as a line."""
@@ -657,9 +685,10 @@ class Tally:
         if result["removed"] in FILTERS or (result["removed"] is None and filters):
             self.observe(result["lang"], result["values"])
         if result["removed"]:
-            self.remove(result["removed"], doc, result["lang"], result["size"], result["values"], result.get("text", text))
-            removed.write(json.dumps({"doc": doc, "reason": result["removed"], "lang": result["lang"],
-                                      "values": result["values"]}) + "\n")
+            meta = getattr(text, "meta", None)
+            self.remove(result["removed"], doc, result["lang"], result["size"], result["values"], result.get("text", text), meta)
+            removed.write(json.dumps({"doc": doc, "reason": result["removed"], "lang": result["lang"], "values": result["values"],
+                                      **({"meta": meta} if meta else {})}, ensure_ascii=False, default=str) + "\n")
 
     def add(self, other):
         for mine, theirs in ((self.docs, other.docs), (self.bytes, other.bytes), (self.seconds, other.seconds),
@@ -671,6 +700,8 @@ class Tally:
             self.examples[reason] = sorted(self.examples[reason] + examples, key=lambda e: e["doc"])[:3]
         self.cluster_text.update(other.cluster_text)
         self.html_examples = sorted(self.html_examples + other.html_examples, key=lambda e: e["doc"])[:3]
+        for stage, examples in other.cut_examples.items():
+            self.cut_examples[stage] = sorted(self.cut_examples[stage] + examples, key=lambda e: e["doc"])[:3]
         self.peak_rss_mb.update(other.peak_rss_mb)
         self.cpu_seconds.update(other.cpu_seconds)
         return self
@@ -769,6 +800,37 @@ def curate_document(text, run):
     return out
 
 
+def template_cuts(texts):
+    """ROOTS' dedup_template_soft over these texts: (texts without their template lines, the lines cut)."""
+    counts = Counter(key for text in texts for key in template_keys(text))
+    templates = {key for key, n in counts.items() if n >= TEMPLATE_MIN_COUNT}
+    cuts = [remove_template_lines(text, templates) for text in texts]
+    return [text for text, _ in cuts], ["\n".join(lines) for _, lines in cuts]
+
+
+def remove_boilerplate(records, cfg, tally):
+    """Pass 2's corpus-level stages over one shard's kept documents (staged records, in index order): template
+    lines, then repeated substrings (boilerplate.py). The shard is their scope: shards do not depend on the
+    number of ranks, so neither does the output. Returns the records still kept and the removal lines of
+    the documents left empty."""
+    steps = [("templates", template_cuts)] if cfg.template_lines else []
+    steps += [("substrings", lambda texts: remove_repeated_substrings(texts)[::2])] if cfg.substring_dedup else []
+    removals = []
+    for stage, step in steps:
+        clock, size = time.perf_counter(), sum(len(r["text"].encode("utf-8")) for r in records)
+        texts, cuts = step([r["text"] for r in records])
+        kept = []
+        for record, text, cut in zip(records, texts, cuts):
+            if tally.cut(stage, record, text, cut):
+                kept.append(record)
+            else:
+                removals.append({"doc": record["i"], "reason": stage[:-1] + "_empty", "lang": record["lang"], "values": {},
+                                 **({"meta": record["meta"]} if record.get("meta") else {})})
+        records = kept
+        tally.lap(stage, clock, size)
+    return records, removals
+
+
 def curate_shard(sources, rank, world, by_source, cfg, scratch):
     """
     Pass 1 over this rank's share of the corpus. `sources`: (source number, its documents, or None where this
@@ -811,8 +873,10 @@ def curate_shard(sources, rank, world, by_source, cfg, scratch):
                     if near and result["bands"] is not None:
                         near.add_bands(doc, result["bands"])
                     out.staged.append(doc)
+                    meta = getattr(text, "meta", None)  # the input record's other fields (prepare.Text)
                     staged.write(json.dumps({"i": doc, "lang": result["lang"], "text": result["text"], "bytes": result["size"],
-                                             "pii": result["pii"]}, ensure_ascii=False) + "\n")
+                                             "pii": result["pii"], **({"meta": meta} if meta else {})},
+                                            ensure_ascii=False, default=str) + "\n")
                 clock = time.perf_counter()
             bar.close()
     out.exact_path, out.near_path = exact and exact.close(), near and near.close()

@@ -62,7 +62,7 @@ from tqdm import tqdm
 
 from configurator import configure, script_main
 from curate import (DOC_BASE, SNIPPET, Tally, curate_shard, need, normalize_for_perplexity, peak_rss_mb,
-                    perplexity_settings, wanted_languages)
+                    perplexity_settings, remove_boilerplate, wanted_languages)
 from dedup import (Cursor, all_gather, broadcast, decide_duplicates, document_owner, gather, init_distributed,
                    staged_records)
 from report import build_report, write_report
@@ -110,6 +110,8 @@ DEFAULTS = dict(
     near_dedup=True,        # near-duplicates: MinHash LSH over word 5-grams (character 5-grams for zh)
     minhash_bands=14,       # LSH bands x rows = hashes per document; 14 x 8 flags Jaccard >= ~0.72 (datatrove)
     minhash_rows=8,
+    template_lines=True,    # cut lines of 15+ characters seen 10+ times in the shard (ROOTS' dedup_template_soft)
+    substring_dedup=True,   # cut spans of 50+ bytes repeated earlier in the shard (Lee et al. 2022, suffix array)
     pii=True,               # redact e-mails, IP addresses, @users and keys to PI:<KIND>
     pii_phone=False,        # also phone numbers (off: ROOTS disabled them for false positives)
     keep_text=False,        # also write clean.jsonl.gz with the kept documents
@@ -175,6 +177,23 @@ RECIPES = {
 
 # -----------------------------------------------------------------------------
 # reading documents: each reader yields plain strings; `stats` counts what was skipped or repaired
+
+class Text(str):
+    """A document's text carrying the other fields of its input record (`meta`: id, url, any other field), which
+    travel with it into clean.jsonl.gz, removed.jsonl.gz and the report's examples (ROOTS kept every document's
+    source metadata; a kept document must be traceable to its origin)."""
+
+    def __new__(cls, text, meta):
+        doc = super().__new__(cls, text)
+        doc.meta = meta
+        return doc
+
+
+def with_meta(text, record, text_field):
+    """text as a Text holding every other field of its record, or plain text when there are none."""
+    meta = {k: v for k, v in record.items() if k != text_field}
+    return Text(text, meta) if meta else text
+
 
 def _decode(raw, stats):
     """UTF-8 with invalid bytes replaced by U+FFFD, and counted."""
@@ -248,7 +267,7 @@ def read_jsonl(path, stats, text_field, max_doc_bytes):
             if SURROGATES.search(text):  # JSON can hold lone surrogates, which UTF-8 cannot: replaced, counted
                 text, n = SURROGATES.subn("\ufffd", text)
                 stats["lone_surrogates"] += n
-            yield text
+            yield with_meta(text, record, text_field)
 
 
 def poem_text(record):
@@ -278,7 +297,7 @@ def read_json_array(path, stats, text_field, max_doc_bytes):
         if SURROGATES.search(text):  # as in read_jsonl: lone surrogates cannot be UTF-8; replaced, counted
             text, n = SURROGATES.subn("\ufffd", text)
             stats["lone_surrogates"] += n
-        yield text
+        yield with_meta(text, record, text_field) if text_field in record else text
 
 
 def read_warc(path, stats, max_doc_bytes):
@@ -295,7 +314,8 @@ def read_warc(path, stats, max_doc_bytes):
             stats["skipped_too_long"] += 1
             continue
         charset = record.http_charset if record.record_type == warc.WarcRecordType.response else None
-        yield body.decode(charset, errors="replace") if charset and charset.lower() not in ("utf-8", "utf8") else _decode(body, stats)
+        text = body.decode(charset, errors="replace") if charset and charset.lower() not in ("utf-8", "utf8") else _decode(body, stats)
+        yield Text(text, {"id": record.record_id, "url": record.headers.get("WARC-Target-URI")})
 
 
 def read_parquet(path, stats, text_field):
@@ -306,14 +326,15 @@ def read_parquet(path, stats, text_field):
     if text_field not in table.schema_arrow.names:
         raise DataError(f"{path} has no column {text_field!r}; its columns are {', '.join(table.schema_arrow.names)}: "
                         f"choose one with --text_field")
-    for batch in table.iter_batches(batch_size=1024, columns=[text_field]):
-        for text in batch.column(0).to_pylist():
+    for batch in table.iter_batches(batch_size=1024):  # every column: the others are the document's metadata
+        for record in batch.to_pylist():
+            text = record[text_field]
             if isinstance(text, bytes):
                 text = _decode(text, stats)
             if not isinstance(text, str):
                 stats["skipped_no_text_field"] += 1
                 continue
-            yield text
+            yield with_meta(text, record, text_field)
 
 
 def _is_jsonl(path):
@@ -678,15 +699,22 @@ def write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id,
             try:
                 with contextlib.ExitStack() as files:
                     clean = cfg.keep_text and files.enter_context(gzip_member(os.path.join(scratch, f"clean-{label}.jsonl.gz")))
+                    kept = []
                     for record, duplicate in staged.upto(end):
                         if record["i"] in shown:
                             tally.cluster_text[record["i"]] = record["text"][:SNIPPET]
-                        if not tally.count_staged(record, duplicate):
-                            dups.append({"doc": record["i"], "reason": duplicate[0], "values": {"duplicate_of": duplicate[1]}})
-                            continue
+                        if tally.count_staged(record, duplicate):
+                            kept.append(record)
+                        else:
+                            dups.append({"doc": record["i"], "reason": duplicate[0], "values": {"duplicate_of": duplicate[1]},
+                                         **({"meta": record["meta"]} if record.get("meta") else {})})
+                    kept, emptied = remove_boilerplate(kept, cfg, tally)
+                    dups = sorted(dups + emptied, key=lambda r: r["doc"])
+                    for record in kept:
                         if clean:
-                            clean.write(json.dumps({"doc": record["i"], "lang": record["lang"], "text": record["text"]},
-                                                   ensure_ascii=False) + "\n")
+                            clean.write(json.dumps({"doc": record["i"], "lang": record["lang"], "text": record["text"],
+                                                    **({"meta": record["meta"]} if record.get("meta") else {})},
+                                                   ensure_ascii=False, default=str) + "\n")
                         batch.append((record["i"], record["text"]))
                         size += len(record["text"].encode("utf-8"))
                         if len(batch) >= batch_docs:
@@ -696,7 +724,7 @@ def write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id,
                         write_tokens(writer, tok, batch, plan)
                     with gzip_member(os.path.join(scratch, f"removed-{label}.jsonl.gz")) as out:
                         for record in heapq.merge(removals.upto(end), dups, key=lambda r: r["doc"]):
-                            out.write(json.dumps(record) + "\n")
+                            out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
             except BaseException:
                 if writer:
                     writer.abort()

@@ -10,16 +10,16 @@ import os
 
 import numpy as np
 
-from curate import (FILTERS, HIST_EDGES, REASON_STAGE, filter_bounds, params_for, perplexity_settings, redact_pii,
+from curate import (FILTERS, HIST_EDGES, REASON_STAGE, SOURCE_FIELDS, filter_bounds, params_for, perplexity_settings, redact_pii,
                     roots_resources)
 from dataset import atomic_write_text
 
 # the config keys (prepare.py's) that decide curation, recorded in the report
 CURATION_KEYS = ("curate", "lang", "lang_id", "lang_id_model", "html", "clean", "nfc", "filters", "char_rep_k",
-                 "short_circuit", "ppl_model", "ppl_max", "dedup", "near_dedup", "minhash_bands", "minhash_rows", "pii",
+                 "short_circuit", "ppl_model", "ppl_max", "dedup", "near_dedup", "minhash_bands", "minhash_rows", "template_lines", "substring_dedup", "pii",
                  "pii_phone", "keep_text")
 
-STAGES = ("read", "html", "clean", "lang", "filters", "exact_dedup", "near_dedup", "pii")
+STAGES = ("read", "html", "clean", "lang", "filters", "exact_dedup", "near_dedup", "pii", "templates", "substrings")
 FILTER_TITLES = {"words": "number of words", "char_rep": "character n-gram repetition ratio",
                  "word_rep": "word n-gram repetition ratio", "special": "special-character ratio",
                  "closed_class": "closed-class word ratio", "flagged": "flagged-word ratio", "ppl": "perplexity"}
@@ -70,6 +70,8 @@ def build_report(cfg, out_dir, source, world, tally, clusters, cluster_text, cou
                        "largest_clusters": [{"size": len(c), "kept": c[0], "removed": c[1:11], "text": cluster_text.get(c[0], "")}
                                             for c in clusters[1][:5]]},
         "pii": {"spans": dict(tally.pii), "docs": tally.docs["pii_docs"]},
+        "boilerplate": {stage: {"bytes_cut": -tally.bytes["changed:" + stage], "docs_emptied": tally.docs[f"removed:{stage[:-1]}_empty"],
+                                "examples": tally.cut_examples[stage]} for stage in ("templates", "substrings")},
         "peak_rss_mb": tally.peak_rss_mb, "cpu_seconds": tally.cpu_seconds,
         "input_stats": dict(stats), "output": counts,
     }
@@ -127,7 +129,27 @@ def examples_markdown(removed, fmt):
         for e in v["examples"]:
             values = ", ".join(f"{k}={fmt(x)}" for k, x in e["values"].items())
             text = e["text"].replace("```", "'''") if e["text"].strip() else "(nothing but whitespace)"
-            out.append(f"doc {e['doc']} ({e['lang']}): {values or '-'}\n\n```\n{text}\n```\n")
+            out.append(f"doc {e['doc']}{source(e)} ({e['lang']}): {values or '-'}\n\n```\n{text}\n```\n")
+    return out
+
+
+def source(example):
+    """Where an example came from: its input record's id and url, when the input had them."""
+    fields = [f"{k} `{example[k]}`" for k in SOURCE_FIELDS if k in example]
+    return f" [{', '.join(fields)}]" if fields else ""
+
+
+def boilerplate_markdown(r, mb):
+    t, s = r["boilerplate"]["templates"], r["boilerplate"]["substrings"]
+    out = ["## Boilerplate\n",
+           f"Template lines (ROOTS' `dedup_template_soft`: lines of 15+ characters seen 10+ times in a shard): {mb(t['bytes_cut'])} MB "
+           f"cut, {t['docs_emptied']} documents left empty and removed. Repeated substrings (Lee et al. 2022: spans of 50+ "
+           f"bytes that occurred earlier in the shard, first occurrence kept): {mb(s['bytes_cut'])} MB cut, "
+           f"{s['docs_emptied']} documents left empty and removed. The scope of both is one shard of `shard_mb` MB of input.\n"]
+    for name, v in (("template lines", t), ("repeated substrings", s)):
+        for e in v["examples"]:
+            cut = e["cut"].replace("```", "'''")
+            out.append(f"{name} cut from doc {e['doc']}{source(e)} ({e['lang']}):\n\n```\n{cut}\n```\n")
     return out
 
 
@@ -189,6 +211,7 @@ def report_markdown(r, plots):
         out.append(md_table(["size", "kept doc", "removed docs", "kept text"],
                             [[c["size"], c["kept"], ", ".join(map(str, c["removed"])),
                               c["text"][:80].replace("\n", " ").replace("|", "/")] for c in d["largest_clusters"]]))
+    out += boilerplate_markdown(r, mb)
     out += ["## PII\n", f"Spans redacted in the kept documents ({r['pii']['docs']} documents had some):\n",
             md_table(["kind", "spans"], sorted(r["pii"]["spans"].items())) if r["pii"]["spans"] else "None found.\n",
             "## Throughput\n", "MB of input to each stage per second of one process (all ranks' seconds added).\n",
@@ -206,6 +229,8 @@ def report_markdown(r, plots):
 def write_report(out_dir, report):
     """report.json, plots/*.png and report.md; example texts are PII-redacted first when pii is on."""
     if report["config"]["pii"]:
+        for e in [e for v in report["boilerplate"].values() for e in v["examples"]]:
+            e["cut"] = redact_pii(e["cut"])[0]
         for e in [e for v in report["removed"].values() for e in v["examples"]] + report["html"]["examples"]:
             e["text"] = redact_pii(e["text"])[0]
             if "page" in e:

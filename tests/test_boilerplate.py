@@ -1,13 +1,17 @@
 """Template lines and repeated substrings against brute-force oracles, and on the real crawl sample."""
 
+import gzip
+import json
+import os
 import random
 from collections import Counter
 
 import pytest
 
+from conftest import needs_shared_data
+from test_curation import CRAWL, read_jsonl_gz, run
 from boilerplate import line_key, remove_repeated_substrings, remove_template_lines, repeated_spans_mask, template_keys
 
-pytest.importorskip("pydivsufsort")
 
 
 def brute_force_mask(texts, min_bytes):
@@ -67,3 +71,31 @@ def test_template_lines_need_ten_occurrences_and_fifteen_characters():
     text, removed = remove_template_lines(docs[0], templates)
     assert text == "real text 0\nShare" and removed == [menu]
     assert remove_template_lines(docs[-1], templates) == (docs[-1], [])
+
+
+# --- in the pipeline, on the real crawl sample ----------------------------------------------------------------
+
+@needs_shared_data
+def test_crawl_boilerplate_is_cut_and_every_record_keeps_its_source(tmp_path, shared_data):
+    banner = "Jump to navigation Jump to search"
+    crawl = os.path.join(shared_data, CRAWL)
+    _, plain = run(tmp_path / "plain", input=crawl, lang="auto", keep_text=True, template_lines=False, substring_dedup=False)
+    assert sum(banner in k["text"] for k in read_jsonl_gz(plain / "clean.jsonl.gz")) >= 10  # Wikipedia-like pages
+    _, out = run(tmp_path / "cut", input=crawl, lang="auto", keep_text=True)
+    kept, removed = read_jsonl_gz(out / "clean.jsonl.gz"), read_jsonl_gz(out / "removed.jsonl.gz")
+    assert not any(banner in k["text"] for k in kept)
+    report = json.load(open(out / "report.json"))
+    stages = {s["stage"]: s for s in report["stages"]}
+    for stage in ("templates", "substrings"):
+        cut = report["boilerplate"][stage]
+        assert cut["bytes_cut"] > 5000 and len(cut["examples"]) == 3
+        assert stages[stage]["bytes_in"] - stages[stage]["bytes_out"] == cut["bytes_cut"]
+    assert report["kept"]["bytes"] == sum(len(k["text"].encode()) for k in kept)
+    # every document keeps the other fields of its input record (id, url inside "metadata", ...)
+    with gzip.open(crawl, "rt", encoding="utf-8") as f:
+        ids = [json.loads(line)["id"] for line in f]
+    assert all(r["meta"]["id"] == ids[r["doc"]] for r in kept + removed)
+    assert len(kept) + len(removed) == len(ids)
+    examples = [e for v in report["removed"].values() for e in v["examples"]]
+    assert examples and all(e["id"] == ids[e["doc"]] for e in examples)
+    assert f"[id `{ids[examples[0]['doc']]}`" in open(out / "report.md", encoding="utf-8").read()

@@ -364,7 +364,7 @@ def test_pipeline_removes_each_reason_redacts_pii_and_writes_a_readable_report(e
     report = json.load(open(out / "report.json"))
     funnel = {s["stage"]: (s["docs_in"], s["docs_out"]) for s in report["stages"]}
     assert funnel == {"read": (12, 11), "html": (11, 11), "clean": (11, 11), "lang": (11, 9), "filters": (9, 6),
-                      "exact_dedup": (6, 5), "near_dedup": (5, 4), "pii": (4, 4)}
+                      "exact_dedup": (6, 5), "near_dedup": (5, 4), "pii": (4, 4), "templates": (4, 4), "substrings": (4, 4)}
     assert report["kept"]["bytes"] == sum(len(k["text"].encode()) for k in kept)
     assert report["pii"] == {"spans": {"EMAIL": 1, "IP_ADDRESS": 1, "USER": 1}, "docs": 2}
     assert report["duplicates"]["exact_removed"] == 1 and report["duplicates"]["largest_clusters"][0]["removed"] == [3]
@@ -384,7 +384,7 @@ def test_report_plots_are_real_pngs_for_every_filter_with_thresholds(english_run
         file = "removals.png" if name == "removals" else f"filter_{name}.png"
         assert f"(plots/{file})" in md
         assert_real_png(out / "plots" / file)
-    assert "| char_rep | filters | 1 |" in md and "doc 6 (en): words=126" in md
+    assert "| char_rep | filters | 1 |" in md and "doc 6 [id `fixture-6`] (en): words=126" in md  # with its record's id
 
 
 def test_auto_language_keeps_french_and_chinese_with_their_own_thresholds(tmp_path):
@@ -397,7 +397,8 @@ def test_auto_language_keeps_french_and_chinese_with_their_own_thresholds(tmp_pa
 
 
 def test_every_stage_can_be_switched_off(tmp_path):
-    off = dict(lang_id=False, clean=False, filters=False, dedup=False, near_dedup=False, pii=False, keep_text=True)
+    off = dict(lang_id=False, clean=False, filters=False, dedup=False, near_dedup=False, template_lines=False,
+               substring_dedup=False, pii=False, keep_text=True)
     meta, out = run(tmp_path, input=FIXTURE, lang="en", **off)
     kept = read_jsonl_gz(out / "clean.jsonl.gz")
     assert [k["doc"] for k in kept] == [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11]  # only the empty document goes

@@ -297,11 +297,29 @@ def data_stage_throughput(input_path, lang="en", tokenizer="char", **overrides):
 
 
 def bench_data(cfg, system):
+    """Every stage on the crawl sample (English); the stages whose cost depends on the language or the format on
+    the Chinese Wikipedia sample (jieba words) and on HTML pages (tests/fixtures/html, 20 copies each)."""
     if not os.path.exists(CRAWL_SAMPLE):
         raise DataError(f"the data section reads {CRAWL_SAMPLE}, which is absent")
     size = os.path.getsize(CRAWL_SAMPLE) / 1e6
-    return [dict(benchmark=f"data stage on the crawl sample ({size:.1f} MB gz), 1 process: {r['stage']}",
+    rows = [dict(benchmark=f"data stage on the crawl sample ({size:.1f} MB gz), 1 process: {r['stage']}",
                  metric="MB/s", value=r["mb_per_s"]) for r in data_stage_throughput(CRAWL_SAMPLE, lang="en") if r["mb_per_s"]]
+    with open(os.path.join(SHARED_DATA, "chinese_web_sample", "cmrc2018_dev.json"), encoding="utf-8") as f:
+        chinese = [p["context"] for d in json.load(f)["data"] for p in d["paragraphs"]]
+    html_dir = os.path.join(HERE, "tests", "fixtures", "html")
+    pages = []
+    for name in sorted(os.listdir(html_dir)):
+        with open(os.path.join(html_dir, name), encoding="utf-8") as f:
+            pages += [f.read()] * 20
+    with tempfile.TemporaryDirectory() as tmp:
+        for what, texts, lang, stages in (("Chinese Wikipedia", chinese, "zh", ("clean", "lang", "filters")),
+                                          ("HTML pages", pages, "en", ("html",))):
+            path = os.path.join(tmp, "docs.jsonl")
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+            rows += [dict(benchmark=f"data stage on {what}, 1 process: {r['stage']}", metric="MB/s", value=r["mb_per_s"])
+                     for r in data_stage_throughput(path, lang=lang) if r["stage"] in stages]
+    return rows
 
 
 SECTIONS = {"train": bench_train, "generate": bench_generate, "mlm": bench_mlm,

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from configurator import ConfigError, NanorootsError
 from dataset import DataError, atomic_file, atomic_write_text, download
-from tokenizer import EOT, tokenizer_from_spec
+from tokenizer import BERT_SPECIALS, EOT, hf_tokenizer_files, tokenizer_from_spec
 
 
 @dataclass
@@ -246,6 +246,12 @@ class GPT(nn.Module):
             self.mlm_transform = nn.Sequential(nn.Linear(config.n_embd, config.n_embd), nn.GELU(approximate="tanh"),
                                                nn.LayerNorm(config.n_embd, eps=config.norm_eps))
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        # the padding columns of the output (a multiple of 64 runs its matmul on faster kernels) are no
+        # tokens: a -inf bias there gives them no probability, so the loss is over the real vocabulary,
+        # at no cost (the add is fused into the matmul; slicing first would copy the logits)
+        n_pad = config.padded_vocab_size - config.vocab_size
+        self.register_buffer("vocab_bias", torch.cat([torch.zeros(config.vocab_size), torch.full((n_pad,), float("-inf"))]),
+                             persistent=False)
         if config.tie_embeddings:  # one matrix reads tokens in and writes them out (Press & Wolf 2017)
             self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -291,17 +297,20 @@ class GPT(nn.Module):
                 x = block(x, rope, padding_mask, cache, pos)
         return self.transformer.ln_f(x)
 
-    def head(self, h):
-        """Logits over the padded vocabulary for hidden states h (..., C)."""
+    def head(self, h, padded=False):
+        """Logits (..., vocab_size) for hidden states h (..., C); padded: all padded_vocab_size
+        columns, the padding ones -inf (what the loss reads)."""
         if self.config.mlm_transform:
             h = self.mlm_transform(h)
-        return self.lm_head(h)
+        logits = F.linear(h, self.lm_head.weight, self.vocab_bias.to(h.dtype))
+        return logits if padded else logits[..., :self.config.vocab_size]
 
     def forward(self, idx, targets=None, padding_mask=None):
         """
-        Without targets: logits (B, T, V). With targets (B, T), -100 where there is nothing to predict:
-        (logits, mean cross-entropy). An encoder computes the output layer only at the predicted
-        positions (BERT's masked tokens), so its logits are (N, V) for the N targets.
+        Without targets: logits (B, T, V) over the real vocabulary, V = vocab_size. With targets (B, T),
+        -100 where there is nothing to predict: (logits, mean cross-entropy). An encoder computes the
+        output layer only at the predicted positions (BERT's masked tokens), so its logits are (N, V)
+        for the N targets.
         """
         h = self.hidden_states(idx, padding_mask)
         if targets is None:
@@ -309,9 +318,9 @@ class GPT(nn.Module):
         if not self.config.causal:  # sparse prediction: ~15% of positions need the big vocab matmul
             chosen = targets != -100
             h, targets = h[chosen], targets[chosen]
-        logits = self.head(h)
+        logits = self.head(h, padded=True)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+        return logits[..., :self.config.vocab_size], loss
 
     @staticmethod
     def pool(h, padding_mask=None, how="first"):
@@ -385,7 +394,7 @@ class GPT(nn.Module):
     def next_token_logits(self, idx, caches=None, pos=0):
         """Logits (B, vocab_size) for the token after idx (B, T); with caches, idx starts at `pos`."""
         h = self.hidden_states(idx, caches=caches, pos=pos)
-        return self.head(h[:, -1])[:, :self.config.vocab_size].float()
+        return self.head(h[:, -1]).float()
 
     @torch.no_grad()
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
@@ -448,7 +457,7 @@ class GPT(nn.Module):
         device = self.lm_head.weight.device
         while mask_id in ids:
             logits = self(torch.tensor([ids], dtype=torch.long, device=device))[0]
-            probs = F.softmax(logits[0, :, :self.config.vocab_size].float(), dim=-1)  # (T, V)
+            probs = F.softmax(logits[0].float(), dim=-1)  # (T, V)
             probs[:, list(never)] = 0
             positions = [i for i, t in enumerate(ids) if t == mask_id]
             pos = positions[0] if order == "left_to_right" else max(positions, key=lambda i: probs[i].max().item())
@@ -466,8 +475,9 @@ class GPT(nn.Module):
         return model_from_checkpoint(load_pretrained(name_or_path))
 
     def export_hf(self, out_dir, tokenizer=None):
-        """Write out_dir/config.json + model.safetensors that transformers loads as GPT2LMHeadModel
-        or LlamaForCausalLM with the same logits. `tokenizer` (a tokenizer spec) is recorded for re-import."""
+        """Write a folder that transformers loads as GPT2LMHeadModel, LlamaForCausalLM or (an encoder)
+        MegatronBertForMaskedLM with the same logits, and, given `tokenizer` (a tokenizer spec), the
+        tokenizer with the same ids. See write_hf_folder."""
         return write_hf_folder(self, out_dir, tokenizer)
 
 
@@ -651,8 +661,11 @@ def hf_tensor_names(c, layout):
     How each of our tensors is stored in a Hugging Face model with config c: a list of (our name,
     HF names, transposed, row split). Several HF tensors stacked along the output dimension make one
     of ours: LLaMA's q, k, v projections are our c_attn, its gate and up projections our SwiGLU
-    c_fc. GPT-2's Conv1D layers keep (in, out) matrices, the transpose of nn.Linear's.
+    c_fc. GPT-2's Conv1D layers keep (in, out) matrices, the transpose of nn.Linear's. GPT-2 and
+    MegatronBERT always have biases: a model without them is written with zero biases.
     """
+    if layout == "megatron-bert":
+        return megatron_tensor_names(c)
     if layout == "gpt2":  # our names are GPT-2's (nanoGPT kept them), and GPT-2 always has biases
         names = [(n, [n], False, None) for n in ("transformer.wte.weight", "transformer.wpe.weight")]
         modules = [f"transformer.h.{i}.{m}" for i in range(c.n_layer)
@@ -678,27 +691,90 @@ def hf_tensor_names(c, layout):
     return names
 
 
+def megatron_tensor_names(c):
+    """
+    hf_tensor_names for an encoder written as MegatronBertForMaskedLM, whose blocks are ours: a
+    LayerNorm before attention and one before the MLP, both inside the residual branch, and one
+    final LayerNorm. Its head always transforms the final states (dense, activation, LayerNorm)
+    before the output layer. With mlm_transform that is our mlm_transform; without it, our ln_f
+    goes into the head's LayerNorm and the two layers before it are nearly the identity
+    (megatron_identity_head).
+    """
+    names = [("transformer.wte.weight", ["bert.embeddings.word_embeddings.weight"], False, None),
+             ("transformer.wpe.weight", ["bert.embeddings.position_embeddings.weight"], False, None)]
+    for i in range(c.n_layer):
+        ours, hf = f"transformer.h.{i}.", f"bert.encoder.layer.{i}."
+        for p in ("weight", "bias"):
+            names += [(ours + "ln_1." + p, [hf + "attention.ln." + p], False, None),
+                      (ours + "attn.c_attn." + p, [hf + f"attention.self.{x}.{p}" for x in ("query", "key", "value")],
+                       False, [c.n_embd] * 3),
+                      (ours + "attn.c_proj." + p, [hf + "attention.output.dense." + p], False, None),
+                      (ours + "ln_2." + p, [hf + "ln." + p], False, None),
+                      (ours + "mlp.c_fc." + p, [hf + "intermediate.dense." + p], False, None),
+                      (ours + "mlp.c_proj." + p, [hf + "output.dense." + p], False, None)]
+    head = "cls.predictions.transform."
+    for p in ("weight", "bias"):
+        if c.mlm_transform:
+            names += [("transformer.ln_f." + p, ["bert.encoder.ln." + p], False, None),
+                      ("mlm_transform.0." + p, [head + "dense." + p], False, None),
+                      ("mlm_transform.2." + p, [head + "LayerNorm." + p], False, None)]
+        else:
+            names.append(("transformer.ln_f." + p, [head + "LayerNorm." + p], False, None))
+    if not c.tie_embeddings:
+        names.append(("lm_head.weight", ["cls.predictions.decoder.weight"], False, None))
+    return names
+
+
+# MegatronBERT's head without our mlm_transform: the final LayerNorm scales the normalised states n by
+# HEAD_SCALE, the dense layer adds a shift that makes every entry at least 10, where the tanh GELU is
+# exactly the identity in float32 (tanh(0.798 * (10 + 0.0447 * 1000)) rounds to 1), and the head's
+# LayerNorm, holding our ln_f's weight and bias, removes the shift and the scale again. What remains is
+# ln_f with eps = 0: n / sqrt(v) where ours has n / sqrt(v + eps), v being the variance of the state,
+# a relative difference of eps / (2 v) (5e-6 for eps = 1e-5 and v = 1).
+HEAD_SCALE = 100.0
+
+
+def megatron_identity_head(c):
+    """The tensors of MegatronBERT's final LayerNorm and head dense layer that pass states through."""
+    shift = HEAD_SCALE * math.sqrt(c.n_embd) + 10.0  # |n_i| <= sqrt(n_embd - 1) for a normalised vector
+    return {"bert.encoder.ln.weight": torch.full((c.n_embd,), HEAD_SCALE), "bert.encoder.ln.bias": torch.zeros(c.n_embd),
+            "cls.predictions.transform.dense.weight": torch.eye(c.n_embd),
+            "cls.predictions.transform.dense.bias": torch.full((c.n_embd,), shift)}
+
+
 def hf_layout(c):
-    """'gpt2' or 'llama': the Hugging Face architecture that computes exactly what config c does."""
+    """The Hugging Face architecture that computes what config c does: 'gpt2' or 'llama' for a GPT,
+    'megatron-bert' for an encoder (exact with mlm_transform, else see HEAD_SCALE)."""
     arch = (c.pos, c.norm, c.mlp)
-    if c.causal and arch == ("learned", "layernorm", "gelu") and c.n_kv_head == c.n_head:
+    gpt2_blocks = arch == ("learned", "layernorm", "gelu") and c.n_kv_head == c.n_head
+    if c.causal and gpt2_blocks:
         return "gpt2"
     if c.causal and arch == ("rope", "rmsnorm", "swiglu"):
         return "llama"
+    if not c.causal and gpt2_blocks:
+        return "megatron-bert"
     raise ValueError(f"no Hugging Face layout holds this model exactly (causal={c.causal}, pos={c.pos}, norm={c.norm}, "
                      f"mlp={c.mlp}, n_kv_head={c.n_kv_head}): export needs GPT-2's learned/layernorm/gelu with "
-                     f"n_kv_head=n_head, or LLaMA's rope/rmsnorm/swiglu")
+                     f"n_kv_head=n_head (a GPT or an encoder), or LLaMA's rope/rmsnorm/swiglu (a GPT)")
 
 
 def hf_config_dict(c, tokenizer=None):
-    """config.json for config c, in the field names of transformers' GPT2Config or LlamaConfig."""
+    """config.json for config c, in the field names of transformers' GPT2Config, LlamaConfig or MegatronBertConfig."""
     layout = hf_layout(c)
-    eot = None
+    eot = pad = None
     if tokenizer is not None:
-        eot = tokenizer_from_spec(tokenizer).special_ids[EOT]
+        special_ids = tokenizer_from_spec(tokenizer).special_ids
+        eot, pad = special_ids[EOT], special_ids["[PAD]"]
     common = {"vocab_size": c.vocab_size, "tie_word_embeddings": c.tie_embeddings, "bos_token_id": eot,
-              "eos_token_id": eot,
+              "eos_token_id": eot, "pad_token_id": pad,
               "nanoroots": {"bias": c.bias, "tokenizer": tokenizer}}  # what the HF fields cannot say
+    if layout == "megatron-bert":
+        common["nanoroots"]["mlm_transform"] = c.mlm_transform
+        return {"architectures": ["MegatronBertForMaskedLM"], "model_type": "megatron-bert", "is_decoder": False,
+                "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head, "hidden_size": c.n_embd,
+                "intermediate_size": c.hidden_size, "hidden_act": "gelu_pytorch_tanh",  # torch's tanh GELU, as ours
+                "max_position_embeddings": c.block_size, "type_vocab_size": 1, "layer_norm_eps": c.norm_eps,
+                "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.dropout, **common}
     if layout == "gpt2":
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_layer": c.n_layer, "n_head": c.n_head,
                 "n_embd": c.n_embd, "n_positions": c.block_size, "n_inner": c.hidden_size,
@@ -744,9 +820,19 @@ def model_args_from_hf(hf, where):
             problems.append(f"attention_bias={hf.get('attention_bias')} but mlp_bias={hf.get('mlp_bias')}")
         if hf.get("head_dim") not in (None, args["n_embd"] // args["n_head"]):
             problems.append(f"head_dim={hf['head_dim']} is not hidden_size/num_attention_heads")
+    elif kind == "megatron-bert":  # an encoder, as write_hf_folder writes one (see megatron_tensor_names)
+        layout, vocab = "megatron-bert", hf["vocab_size"]
+        args = dict(causal=False, n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
+                    n_embd=hf["hidden_size"], mlp_hidden=hf["intermediate_size"],
+                    block_size=hf.get("max_position_embeddings", 512), norm_eps=hf.get("layer_norm_eps", 1e-12),
+                    bias=ours.get("bias", True), mlm_transform=ours.get("mlm_transform", True))
+        if hf.get("hidden_act", "gelu") not in ("gelu_new", "gelu_pytorch_tanh"):
+            problems.append(f"hidden_act={hf.get('hidden_act', 'gelu')!r} (only the tanh GELU is supported)")
+        if hf.get("is_decoder") or hf.get("add_cross_attention"):
+            problems.append("is_decoder=True (only the bidirectional encoder is supported)")
     else:
-        raise CheckpointError(f"{where} has model_type={kind!r}; only Hugging Face GPT-2 (gpt2) and LLaMA (llama) "
-                              f"folders can be read")
+        raise CheckpointError(f"{where} has model_type={kind!r}; only Hugging Face GPT-2 (gpt2), LLaMA (llama) and "
+                              f"MegatronBERT (megatron-bert) folders can be read")
     if problems:
         raise CheckpointError(f"{where} describes a {kind} variant this model cannot reproduce: {'; '.join(problems)}")
     tokenizer = ours.get("tokenizer")
@@ -757,7 +843,7 @@ def model_args_from_hf(hf, where):
     args["vocab_size"] = vocab
     if tokenizer is not None:
         args["vocab_size"] = max(vocab, tokenizer_from_spec(tokenizer).vocab_size)
-    args["tie_embeddings"] = bool(hf.get("tie_word_embeddings", kind == "gpt2"))
+    args["tie_embeddings"] = bool(hf.get("tie_word_embeddings", kind in ("gpt2", "megatron-bert")))
     return args, layout, tokenizer, vocab
 
 
@@ -785,9 +871,29 @@ def read_hf_tensors(folder):
     raise CheckpointError(f"{folder} has a config.json but no model.safetensors or pytorch_model.bin (or their .index.json)")
 
 
+def read_megatron_extras(tensors, state, config, folder):
+    """Take MegatronBERT's tensors that have no counterpart here out of `tensors`: the token-type
+    embedding (row 0, the type every input gets, is added to the position embeddings), the output
+    biases (zero), and for mlm_transform=False the pass-through layers of megatron_identity_head."""
+    token_types = tensors.pop("bert.embeddings.token_type_embeddings.weight", None)
+    if token_types is not None:
+        state["transformer.wpe.weight"] = state["transformer.wpe.weight"] + token_types[0]
+    for name in ("cls.predictions.bias", "cls.predictions.decoder.bias"):
+        bias = tensors.pop(name, None)
+        if bias is not None and bias.any():
+            raise CheckpointError(f"{folder} has a nonzero {name}; this model's output layer has no bias")
+    if not config.mlm_transform:
+        for name, want in megatron_identity_head(config).items():
+            t = tensors.pop(name, None)
+            if t is None or not torch.equal(t, want.to(t.dtype)):
+                raise CheckpointError(f"{folder}/config.json says mlm_transform=false but {name} is not the pass-through "
+                                      f"layer the export writes; delete \"mlm_transform\" from its \"nanoroots\" entry "
+                                      f"to read the head as an mlm_transform")
+
+
 def read_hf_folder(folder):
-    """A Hugging Face GPT-2 or LLaMA folder as one of our checkpoint dicts. Every tensor of the
-    file is used exactly once and has the shape config.json implies; anything else is an error."""
+    """A Hugging Face GPT-2, LLaMA or MegatronBERT folder as one of our checkpoint dicts. Every tensor
+    of the file is used exactly once and has the shape config.json implies; anything else is an error."""
     path = os.path.join(folder, "config.json")
     try:
         with open(path, encoding="utf-8") as f:
@@ -803,9 +909,11 @@ def read_hf_folder(folder):
     tensors = read_hf_tensors(folder)
     if layout == "gpt2":  # GPT2Model's files (the original gpt2 ones) lack GPT2LMHeadModel's "transformer." prefix
         tensors = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in tensors.items()}
-    with_biases = GPTConfig.from_dict(args | {"bias": True}) if layout == "gpt2" else config  # GPT-2 files always have them
+    # GPT-2 and MegatronBERT files have biases whatever the model has
+    file_config = GPTConfig.from_dict(args | {"bias": True}) if layout in ("gpt2", "megatron-bert") else config
     with torch.device("meta"):  # the shape of every tensor, without allocating or initialising any
-        shapes = {k: v.shape for k, v in GPT(with_biases).state_dict().items()}
+        shapes = {k: v.shape for k, v in GPT(file_config).state_dict().items()}
+        our_names = set(GPT(config).state_dict())
     state = {}
     for ours, theirs, transposed, _ in hf_tensor_names(config, layout):
         missing = [n for n in theirs if n not in tensors]
@@ -823,15 +931,17 @@ def read_hf_folder(folder):
             # start as the mean embedding: their logits are then average, not dominant (Hewitt 2021)
             t = torch.cat([t, t.float().mean(0, keepdim=True).to(t.dtype).expand(config.padded_vocab_size - vocab, -1)])
         state[ours] = t.contiguous()  # in the file's dtype: loading into the model converts it
-    if not config.bias:  # our export wrote GPT-2's biases as zeros for a model that has none
-        for name in [n for n in state if n.endswith(".bias")]:
-            if state[name].any():
-                raise CheckpointError(f"{folder}/config.json says bias=False but {name} is not zero; remove \"nanoroots\" "
-                                      f"from config.json to load the biases")
-            del state[name]
-    stored_head = tensors.pop("lm_head.weight", None) if config.tie_embeddings else None  # some files store a tied head
+    for name in [n for n in state if n not in our_names]:  # our export wrote a model's missing biases as zeros
+        if state[name].any():
+            raise CheckpointError(f"{folder}/config.json says bias=False but {name} is not zero; remove \"nanoroots\" "
+                                  f"from config.json to load the biases")
+        del state[name]
+    if layout == "megatron-bert":
+        read_megatron_extras(tensors, state, config, folder)
+    head_name = "cls.predictions.decoder.weight" if layout == "megatron-bert" else "lm_head.weight"
+    stored_head = tensors.pop(head_name, None) if config.tie_embeddings else None  # some files store a tied head
     if stored_head is not None and not torch.equal(stored_head.float(), state["transformer.wte.weight"][:vocab].float()):
-        raise CheckpointError(f"{folder}/config.json ties the embeddings but lm_head.weight differs from them; "
+        raise CheckpointError(f"{folder}/config.json ties the embeddings but {head_name} differs from them; "
                               f"set tie_word_embeddings to false in config.json")
     unused = sorted(n for n in tensors if not HF_BUFFERS.search(n))
     if unused:
@@ -840,15 +950,33 @@ def read_hf_folder(folder):
     return {"model": state, "model_args": asdict(config), "tokenizer": tokenizer, "source": folder}
 
 
+def hf_generation_config(tok):
+    """generation_config.json for a GPT using tokenizer tok: stop at <|endoftext|>, and never generate
+    BERT's tokens, which only an encoder's input holds (sample.py suppresses them the same way)."""
+    return {"bos_token_id": tok.special_ids[EOT], "eos_token_id": tok.special_ids[EOT],
+            "pad_token_id": tok.special_ids["[PAD]"], "suppress_tokens": [tok.special_ids[s] for s in BERT_SPECIALS]}
+
+
 def write_hf_folder(model, out_dir, tokenizer=None):
-    """out_dir/config.json + model.safetensors in the Hugging Face layout of the model's architecture
-    (GPT-2 or LLaMA), each written to a temporary name, fsynced and renamed. Returns out_dir."""
+    """
+    A folder that transformers loads as it is: config.json + model.safetensors in the Hugging Face
+    layout of the model's architecture (GPT-2, LLaMA, or MegatronBERT for an encoder) and, given
+    the tokenizer spec, the tokenizer (tokenizer.json, tokenizer_config.json) and, for a GPT,
+    generation_config.json. Each file is written to a temporary name, fsynced and renamed,
+    config.json last. Returns out_dir.
+    """
     c = model.config
     layout = hf_layout(c)
+    files = {}  # the text files, built before anything is written: a tokenizer that cannot be exported stops the export
+    if tokenizer is not None:
+        tok = tokenizer_from_spec(tokenizer)
+        files = hf_tokenizer_files(tok, c.block_size, encoder=not c.causal)
+        if c.causal:
+            files["generation_config.json"] = json.dumps(hf_generation_config(tok), indent=2)
     state = {k: v.detach().cpu() for k, v in clean_state_dict(model.state_dict()).items()}
-    if layout == "gpt2" and not c.bias:  # GPT-2 has a bias wherever a model without biases has zeros
+    if layout in ("gpt2", "megatron-bert") and not c.bias:  # these have a bias wherever a model without biases has zeros
         for name in [n for n in state if n.endswith(".weight") and not n.endswith(("wte.weight", "wpe.weight", "lm_head.weight"))]:
-            state[name[:-len("weight")] + "bias"] = torch.zeros(state[name].shape[0])
+            state.setdefault(name[:-len("weight")] + "bias", torch.zeros(state[name].shape[0]))
     tensors = {}
     for ours, theirs, transposed, split in hf_tensor_names(c, layout):
         t = state[ours]
@@ -856,10 +984,21 @@ def write_hf_folder(model, out_dir, tokenizer=None):
             t = t[:c.vocab_size]  # the padding rows are ours alone
         for name, part in zip(theirs, t.split(split) if split else [t]):
             tensors[name] = (part.t() if transposed else part).contiguous()
+    if layout == "megatron-bert":  # one token type, adding nothing; no output bias
+        dtype = state["transformer.wte.weight"].dtype
+        extra = {"bert.embeddings.token_type_embeddings.weight": torch.zeros(1, c.n_embd),
+                 "cls.predictions.bias": torch.zeros(c.vocab_size)}
+        if not c.tie_embeddings:
+            extra["cls.predictions.decoder.bias"] = torch.zeros(c.vocab_size)
+        if not c.mlm_transform:
+            extra |= megatron_identity_head(c)
+        tensors |= {name: t.to(dtype) for name, t in extra.items()}
     os.makedirs(out_dir, exist_ok=True)
     weights, config = os.path.join(out_dir, "model.safetensors"), os.path.join(out_dir, "config.json")
     with atomic_file(weights, "wb") as f:
         f.write(save(tensors, metadata={"format": "pt"}))
+    for name, text in files.items():
+        atomic_write_text(os.path.join(out_dir, name), text)
     dtype = str(state["transformer.wte.weight"].dtype).removeprefix("torch.")
     atomic_write_text(config, json.dumps(hf_config_dict(c, tokenizer) | {"torch_dtype": dtype}, indent=2))
     return out_dir
@@ -869,7 +1008,7 @@ if __name__ == "__main__":
     # python model.py --init_from=out-shakespeare-char --export_hf=hf-shakespeare-char
     from configurator import configure
     cfg = configure(dict(init_from="",   # a checkpoint, out_dir, Hugging Face folder or GPT-2 name
-                         export_hf=""))  # the folder to write config.json + model.safetensors into
+                         export_hf=""))  # the folder to write the model, its config and its tokenizer into
     if not cfg.init_from or not cfg.export_hf:
         raise SystemExit("model.py: give both --init_from=<checkpoint, out_dir or GPT-2 name> and --export_hf=<new folder>")
     try:
@@ -878,5 +1017,9 @@ if __name__ == "__main__":
         model.export_hf(cfg.export_hf, checkpoint.get("tokenizer"))
     except (CheckpointError, ValueError) as e:
         raise SystemExit(f"model.py: {e}")
+    task = "text-generation" if model.config.causal else "fill-mask"
     print(f"wrote {cfg.export_hf} ({hf_layout(model.config)} layout); in Python: "
-          f"transformers.AutoModelForCausalLM.from_pretrained({cfg.export_hf!r})")
+          f"transformers.pipeline({task!r}, model={cfg.export_hf!r})")
+    if checkpoint.get("tokenizer") is None:
+        print(f"note: {cfg.init_from} does not record its tokenizer, so none was written; "
+              f"give transformers a tokenizer with the same ids")

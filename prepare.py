@@ -10,15 +10,17 @@ tokenize them, and write data/<name>/{train,val}.bin + meta.json, with report.md
 
 Inputs: a text file (one document), a folder of text/jsonl files, `.jsonl`/`.jsonl.gz` with a
 `text` field (one document per line), a `.json` array of such records (or of chinese-poetry poems),
-or http(s) URLs of any of those, downloaded with retries, resume and sha256 checks (set
+`.parquet` (the `text_field` column) and web archives (`.warc[.gz]`: HTML responses, WET text), or
+http(s) URLs of any of those, downloaded with retries, resume and sha256 checks (set
 NANOROOTS_MIRROR=<dir> to read local copies instead). Several inputs are separated by commas.
 Documents are split into train/val deterministically by a stable hash of their index; a corpus that
 is one document is split by position (the last `val_fraction`). A trained tokenizer (bpe) learns
 from the train split only, so the validation loss is measured on text it has never seen.
 
 Curation follows ROOTS (curate.py), every stage on unless switched off:
-    read -> lang (script + closed-class words) -> clean -> quality filters -> exact dedup -> MinHash
-    near-dedup -> PII redaction -> tokenize + write -> report.md / report.json / removed.jsonl.gz
+    read -> html (main text of web pages) -> clean -> lang (py3langid or fastText) -> quality filters
+    (+ perplexity) -> exact dedup -> MinHash near-dedup -> PII redaction -> tokenize + write -> report.md /
+    report.json / removed.jsonl.gz
 Pass 1 streams each rank's share of the documents (index % world == rank) through the per-document stages
 and stages the survivors in data/<name>/. The ranks send their dedup hashes (never text) to rank 0, which
 decides duplicates for the whole corpus, reads the staged documents back in input order, fits the
@@ -45,7 +47,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from configurator import configure, script_main
-from curate import SNIPPET, curate_shard, decide_duplicates, peak_rss_mb, wanted_languages
+from curate import (SNIPPET, curate_shard, decide_duplicates, need, normalize_for_perplexity, peak_rss_mb,
+                    perplexity_settings, wanted_languages)
 from report import build_report, write_report
 from dataset import (DATA_ROOT, HERE, SHARED_DATA, BinWriter, DataError, atomic_gzip_text, dataset_dir, download,
                      in_val_split, stable_hash, write_meta)
@@ -55,7 +58,7 @@ DEFAULTS = dict(
     # what to read
     recipe="",              # a built-in recipe (see RECIPES), or empty to use `input`
     input="",               # file, folder, .jsonl[.gz], or http(s) URL; several separated by commas
-    text_field="text",      # the JSON field holding a document's text
+    text_field="text",      # the JSON field (or Parquet column) holding a document's text
     sha256="",              # expected sha256 of a single downloaded input (checked when given)
     max_doc_mb=64,          # a text file larger than this is read as several documents of this size
     # what to write
@@ -75,13 +78,17 @@ DEFAULTS = dict(
     curate=True,            # False: read and tokenize only (the bundled recipes)
     lang="auto",            # auto (keep every identified language) | en | zh | en,fr ...; others removed as `lang`
     lang_id=True,           # identify each document's language; False: every document is taken to be `lang`
+    lang_id_model="",       # a fastText language-ID model file (ROOTS': lid.176.bin); empty = py3langid (bundled)
+    html=True,              # a document that is an HTML page is replaced by its main text (resiliparse)
     clean=True,             # ROOTS cleaning: strip, uniform spaces, drop URL-like and over-long words
     nfc=False,              # also normalise Unicode to NFC while cleaning (ROOTS did not)
     filters=True,           # ROOTS quality filters with their per-language thresholds
     char_rep_k="code",      # code: k = min(floor(sqrt(distinct)), repeated) as ROOTS ran | paper: floor(sqrt(distinct))
     short_circuit=True,     # stop at a document's first failed filter (ROOTS); False computes every value
-    ppl_model="",           # a nanoroots checkpoint (out dir or .pt) scoring perplexity; empty = no perplexity
-    ppl_max=0.0,            # remove documents above this perplexity; 0 = only record it (see the histogram)
+    ppl_model="",           # nanoroots checkpoint(s) scoring perplexity: out-x (every language) or en:out-en,zh:out-zh
+    ppl_max="",             # remove documents above this perplexity: 900, or en:900,zh:1200; empty/0 = only record it
+    ppl_normalize=False,    # curate=False only: write the text normalised as perplexity scoring sees it, to train
+                            # a scoring model on (README, "Perplexity")
     dedup=True,             # exact duplicates: same text without whitespace, digits, ASCII punctuation
     near_dedup=True,        # near-duplicates: MinHash LSH over word 5-grams (character 5-grams for zh)
     minhash_bands=14,       # LSH bands x rows = hashes per document; 14 x 8 flags Jaccard >= ~0.72 (datatrove)
@@ -254,8 +261,48 @@ def read_json_array(path, stats, text_field, max_doc_bytes):
         yield text
 
 
+def read_warc(path, stats, max_doc_bytes):
+    """Web archives (.warc, .warc.gz), streamed: each HTML response is a document (curation's html stage then
+    keeps its main text), each WET conversion record (text/plain) too; other records are skipped and counted."""
+    warc = need("fastwarc.warc", "fastwarc", f"reading {path}")
+    kinds = warc.WarcRecordType.response | warc.WarcRecordType.conversion
+    for record in warc.ArchiveIterator(path, record_types=kinds, parse_http=True, fsspec_args=False):
+        if record.record_type == warc.WarcRecordType.response and "html" not in (record.http_content_type or ""):
+            stats["skipped_warc_not_html"] += 1
+            continue
+        body = record.reader.read(max_doc_bytes + 1)
+        if len(body) > max_doc_bytes:
+            stats["skipped_too_long"] += 1
+            continue
+        charset = record.http_charset if record.record_type == warc.WarcRecordType.response else None
+        yield body.decode(charset, errors="replace") if charset and charset.lower() not in ("utf-8", "utf8") else _decode(body, stats)
+
+
+def read_parquet(path, stats, text_field):
+    """A Parquet file (C4, FineWeb, The Stack on the Hugging Face hub), streamed in row batches; one document per
+    row, from the `text_field` column. Empty and non-text cells are skipped and counted."""
+    parquet = need("pyarrow.parquet", "pyarrow", f"reading {path}")
+    table = parquet.ParquetFile(path)
+    if text_field not in table.schema_arrow.names:
+        raise DataError(f"{path} has no column {text_field!r}; its columns are {', '.join(table.schema_arrow.names)}: "
+                        f"choose one with --text_field")
+    for batch in table.iter_batches(batch_size=1024, columns=[text_field]):
+        for text in batch.column(0).to_pylist():
+            if isinstance(text, bytes):
+                text = _decode(text, stats)
+            if not isinstance(text, str):
+                stats["skipped_no_text_field"] += 1
+                continue
+            yield text
+
+
 def _is_jsonl(path):
     return path.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson"))
+
+
+def _has_reader(path):
+    """Formats read by a reader of their own (binary ones included), not as text."""
+    return _is_jsonl(path) or path.endswith((".warc", ".warc.gz", ".parquet"))
 
 
 def read_path(path, stats, text_field="text", max_doc_bytes=64 << 20):
@@ -264,7 +311,7 @@ def read_path(path, stats, text_field="text", max_doc_bytes=64 << 20):
         if not files:
             raise DataError(f"folder {path} has no files")
         for file in files:
-            if not _is_jsonl(file) and _looks_binary(file):
+            if not _has_reader(file) and _looks_binary(file):
                 stats["skipped_binary_files"] += 1
                 continue
             yield from read_path(file, stats, text_field, max_doc_bytes)
@@ -272,6 +319,10 @@ def read_path(path, stats, text_field="text", max_doc_bytes=64 << 20):
         raise DataError(f"input {path} does not exist")
     elif _is_jsonl(path):
         yield from read_jsonl(path, stats, text_field, max_doc_bytes)
+    elif path.endswith((".warc", ".warc.gz")):
+        yield from read_warc(path, stats, max_doc_bytes)
+    elif path.endswith(".parquet"):
+        yield from read_parquet(path, stats, text_field)
     elif path.endswith(".json"):
         yield from read_json_array(path, stats, text_field, max_doc_bytes)
     else:
@@ -551,10 +602,11 @@ def check_config(cfg):
         raise DataError(f"char_rep_k={cfg.char_rep_k!r}: use code (ROOTS' code) or paper (the paper's App. C)")
     if cfg.minhash_bands < 1 or cfg.minhash_rows < 1:
         raise DataError(f"minhash_bands={cfg.minhash_bands}, minhash_rows={cfg.minhash_rows}: both must be >= 1 (default 14 x 8)")
-    if cfg.ppl_max and not cfg.ppl_model:
-        raise DataError(f"ppl_max={cfg.ppl_max} needs --ppl_model=<checkpoint> to score perplexity with")
+    perplexity_settings(cfg)
+    if cfg.ppl_normalize and cfg.curate:
+        raise DataError("ppl_normalize=True writes text for training a perplexity model: use it with --curate=False")
     if cfg.curate:
-        wanted_languages(cfg.lang, cfg.lang_id)
+        wanted_languages(cfg.lang, cfg.lang_id, cfg.lang_id_model)
     tokenizer_source(cfg)
 
 
@@ -596,8 +648,9 @@ def write_uncurated(cfg, sources, data_dir):
     stats = Counter()
 
     def documents(counts, keep):
-        return read_sources(sources, counts, cfg.text_field, cfg.max_doc_mb << 20, os.path.join(data_dir, "downloads"),
+        docs = read_sources(sources, counts, cfg.text_field, cfg.max_doc_mb << 20, os.path.join(data_dir, "downloads"),
                             cfg.sha256, keep)
+        return map(normalize_for_perplexity, docs) if cfg.ppl_normalize else docs
 
     tok = fit_tokenizer(cfg, lambda: documents(Counter(), True))
     counts = write_dataset(documents(stats, cfg.keep_downloads), tok, data_dir, cfg.val_fraction, cfg.seed, cfg.max_tokens)

@@ -10,14 +10,16 @@ import os
 
 import numpy as np
 
-from curate import FILTERS, HIST_EDGES, REASON_STAGE, filter_bounds, redact_pii, roots_resources
+from curate import (FILTERS, HIST_EDGES, REASON_STAGE, filter_bounds, params_for, perplexity_settings, redact_pii,
+                    roots_resources)
 from dataset import atomic_write_text
 
 # the config keys (prepare.py's) that decide curation, recorded in the report
-CURATION_KEYS = ("curate", "lang", "lang_id", "clean", "nfc", "filters", "char_rep_k", "short_circuit", "ppl_model",
-                 "ppl_max", "dedup", "near_dedup", "minhash_bands", "minhash_rows", "pii", "pii_phone", "keep_text")
+CURATION_KEYS = ("curate", "lang", "lang_id", "lang_id_model", "html", "clean", "nfc", "filters", "char_rep_k",
+                 "short_circuit", "ppl_model", "ppl_max", "dedup", "near_dedup", "minhash_bands", "minhash_rows", "pii",
+                 "pii_phone", "keep_text")
 
-STAGES = ("read", "lang", "clean", "filters", "exact_dedup", "near_dedup", "pii")
+STAGES = ("read", "html", "clean", "lang", "filters", "exact_dedup", "near_dedup", "pii")
 FILTER_TITLES = {"words": "number of words", "char_rep": "character n-gram repetition ratio",
                  "word_rep": "word n-gram repetition ratio", "special": "special-character ratio",
                  "closed_class": "closed-class word ratio", "flagged": "flagged-word ratio", "ppl": "perplexity"}
@@ -37,13 +39,15 @@ def build_report(cfg, out_dir, source, world, tally, clusters, cluster_text, cou
                    "mb_per_s": round(tally.work[stage] / tally.seconds[stage] / 1e6, 3) if tally.work[stage] else None}
                   for stage in (*STAGES, "dedup_decision", "tokenize") if tally.seconds[stage]]
     langs = sorted({lang for _, lang in tally.hist}, key=lambda l: -tally.langs[l])
+    models, ppl_max = perplexity_settings(cfg)
+    ppl = {l: (ppl_max.get(l, ppl_max.get("*", 0.0)), l in models or "*" in models) for l in langs}
     filters = []
     for name in FILTERS:
         checked = sum(int(c.sum()) for (f, _), c in tally.hist.items() if f == name)
         if checked:
             filters.append({"filter": name, "checked": checked, "removed": tally.docs["removed:" + name],
                             "bytes_removed": tally.bytes["removed:" + name],
-                            "bounds": {l: filter_bounds(res, l, cfg.ppl_max, bool(cfg.ppl_model)).get(name) for l in langs
+                            "bounds": {l: filter_bounds(res, l, *ppl[l]).get(name) for l in langs
                                        if (name, l) in tally.hist}})
     removed = {reason: {"stage": REASON_STAGE[reason], "docs": tally.docs["removed:" + reason],
                         "bytes": tally.bytes["removed:" + reason], "examples": tally.examples[reason]}
@@ -56,7 +60,10 @@ def build_report(cfg, out_dir, source, world, tally, clusters, cluster_text, cou
         "histograms": {name: {"edges": HIST_EDGES[name].tolist(),
                               "counts": {l: tally.hist[(name, l)].tolist() for l in langs if (name, l) in tally.hist}}
                        for name in FILTERS if any(f == name for f, _ in tally.hist)},
-        "languages": {l: {"docs": n, "kept": tally.docs["kept:" + l]} for l, n in tally.langs.most_common()},
+        "html": {"pages": tally.docs["html_pages"], "bytes_changed": tally.bytes["changed:html"],
+                 "removed": tally.docs["removed:html_empty"], "examples": tally.html_examples},
+        "languages": {l: {"docs": n, "kept": tally.docs["kept:" + l],
+                          "min_score": params_for(res, l)["lang_id_min_cutoff"]} for l, n in tally.langs.most_common()},
         "duplicates": {"exact_removed": tally.docs["removed:exact_dup"], "near_removed": tally.docs["removed:near_dup"],
                        "near_clusters": len(clusters),
                        "largest_clusters": [{"size": len(c), "kept": c[0], "removed": c[1:11], "text": cluster_text.get(c[0], "")}
@@ -123,6 +130,21 @@ def examples_markdown(removed, fmt):
     return out
 
 
+def html_and_languages_markdown(r, mb):
+    out = []
+    h = r["html"]
+    out += ["## HTML\n", f"{h['pages']} documents were HTML pages: their main text replaced them ({mb(-h['bytes_changed'])} MB "
+            f"of markup and boilerplate dropped); {h['removed']} had no main text (`html_empty`).\n"]
+    for e in h["examples"]:
+        out.append(f"doc {e['doc']} ({e['lang']}), page:\n\n```\n{e['page']}\n```\n\nkept:\n\n```\n{e['text']}\n```\n")
+    identifier = f"fastText `{r['config']['lang_id_model']}`" if r["config"]["lang_id_model"] else "py3langid"
+    out += ["## Languages\n", f"Identified by {identifier} on the cleaned, lower-cased text (its first 2,000 characters); "
+            "a document is kept when its language is wanted and the probability reaches the language's minimum "
+            "(ROOTS' `lang_id_min_cutoff`; 0.7 for languages ROOTS had no table for).\n",
+            md_table(["language", "docs", "kept", "min score"], [[l, v["docs"], v["kept"], v["min_score"]] for l, v in r["languages"].items()])]
+    return out
+
+
 def report_markdown(r, plots):
     pct = lambda part, whole: f"{100 * part / whole:.1f}%" if whole else "-"  # noqa: E731
     mb = lambda b: f"{b / 1e6:,.3f}"  # noqa: E731
@@ -134,7 +156,7 @@ def report_markdown(r, plots):
            f"**Kept {r['kept']['docs']:,} of {read['docs_in']:,} documents ({pct(r['kept']['docs'], read['docs_in'])}), "
            f"{mb(r['kept']['bytes'])} of {mb(read['bytes_in'])} MB.**\n",
            "## Stages\n",
-           "Documents flow top to bottom; MB are UTF-8 text. Cleaning and PII redaction change bytes, not documents.\n",
+           "Documents flow top to bottom; MB are UTF-8 text. HTML extraction, cleaning and PII redaction change bytes.\n",
            md_table(["stage", "docs in", "docs out", "removed", "MB in", "MB out"],
                     [[s["stage"], s["docs_in"], s["docs_out"], pct(s["docs_in"] - s["docs_out"], s["docs_in"]),
                       mb(s["bytes_in"]), mb(s["bytes_out"])] for s in r["stages"]]),
@@ -156,8 +178,7 @@ def report_markdown(r, plots):
     for name, file in plots.items():
         if name != "removals":
             out.append(f"![{name}](plots/{file})\n")
-    out += ["## Languages\n", "Identified from the scripts of the letters and, within a script, from closed-class words.\n",
-            md_table(["language", "docs", "kept"], [[l, v["docs"], v["kept"]] for l, v in r["languages"].items()])]
+    out += html_and_languages_markdown(r, mb)
     d = r["duplicates"]
     out += ["## Duplicates\n",
             f"Exact duplicates removed: {d['exact_removed']}. Near-duplicates removed: {d['near_removed']}, "
@@ -184,9 +205,10 @@ def report_markdown(r, plots):
 def write_report(out_dir, report):
     """report.json, plots/*.png and report.md; example texts are PII-redacted first when pii is on."""
     if report["config"]["pii"]:
-        for v in report["removed"].values():
-            for e in v["examples"]:
-                e["text"] = redact_pii(e["text"])[0]
+        for e in [e for v in report["removed"].values() for e in v["examples"]] + report["html"]["examples"]:
+            e["text"] = redact_pii(e["text"])[0]
+            if "page" in e:
+                e["page"] = redact_pii(e["page"])[0]
     plots = plot_report(report, os.path.join(out_dir, "plots"))
     atomic_write_text(os.path.join(out_dir, "report.json"), json.dumps(report, indent=1, ensure_ascii=False))
     atomic_write_text(os.path.join(out_dir, "report.md"), report_markdown(report, plots))

@@ -9,7 +9,8 @@ Tokenizers: text <-> token ids.
 
 Every kind carries the same special tokens, appended after its base vocabulary (GPT-2 already has
 <|endoftext|> = 50256). `load_tokenizer(data_dir)` rebuilds the right tokenizer from meta.json;
-`tokenizer_from_spec(spec)` rebuilds it from the spec stored in a checkpoint.
+`tokenizer_from_spec(spec)` rebuilds it from the spec stored in a checkpoint. `hf_tokenizer_files(tok, ...)`
+writes any of them in Hugging Face's format (tokenizer.json), with the same ids, for model.py's export.
 
 Training follows minbpe (github.com/karpathy/minbpe): pure functions for the algorithm
 (`chunk_counts`, `merge`, `train_bpe`, `bpe_ranks`) and a thin object for the state. Unlike minbpe's
@@ -268,7 +269,7 @@ class TiktokenTokenizer:
     """Byte-level BPE run by tiktoken's Rust encoder: GPT-2's vocabulary, or one we trained (`merges`)."""
 
     def __init__(self, kind, ranks, pattern, merges=None):
-        self.kind, self.pattern, self.merges = kind, pattern, merges
+        self.kind, self.pattern, self.ranks, self.merges = kind, pattern, ranks, merges
         base = max(ranks.values()) + 1
         if kind == "gpt2":  # <|endoftext|> is GPT-2's own token 50256; the other specials follow it
             self.special_ids = {EOT: base} | {s: base + i for i, s in enumerate(SPECIAL_TOKENS[1:], start=1)}
@@ -389,3 +390,93 @@ def format_prompt(instruction, input="", template="alpaca"):
     if input.strip():
         return ALPACA_PROMPT.format(instruction=instruction, input=input)
     return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face export: tokenizer.json, the format of the `tokenizers` library, which transformers'
+# AutoTokenizer, vLLM and llama.cpp's converter read, and tokenizer_config.json beside it
+
+# text an exported byte-level BPE must encode exactly as we do (checked at export): English, Chinese,
+# emoji (a ZWJ family, several code points), digit runs, whitespace runs, a special token
+HF_PROBE = ("Hello world! It's 2026; we'll see.\n\n  你好，世界。机器学习很有趣！ emoji 🎉👩‍👩‍👧 naïve "
+            "1234567\t\tend  \n<|endoftext|>[MASK]  ")
+
+
+def gpt2_merges(bpe_dir=GPT2_DIR):
+    """GPT-2's merges as (bytes, bytes) pairs in rank order, from vocab.bpe (a version line, then "a b" per line)."""
+    path = os.path.join(bpe_dir, "vocab.bpe")
+    if not os.path.exists(path):
+        raise TokenizerError(f"{path} is missing; it ships with the repository (git checkout data/gpt2_bpe)")
+    byte_of = gpt2_byte_decoder()
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")[1:]
+    return [tuple(bytes(byte_of[c] for c in part) for part in line.split(" ")) for line in lines if line]
+
+
+def hf_pattern(pattern):
+    """
+    A pre-tokenisation pattern for the Oniguruma engine that `tokenizers` runs. There `\\p{N}{1,3}+` is
+    not possessive, as in Python's `regex`, but {1,3} repeated, i.e. any run of digits; so the `+`
+    after an interval is dropped. In GPT-4's pattern the interval ends its alternative, where
+    possessive and greedy match the same. The other possessive forms (`++`, `?+`, `*+`) mean the
+    same in both engines; the export checks the result on HF_PROBE.
+    """
+    return re.sub(r"(\{\d+(?:,\d*)?\})\+", r"\1", pattern)
+
+
+def hf_tokenizer(tok):
+    """
+    A `tokenizers.Tokenizer` that encodes text to the ids `tok.encode(text, allow_special=True)` gives
+    and decodes ids to the same text. Byte-level BPE (gpt2, bpe): our pre-tokenisation pattern, then
+    GPT-2's byte-to-character mapping, then the merges in rank order. Char: each character looked up
+    alone (BPE with no merges); a character the vocabulary lacks is dropped, as finetune.py and the
+    perplexity filter drop them, since there is no [UNK] token to map it to (our encode raises instead).
+    The special tokens are matched in the text before anything else, as our encode does.
+    """
+    try:
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    except ImportError:
+        raise TokenizerError("writing a Hugging Face tokenizer needs the `tokenizers` package: "
+                             "pip install tokenizers (transformers installs it too)") from None
+    if tok.kind == "char":
+        hf = Tokenizer(models.BPE(dict(tok.stoi), [], unk_token=None))
+        hf.decoder = decoders.Fuse()  # the characters joined with nothing between them
+    else:
+        char_of = {b: c for c, b in gpt2_byte_decoder().items()}
+        as_text = lambda token: "".join(char_of[b] for b in token)  # noqa: E731
+        if tok.merges is not None:
+            by_id = {i: token for token, i in tok.ranks.items()}
+            pairs = [(by_id[a], by_id[b]) for a, b in tok.merges]
+        else:
+            pairs = gpt2_merges()
+        hf = Tokenizer(models.BPE({as_text(t): i for t, i in tok.ranks.items()},
+                                  [(as_text(a), as_text(b)) for a, b in pairs]))
+        hf.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(hf_pattern(tok.pattern)), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])  # bytes as GPT-2's printable characters
+        hf.decoder = decoders.ByteLevel()
+    specials = sorted(tok.special_ids, key=tok.special_ids.get)  # appended after the base vocabulary, in id order
+    hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    wrong = {s: hf.token_to_id(s) for s in specials if hf.token_to_id(s) != tok.special_ids[s]}
+    if wrong:
+        raise TokenizerError(f"the Hugging Face tokenizer gives the special tokens ids {wrong}, ours are {tok.special_ids}: "
+                             f"the base vocabulary does not end where the specials start")
+    if tok.kind != "char" and hf.encode(HF_PROBE).ids != tok.encode(HF_PROBE, allow_special=True):
+        raise TokenizerError(f"the Hugging Face tokenizer splits text differently from ours with pattern {tok.pattern!r}; "
+                             f"hf_pattern() does not translate it to Oniguruma's syntax")
+    return hf
+
+
+def hf_tokenizer_files(tok, max_length, encoder=False):
+    """
+    {file name: text} of the Hugging Face tokenizer for `tok`: tokenizer.json and a tokenizer_config.json
+    naming the special tokens (an encoder's [MASK], [CLS], [SEP] too). Nothing is added around the
+    text (no BOS, no [CLS] ... [SEP]): our models were trained on the ids of the text alone.
+    """
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
+              "bos_token": EOT, "eos_token": EOT, "pad_token": "[PAD]",
+              "clean_up_tokenization_spaces": False}  # else transformers' decode deletes the space in "word ."
+    if encoder:
+        config |= {"mask_token": "[MASK]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
+    return {"tokenizer.json": hf_tokenizer(tok).to_str(pretty=True),
+            "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False)}

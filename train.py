@@ -37,7 +37,7 @@ from dataset import atomic_write_text, check_bins, dataset_dir, read_bin, read_m
 from model import GPT, GPTConfig, checkpoint_tokenizer, clean_state_dict, load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
 from prepare import RECIPES, prepare_recipe
 from safety import SafeGeneration
-from tokenizer import BERT_SPECIALS, load_tokenizer
+from tokenizer import BERT_SPECIALS, EOT, load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -769,12 +769,14 @@ def main(argv=None):
 
 @torch.no_grad()
 def print_sample(model, tok, cfg, system):
-    """A short sample from the start of a line, so a run shows what it has learned."""
+    """A short sample from the start of a line (of a document, when the text has no newlines, as perplexity
+    models' normalised text), so a run shows what it has learned."""
     model = unsharded(model, system)
     if not system.master:
         return
     model.eval()
-    start = torch.tensor([tok.encode("\n")], device=system.device)
+    start = tok.encode("\n") if "\n" in getattr(tok, "chars", "\n") else [tok.special_ids[EOT]]  # char vocabularies
+    start = torch.tensor([start], device=system.device)
     safe = SafeGeneration(tok, "\n", cfg.sample_tokens, phone=cfg.safe_phone) if cfg.safe else None
     with system.autocast:
         out = model.generate(start, cfg.sample_tokens, temperature=0.8, top_k=200,

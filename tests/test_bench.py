@@ -22,12 +22,14 @@ def test_bench_prints_a_table_and_plots_it(tmp_path, monkeypatch, capsys):
 def test_bench_data_section_reports_every_stage(shared_data, capsys):
     rows = bench.bench_data(None, None)
     stages = [r["benchmark"].rsplit(": ", 1)[1] for r in rows]
-    assert stages == ["read", "lang", "clean", "filters", "exact_dedup", "near_dedup", "pii", "tokenize"]
+    assert stages == ["read", "clean", "lang", "filters", "exact_dedup", "near_dedup", "pii", "tokenize",
+                      "clean", "lang", "filters", "html"]
+    assert "Chinese Wikipedia" in rows[-2]["benchmark"] and "HTML pages" in rows[-1]["benchmark"]
     assert all(r["metric"] == "MB/s" and r["value"] > 0 for r in rows)
 
 
 def test_data_stage_throughput_gives_mb_per_s_for_each_stage():
     rows = bench.data_stage_throughput(os.path.join(ROOT, "tests", "fixtures", "curation_docs.jsonl"))
     stages = [r["stage"] for r in rows]
-    assert stages[:7] == ["read", "lang", "clean", "filters", "exact_dedup", "near_dedup", "pii"] and "tokenize" in stages
+    assert stages[:7] == ["read", "clean", "lang", "filters", "exact_dedup", "near_dedup", "pii"] and "tokenize" in stages
     assert all(r["seconds"] > 0 for r in rows) and all(r["mb_per_s"] > 0 for r in rows if r["stage"] != "dedup_decision")

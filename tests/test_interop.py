@@ -107,7 +107,7 @@ def test_gpt2_import_computes_gpt2(tmp_path):
     model = GPT.from_pretrained(write_gpt2_folder(tmp_path, tensors)).eval()
     idx = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours = model(idx)[0][..., :96]
+        ours = model(idx)[0]
     torch.testing.assert_close(ours, reference_gpt2_logits(tensors, idx), atol=1e-4, rtol=1e-4)
 
 
@@ -186,6 +186,8 @@ CONFIGS = {
     "gpt2_no_bias_untied": dict(bias=False, tie_embeddings=False),
     "llama_gqa": dict(pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2, bias=False, tie_embeddings=False, rope_theta=500.0),
     "llama_bias_tied": dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=True),
+    "encoder": dict(causal=False, bias=False),  # MegatronBERT, with the pass-through head
+    "encoder_mlm_transform_untied": dict(causal=False, mlm_transform=True, tie_embeddings=False),
 }
 
 
@@ -208,7 +210,7 @@ def test_export_then_import_gives_identical_logits(tmp_path, name):
     assert ckpt["tokenizer"]["kind"] == "char"
     idx = torch.randint(0, 90, (2, 20))
     with torch.no_grad():
-        assert torch.equal(back(idx)[0][..., :90], model(idx)[0][..., :90])
+        assert torch.equal(back(idx)[0], model(idx)[0])
 
 
 def test_export_refuses_what_no_layout_holds(tmp_path):
@@ -216,6 +218,8 @@ def test_export_refuses_what_no_layout_holds(tmp_path):
         random_model(pos="rope").export_hf(tmp_path)  # rope with layernorm and gelu: neither GPT-2 nor LLaMA
     with pytest.raises(ValueError, match="n_kv_head=2"):
         random_model(n_kv_head=2).export_hf(tmp_path)  # GPT-2 has no grouped-query attention
+    with pytest.raises(ValueError, match="causal=False, pos=rope"):
+        random_model(**CONFIGS["llama_gqa"], causal=False).export_hf(tmp_path)  # MegatronBERT's blocks are GPT-2's
 
 
 def test_checkpoint_folder_wins_over_its_export(tmp_path):
@@ -246,7 +250,7 @@ def test_gpt2_matches_transformers_both_ways(tmp_path):
     ours = GPT.from_pretrained(str(tmp_path / "hf")).eval()
     idx = torch.randint(0, 96, (2, 10))
     with torch.no_grad():
-        torch.testing.assert_close(ours(idx)[0][..., :96], hf(idx).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=1e-4, rtol=1e-4)
         hf_tokens = hf.generate(idx, max_new_tokens=20, do_sample=False, min_new_tokens=20, pad_token_id=0)[:, 10:]
     assert torch.equal(greedy(ours, idx, 20), hf_tokens)
 
@@ -254,7 +258,7 @@ def test_gpt2_matches_transformers_both_ways(tmp_path):
     exported.export_hf(tmp_path / "export")
     loaded = GPT2LMHeadModel.from_pretrained(tmp_path / "export").eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(idx % 90).logits, exported(idx % 90)[0][..., :90], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(loaded(idx % 90).logits, exported(idx % 90)[0], atol=1e-4, rtol=1e-4)
 
 
 @needs_transformers
@@ -272,7 +276,7 @@ def test_llama_matches_transformers_both_ways(tmp_path):
     assert (ours.config.n_kv_head, ours.config.rope_theta, ours.config.tie_embeddings) == (2, 500.0, False)
     idx = torch.randint(0, 96, (2, 10))
     with torch.no_grad():
-        torch.testing.assert_close(ours(idx)[0][..., :96], hf(idx).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=1e-4, rtol=1e-4)
         hf_tokens = hf.generate(idx, max_new_tokens=20, do_sample=False, min_new_tokens=20, pad_token_id=0)[:, 10:]
     assert torch.equal(greedy(ours, idx, 20), hf_tokens)
 
@@ -281,7 +285,48 @@ def test_llama_matches_transformers_both_ways(tmp_path):
         exported.export_hf(tmp_path / name)
         loaded = LlamaForCausalLM.from_pretrained(tmp_path / name).eval()
         with torch.no_grad():
-            torch.testing.assert_close(loaded(idx % 90).logits, exported(idx % 90)[0][..., :90], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(loaded(idx % 90).logits, exported(idx % 90)[0], atol=1e-4, rtol=1e-4)
+
+
+@needs_transformers
+def test_megatron_bert_matches_transformers_both_ways(tmp_path):
+    """A MegatronBertForMaskedLM made by transformers (tanh GELU, two token types) reads as our encoder
+    with mlm_transform, its token type 0 added to the positions; our encoders export to it."""
+    from transformers import MegatronBertConfig, MegatronBertForMaskedLM
+    torch.manual_seed(0)
+    hf = MegatronBertForMaskedLM(MegatronBertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                    intermediate_size=48, max_position_embeddings=64, type_vocab_size=2,
+                                                    hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-5)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name != "cls.predictions.bias":  # the one tensor we have no place for: it must stay zero
+                p.normal_(0, 0.2)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = GPT.from_pretrained(str(tmp_path / "hf")).eval()
+    c = ours.config
+    assert (c.causal, c.mlm_transform, c.mlp_hidden, c.tie_embeddings, c.bias) == (False, True, 48, True, True)
+    idx = torch.randint(0, 96, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=1e-4, rtol=1e-4)
+
+    for name in ("encoder", "encoder_mlm_transform_untied"):
+        exported = random_model(**CONFIGS[name])
+        exported.export_hf(tmp_path / name)
+        loaded = MegatronBertForMaskedLM.from_pretrained(tmp_path / name).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(idx % 90).logits, exported(idx % 90)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_encoder_export_with_a_changed_head_is_not_read_as_pass_through(tmp_path):
+    random_model(**CONFIGS["encoder"]).export_hf(tmp_path)
+    path = os.path.join(tmp_path, "model.safetensors")
+    from safetensors.torch import load_file
+    tensors = load_file(path)
+    tensors["cls.predictions.transform.dense.weight"] *= 1.01  # as finetuning in transformers would
+    save_file(tensors, path)
+    with pytest.raises(CheckpointError, match="says mlm_transform=false but cls.predictions.transform.dense.weight is not "
+                                              "the pass-through layer"):
+        read_hf_folder(str(tmp_path))
 
 
 # -----------------------------------------------------------------------------
@@ -428,7 +473,7 @@ def test_finetune_from_hf_folder_then_export(tmp_path, capsys, monkeypatch):
         loaded = transformers.GPT2LMHeadModel.from_pretrained(export).eval()
         idx = torch.randint(0, 50261, (1, 16))
         with torch.no_grad():
-            torch.testing.assert_close(loaded(idx).logits, tuned(idx)[0][..., :50261], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(loaded(idx).logits, tuned(idx)[0], atol=1e-4, rtol=1e-4)
 
 
 def test_llama_import_stacks_qkv_and_gate_up(tmp_path):

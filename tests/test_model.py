@@ -14,12 +14,20 @@ def tiny(**kw):
     return GPT(GPTConfig(**(TINY | kw))).eval()
 
 
-def test_shapes_and_padded_vocab():
+def test_logits_cover_the_real_vocabulary_of_a_padded_model():
     model = tiny()
+    assert model.lm_head.weight.shape == (128, 32)  # the output matmul runs on a multiple of 64
     x = torch.randint(0, 70, (3, 16))
     logits, loss = model(x)
-    assert logits.shape == (3, 16, 128) and loss is None  # vocab padded to a multiple of 64
+    assert logits.shape == (3, 16, 70) and loss is None  # the 58 padding columns are no tokens
     assert model.next_token_logits(x).shape == (3, 70)
+    targets = torch.randint(0, 70, (3, 16))
+    untied = tiny(tie_embeddings=False).train()
+    logits, loss = untied(x, targets)  # the loss is over the same 70 columns: the padding gets no probability
+    assert logits.shape == (3, 16, 70)
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits.reshape(-1, 70), targets.reshape(-1)), atol=1e-6)
+    loss.backward()
+    assert untied.lm_head.weight.grad[70:].abs().max() == 0 and untied.lm_head.weight.grad[:70].abs().max() > 0
 
 
 def test_initial_loss_is_near_uniform():
@@ -111,7 +119,7 @@ def test_sparse_mlm_loss_equals_dense_loss():
     logits, loss = model(x, targets)
     dense = model(x)[0]
     expected = torch.nn.functional.cross_entropy(torch.stack([dense[0, 3], dense[1, 7]]), torch.tensor([5, 9]))
-    assert logits.shape == (2, 128) and torch.allclose(loss, expected, atol=1e-5)
+    assert logits.shape == (2, 70) and torch.allclose(loss, expected, atol=1e-5)
 
 
 def test_attention_maps_rows_sum_to_one_and_are_causal():

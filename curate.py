@@ -602,7 +602,7 @@ CODE_AT_WORDS = {"media", "import", "font", "keyframes", "charset", "supports", 
                  "dataclass", "override", "param", "return", "returns", "throws", "author", "see", "since",
                  "deprecated", "link", "article", "book", "inproceedings", "misc", "interface", "end"}
 VERSION_BEFORE = re.compile(r"(?i)\b(?:version|ver\.?|release|build|v)[\s:]*$")
-PII_LOOKBEHIND = 12  # characters before an IP address that VERSION_BEFORE reads; the patterns' own look-behinds read 1
+PII_LOOKBEHIND = 12  # characters before an IP address that VERSION_BEFORE reads; the patterns' own look-behinds read 1 or 2
 YEARS = re.compile(r"(?:1\d{3}|20\d\d)(?:[ -](?:1\d{3}|20\d\d))*")  # "1999 2000 2001": a list of years, not a key
 
 
@@ -660,41 +660,6 @@ def redact_pii(text, kinds=PII_KINDS):
         text = f"{text[:start]}PI:{kind}{text[end:]}"
         found[kind] += 1
     return text, found
-
-
-# streaming (safety.py redacts generated text as it is printed): which part of a growing text is settled.
-# Every character of an EMAIL, IP_ADDRESS, KEY or USER match is in MATCH_CHARS, of a PHONE match in PHONE_CHARS;
-# a character outside them ends every match and every look-behind (a hard separator).
-MATCH_CHARS, PHONE_CHARS = r"\w.%+/:=@\-", r"\d ().+\-"  # regex class bodies
-OPEN_TAIL = re.compile(f"[{MATCH_CHARS}]*\\Z")            # a trailing run more text may turn into a match
-OPEN_PHONE_TAIL = re.compile(f"[+(\\d][{PHONE_CHARS}]*\\Z")  # ... a phone number (which may hold spaces)
-HARD_SEPARATOR = {False: re.compile(f"[^{MATCH_CHARS}]"), True: re.compile(f"[^{MATCH_CHARS}{PHONE_CHARS}]")}  # phone?
-
-
-def settled_pii(text, done, kinds=("EMAIL", "IP_ADDRESS", "KEY", "USER"), final=False):
-    """
-    For text that grows at its end: (cut, spans). No continuation of `text` can change the spans that
-    find_pii finds before `cut`; `spans` are those in [done, cut) (`done`: an earlier cut). The text from `cut`
-    on (the trailing run of characters a match may still extend) is held back; with final, nothing is.
-    find_pii reads only from the last hard separator at least PII_LOOKBEHIND characters before `done`.
-    """
-    cut = len(text)
-    if not final:
-        cut = OPEN_TAIL.search(text, done).start()
-        phone = OPEN_PHONE_TAIL.search(text, done) if "PHONE" in kinds else None
-        cut = min(cut, phone.start()) if phone else cut
-    start, hard = max(0, done - PII_LOOKBEHIND), HARD_SEPARATOR["PHONE" in kinds]
-    while start > 0 and not hard.match(text, start - 1):
-        start -= 1
-    spans = []
-    for s, e, kind in find_pii(text[start:], kinds):
-        s, e = s + start, e + start
-        if s >= done and s < cut:
-            if e > cut:  # a span already found that the cut would split: hold it back whole
-                cut = s
-                break
-            spans.append((s, e, kind))
-    return cut, spans
 
 
 # -----------------------------------------------------------------------------

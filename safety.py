@@ -21,7 +21,7 @@ too short to tell (e.g. "\n"), gets every list at once. Words the prompt itself 
 
 Personal data (curate.py's detector: e-mails, IP addresses, keys, @handles; phone numbers when asked) is
 replaced by PI:<KIND> as the text streams, holding back only the end of the text that may still grow
-into a match (curate.settled_pii). Both report what they did (`SafeGeneration.summary`).
+into a match (settled_pii). Both report what they did (`SafeGeneration.summary`).
 """
 
 import bisect
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from configurator import NanorootsError
-from curate import HAN, identify_language, roots_resources, settled_pii
+from curate import PII_KINDS, PII_LOOKBEHIND, find_pii, lang_id_keeps, language_identifier, roots_resources
 
-PII_KINDS = ("EMAIL", "IP_ADDRESS", "KEY", "USER")
+HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK Unified Ideographs: Extension A, the main block, Compatibility
 HAN_CHAR = re.compile(f"[{HAN}]")
 
 
@@ -46,8 +46,10 @@ class SafetyError(NanorootsError):
 
 
 def prompt_language(text):
-    """The prompt's language code, by the data stage's identifier: the one place this file calls it."""
-    return identify_language(text, roots_resources())[0]
+    """The prompt's language code by the data stage's identifier and ROOTS' minimum score for it (the one place
+    this file calls them); "und" below that score, which is where most prompts of a few words are."""
+    lang, score = language_identifier()(text)
+    return lang if text.strip() and lang_id_keeps(lang, score, None, roots_resources()) else "und"
 
 
 def flagged_words(lang):
@@ -312,9 +314,53 @@ class FlaggedWordFilter:
 # -----------------------------------------------------------------------------
 # personal data, redacted as the text streams
 
+# Which part of a growing text is settled, read off curate.PII_PATTERNS (a change there must keep these sets
+# in step; test_streaming_redaction_equals_redacting_the_whole_text fails otherwise). Every character of a match
+# is in MATCH_CHARS (EMAIL, IP_ADDRESS, USER, KEY's code form), NUMBER_CHARS (KEY's numeric form: groups of
+# digits and capitals with spaces or hyphens between) or PHONE_CHARS; a character in none of the kinds' sets
+# ends every match and every look-behind (a hard separator).
+MATCH_CHARS, NUMBER_CHARS, PHONE_CHARS = r"\w.%+/:=@\-", r"A-Z\d \-", r"\d ().+\-"  # regex class bodies
+OPEN_TAILS = {  # a trailing run that more text may still turn into a match, per kind
+    "EMAIL": re.compile(f"[{MATCH_CHARS}]*\\Z"),
+    "KEY": re.compile(f"[{MATCH_CHARS}]*\\Z|[A-Z\\d][{NUMBER_CHARS}]*\\Z"),
+    "PHONE": re.compile(f"(?:[+(\\d][{PHONE_CHARS}]*)?\\Z"),
+}
+OPEN_TAILS["IP_ADDRESS"] = OPEN_TAILS["USER"] = OPEN_TAILS["EMAIL"]
+
+
+@functools.lru_cache(maxsize=None)
+def last_hard_separator(kinds):
+    """A regex whose match on text[:p] ends just after the last hard separator before p (greedy, so linear)."""
+    chars = MATCH_CHARS + (NUMBER_CHARS if "KEY" in kinds else "") + (PHONE_CHARS if "PHONE" in kinds else "")
+    return re.compile(f".*[^{chars}]", re.S)
+
+
+def settled_pii(text, done, kinds=PII_KINDS, final=False):
+    """
+    For text that grows at its end: (cut, spans). No continuation of `text` can change the spans that
+    find_pii finds before `cut`; `spans` are those in [done, cut) (`done`: an earlier cut). The text from `cut`
+    on (the trailing run of characters a match may still extend) is held back; with final, nothing is.
+    find_pii reads only from the last hard separator at least PII_LOOKBEHIND characters before `done`.
+    """
+    cut = len(text)
+    if not final:
+        cut = min(OPEN_TAILS[kind].search(text, done).start() for kind in kinds)
+    head = last_hard_separator(tuple(kinds)).match(text, 0, max(0, done - PII_LOOKBEHIND))
+    start = head.end() if head else 0
+    spans = []
+    for s, e, kind in find_pii(text[start:], kinds):
+        s, e = s + start, e + start
+        if s >= done and s < cut:
+            if e > cut:  # a span already found that the cut would split: hold it back whole
+                cut = s
+                break
+            spans.append((s, e, kind))
+    return cut, spans
+
+
 class PiiRedactor:
-    """Text in, redacted text out, piece by piece: `feed` returns what is settled (curate.settled_pii), so
-    the printed text is exactly redact_pii of the whole; `finish` returns the rest. `found` counts spans by kind."""
+    """Text in, redacted text out, piece by piece: `feed` returns what is settled (settled_pii), so
+    the printed text is exactly curate.redact_pii of the whole; `finish` returns the rest. `found` counts spans by kind."""
 
     def __init__(self, kinds=PII_KINDS):
         self.kinds, self.raw, self.done, self.found = kinds, "", 0, Counter()

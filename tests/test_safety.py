@@ -12,8 +12,9 @@ import safety
 import sample
 import train
 from configurator import configure
-from curate import HAN, redact_pii, roots_resources, words_of
+from curate import redact_pii, roots_resources, words_of
 from test_train import TINY
+from safety import HAN
 from tokenizer import CharTokenizer, build_tokenizer, gpt2_tokenizer
 
 EN = sorted(roots_resources().flagged["en"])
@@ -192,7 +193,8 @@ def test_streaming_redaction_equals_redacting_the_whole_text(phone):
     kinds = safety.pii_kinds(phone)
     rng = random.Random(2)
     pieces = list("ab1.@-: \n,x9(+/=Z_7v") + ["version ", "bob@ex.com", "192.168.0.1", "+1 555 123 4567", "@alice",
-                                               "aB3dE5fG7hI9jK1lM3nO5", "2001:db8::1", "v 1.2.3.4", "写信"]
+                                               "aB3dE5fG7hI9jK1lM3nO5", "2001:db8::1", "v 1.2.3.4", "写信",
+                                               "123 ", "4567", "AB12", "315 316 ", "1999 ", "978-0-306-40615-7"]
     for _ in range(600):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 60)))
         redactor, out, i = safety.PiiRedactor(kinds), [], 0

@@ -24,7 +24,7 @@ import prepare
 import train
 from configurator import ConfigError, configure, script_main
 from dataset import SHARED_DATA, DataError, dataset_dir, read_meta
-from safety import SafeGeneration, flagged_word_masks
+from safety import SafeGeneration, flagged_word_masks, prompt_language
 from tokenizer import build_tokenizer, gpt2_tokenizer, load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -134,11 +134,15 @@ def bench_safe_generation(cfg, system, model, n):
     """--safe=True next to plain sampling (temperature 1, so the text wanders through many automaton states), in
     alternating rounds; the cost per token is also timed directly, around the filter and the streaming
     redaction, which a loaded machine's noise in the totals would hide. Start-up: the flagged-word automaton
-    over the whole vocabulary, with every language's list (as for a prompt like "\\n")."""
+    over the whole vocabulary, with every language's list (as for a prompt like "\\n"), after the language
+    identifier's model has loaded (timed apart: a process pays it once, sample.py at its first prompt)."""
     tok = vocabulary_tokenizer(cfg)
     if tok is None:
         return []
     prompt = torch.tensor([tok.encode("\n")] * cfg.gen_batch, device=system.device)
+    t0 = time.perf_counter()
+    prompt_language("\n")  # loads the language identifier's model, once per process
+    lang_id = time.perf_counter() - t0
     flagged_word_masks.cache_clear()
     t0 = time.perf_counter()
     SafeGeneration(tok, "\n", n)
@@ -181,7 +185,8 @@ def bench_safe_generation(cfg, system, model, n):
             dict(benchmark=f"{label}, --safe=True", metric="tokens/s", value=n * cfg.gen_batch / statistics.median(times[True])),
             dict(benchmark=f"safe: time per step in the filter and redaction ({tok.kind}, vocab {tok.vocab_size})",
                  metric="us", value=statistics.median(spent) * 1e6),
-            dict(benchmark=f"safe: start-up ({tok.kind} vocabulary, all word lists)", metric="ms", value=startup * 1e3)]
+            dict(benchmark=f"safe: start-up ({tok.kind} vocabulary, all word lists)", metric="ms", value=startup * 1e3),
+            dict(benchmark="safe: language identifier's first call (py3langid model load)", metric="ms", value=lang_id * 1e3)]
 
 
 def bench_mlm(cfg, system):

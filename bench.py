@@ -1,6 +1,7 @@
 """
-Performance numbers: training throughput and MFU, generation with and without the KV cache,
-masked-LM next to causal-LM training. Prints a table; numbers go in the README with the machine.
+Performance numbers: training throughput and MFU, generation with and without the KV cache (a GPT's
+and an encoder-decoder's), masked-LM next to causal-LM training. Prints a table; numbers go in the
+README with the machine.
 
     python bench.py                                  # the default config (config/shakespeare_char.py)
     python bench.py config/gpt2.py --batch_size=16 --compile=True --sections=train
@@ -114,7 +115,7 @@ def bench_generate(cfg, system):
         rows.append(dict(benchmark=f"generate {n} tokens, batch {cfg.gen_batch}, {'KV cache' if cache else 'no cache'}",
                          metric="tokens/s", value=speed[cache]))
     rows.append(dict(benchmark="generate: KV cache speed-up", metric="x", value=speed[True] / speed[False]))
-    return rows + bench_safe_generation(cfg, system, model, n)
+    return rows + bench_generate_seq2seq(cfg, system, n, speed[True]) + bench_safe_generation(cfg, system, model, n)
 
 
 def vocabulary_tokenizer(cfg):
@@ -187,6 +188,25 @@ def bench_safe_generation(cfg, system, model, n):
                  metric="us", value=statistics.median(spent) * 1e6),
             dict(benchmark=f"safe: start-up ({tok.kind} vocabulary, all word lists)", metric="ms", value=startup * 1e3),
             dict(benchmark="safe: language identifier's first call (py3langid model load)", metric="ms", value=lang_id * 1e3)]
+
+
+def bench_generate_seq2seq(cfg, system, n, gpt_speed):
+    """The encoder-decoder of the same size (n_decoder_layer decoder blocks, n_layer = n_decoder_layer by
+    default) writing n tokens for a block_size/2-token input: the encoder runs once, every decoding step
+    reads the cached self-attention and the cross-attention keys and values computed once."""
+    torch.manual_seed(cfg.seed)
+    model = train.new_model(cfg, cfg.vocab_size, seq2seq=True).to(system.device).eval()
+    src = torch.randint(cfg.vocab_size, (cfg.gen_batch, max(1, cfg.block_size // 2)), device=system.device)
+    start = torch.zeros(cfg.gen_batch, 1, dtype=torch.long, device=system.device)
+
+    def gen():
+        with system.autocast:
+            model.generate(src, n, decoder_idx=start, temperature=0)
+    speed = n * cfg.gen_batch / median_time(gen, max(1, cfg.bench_iters // 3), 1, system.device)
+    layers = f"{model.config.n_layer}+{model.config.n_decoder_layer}"
+    return [dict(benchmark=f"generate {n} tokens, batch {cfg.gen_batch}, encoder-decoder {layers}, KV cache", metric="tokens/s",
+                 value=speed),
+            dict(benchmark="generate: encoder-decoder / GPT tokens/s", metric="x", value=speed / gpt_speed)]
 
 
 def bench_mlm(cfg, system):
@@ -373,6 +393,11 @@ def main(argv=None):
     unknown = [name for name in cfg.sections.split(",") if name not in SECTIONS]
     if unknown:
         raise ConfigError(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+    small = [f"{k}={getattr(cfg, k)}" for k in ("gen_tokens", "gen_batch", "bench_iters", "batch_size", "block_size")
+             if getattr(cfg, k) < (2 if k == "block_size" else 1)]
+    if small or cfg.bench_warmup < 0:  # each one would time nothing, then divide by that
+        raise ConfigError(f"{', '.join(small) or f'bench_warmup={cfg.bench_warmup}'}: must be at least 1 "
+                          f"(block_size at least 2, bench_warmup at least 0)")
     system = train.setup_system(cfg)
     if not cfg.vocab_size:
         data_dir = dataset_dir(cfg.dataset)

@@ -39,8 +39,10 @@ import itertools
 import json
 import os
 import re
+import stat
 import tempfile
 import time
+import zlib
 from collections import Counter
 
 import torch.distributed as dist
@@ -51,7 +53,7 @@ from curate import (SNIPPET, curate_shard, decide_duplicates, need, normalize_fo
                     perplexity_settings, wanted_languages)
 from report import build_report, write_report
 from dataset import (DATA_ROOT, HERE, SHARED_DATA, BinWriter, DataError, atomic_gzip_text, dataset_dir, download,
-                     in_val_split, stable_hash, write_meta)
+                     download_path, in_val_split, remove_download, stable_hash, write_meta)
 from tokenizer import EOT, build_tokenizer, load_tokenizer
 
 DEFAULTS = dict(
@@ -300,6 +302,32 @@ def _is_jsonl(path):
     return path.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson"))
 
 
+def folder_files(folder, stats):
+    """The regular files in a folder tree, sorted. A symlink that leads outside the folder (to /etc/passwd,
+    say) is not followed into the training data, nor is a dangling one; a FIFO, socket or device is never
+    opened (reading a FIFO waits forever). Each is skipped and counted."""
+    root = os.path.realpath(folder) + os.sep
+    files = []
+    for path in sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names):
+        if os.path.islink(path) and not os.path.exists(path):
+            stats["skipped_dangling_symlinks"] += 1
+        elif os.path.islink(path) and not os.path.realpath(path).startswith(root):
+            stats["skipped_symlinks_outside_folder"] += 1
+        elif not stat.S_ISREG(os.stat(path).st_mode):
+            stats["skipped_not_regular_files"] += 1
+        else:
+            files.append(path)
+    return files
+
+
+def _whole_gzip(path, docs):
+    """The documents of a reader of `path`; a .gz cut short, or not gzip at all, is a one-line error naming it."""
+    try:
+        yield from docs
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path} is not a complete gzip file ({e}); download or copy it again") from None
+
+
 def _has_reader(path):
     """Formats read by a reader of their own (binary ones included), not as text."""
     return _is_jsonl(path) or path.endswith((".warc", ".warc.gz", ".parquet"))
@@ -307,7 +335,7 @@ def _has_reader(path):
 
 def read_path(path, stats, text_field="text", max_doc_bytes=64 << 20):
     if os.path.isdir(path):
-        files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
+        files = folder_files(path, stats)
         if not files:
             raise DataError(f"folder {path} has no files")
         for file in files:
@@ -316,9 +344,11 @@ def read_path(path, stats, text_field="text", max_doc_bytes=64 << 20):
                 continue
             yield from read_path(file, stats, text_field, max_doc_bytes)
     elif not os.path.exists(path):
-        raise DataError(f"input {path} does not exist")
+        raise DataError(f"input {path} " + ("is a symlink to a file that does not exist" if os.path.islink(path) else "does not exist"))
+    elif not os.path.isfile(path):
+        raise DataError(f"input {path} is not a regular file (a FIFO, socket or device); give a file or a folder")
     elif _is_jsonl(path):
-        yield from read_jsonl(path, stats, text_field, max_doc_bytes)
+        yield from _whole_gzip(path, read_jsonl(path, stats, text_field, max_doc_bytes))
     elif path.endswith((".warc", ".warc.gz")):
         yield from read_warc(path, stats, max_doc_bytes)
     elif path.endswith(".parquet"):
@@ -374,7 +404,7 @@ def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, down
             continue
         url = source.startswith(("http://", "https://"))
         if url:
-            dest = os.path.join(download_dir or tempfile.gettempdir(), os.path.basename(source.split("?")[0]))
+            dest = download_path(source, download_dir or tempfile.gettempdir())
             if rank == 0:
                 download(source, dest, sha256=sha256 or known_sha256(source))
             if distributed:
@@ -387,7 +417,7 @@ def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, down
                 if distributed:
                     dist.barrier()  # every rank has finished reading it
                 if rank == 0:
-                    os.remove(source)
+                    remove_download(source)
 
 
 # -----------------------------------------------------------------------------
@@ -602,6 +632,8 @@ def check_config(cfg):
         raise DataError(f"char_rep_k={cfg.char_rep_k!r}: use code (ROOTS' code) or paper (the paper's App. C)")
     if cfg.minhash_bands < 1 or cfg.minhash_rows < 1:
         raise DataError(f"minhash_bands={cfg.minhash_bands}, minhash_rows={cfg.minhash_rows}: both must be >= 1 (default 14 x 8)")
+    if not 0 <= cfg.val_fraction < 1:
+        raise DataError(f"val_fraction={cfg.val_fraction} must be at least 0 and below 1 (default 0.1)")
     perplexity_settings(cfg)
     if cfg.ppl_normalize and cfg.curate:
         raise DataError("ppl_normalize=True writes text for training a perplexity model: use it with --curate=False")
@@ -623,8 +655,13 @@ def prepare(cfg):
         raise DataError("nothing to read: give a recipe (e.g. `python prepare.py shakespeare_char`) or --input=PATH_OR_URL")
     check_config(cfg)
     name = cfg.name or os.path.splitext(os.path.basename(sources[0].rstrip("/")))[0].split(".")[0]
+    if name in ("", ".", "..") or os.path.basename(name) != name:  # outputs stay under data_root
+        raise DataError(f"name={name!r} must be a plain folder name: the outputs go to {cfg.data_root}/<name>/")
     data_dir = os.path.join(cfg.data_root, name)
-    os.makedirs(data_dir, exist_ok=True)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create {data_dir} ({e.strerror}); choose another --data_root") from None
     started = time.time()
     if not cfg.curate:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:

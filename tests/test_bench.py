@@ -15,6 +15,7 @@ def test_bench_prints_a_table_and_plots_it(tmp_path, monkeypatch, capsys):
     names = {r["benchmark"] for r in rows}
     assert any("train mlm" in n for n in names) and any("train clm" in n for n in names) and "generate: KV cache speed-up" in names
     assert any("--safe=True" in n for n in names) and any(n.startswith("safe: time per step") for n in names)
+    assert "generate: encoder-decoder / GPT tokens/s" in names
     assert all(r["value"] > 0 for r in rows) and "| benchmark" in out
     assert_real_png(tmp_path / "bench.png")
 

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig, KVCache, sample_next, top_p_filter
+from configurator import ConfigError
+from model import GPT, GPTConfig, KVCache, sample_next, state_shapes, top_p_filter
 
 TINY = dict(block_size=32, vocab_size=70, n_layer=2, n_head=4, n_embd=32)
 LLAMA = dict(TINY, pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2, bias=False, tie_embeddings=False)
@@ -133,9 +134,13 @@ def test_attention_maps_rows_sum_to_one_and_are_causal():
 
 
 @pytest.mark.parametrize("kw,match", [(dict(n_embd=30), "divisible by n_head"), (dict(n_kv_head=3), "n_kv_head"),
-                                      (dict(n_head=16, pos="rope", n_embd=48), "even head size"), (dict(norm="batchnorm"), "norm")])
+                                      (dict(n_head=16, pos="rope", n_embd=48), "even head size"), (dict(norm="batchnorm"), "norm"),
+                                      (dict(n_head=0), "n_head=0 must be at least 1"), (dict(n_layer=-1), "n_layer=-1 must be at least 1"),
+                                      (dict(dropout=1.5), r"dropout=1.5 must be in \[0, 1\)"), (dict(pos="alibi"), "pos='alibi'"),
+                                      (dict(n_layer=1e6), "n_layer=1000000.0 must be int"), (dict(bias="yes"), "bias='yes' must be bool"),
+                                      (dict(pos="rope", block_size=10**11), "too long for RoPE tables")])
 def test_config_validation(kw, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         GPTConfig(**(TINY | kw))
 
 
@@ -183,3 +188,14 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         loss.backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("kw", [{}, dict(bias=False), LLAMA, dict(LLAMA, bias=True, tie_embeddings=True),
+                                dict(causal=False, mlm_transform=True), dict(norm="rmsnorm", bias=True, mlp_hidden=40)])
+def test_state_shapes_are_the_shapes_of_the_model(kw):
+    """The loaders check untrusted model_args with state_shapes, before anything is built: it must list
+    exactly the tensors the model has, with their shapes."""
+    config = GPTConfig(**(TINY | kw))
+    with torch.device("meta"):
+        built = {k: v.shape for k, v in GPT(config).state_dict().items()}
+    assert state_shapes(config) == built

@@ -14,6 +14,7 @@ import train
 from configurator import configure
 from curate import redact_pii, roots_resources, words_of
 from test_train import TINY
+from model import GPTConfig, build_model
 from safety import HAN
 from tokenizer import CharTokenizer, build_tokenizer, gpt2_tokenizer
 
@@ -276,3 +277,28 @@ def test_train_sample_with_safe(spelling_model, capsys):
     out = capsys.readouterr().out
     assert "safe (" in out and "@example.com" not in out
     assert not reference_complete(reference_pattern(ALL), out.split("-" * 40)[1], at_end=True)
+
+
+def test_encoder_decoder_output_is_filtered_too():
+    """An encoder-decoder's output starts at <|endoftext|>, a text of its own; pushed to write "porn " it
+    cannot finish the word, and without the filter it does."""
+    tok = CharTokenizer.from_text("porn a.")
+    torch.manual_seed(0)
+    model = build_model(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_decoder_layer=1, n_head=2,
+                                  n_embd=16, causal=False)).eval()
+    target = tok.encode("porn ")
+
+    def push(seq, logits):  # the output so far, after its start token, decides the next letter of "porn "
+        k = seq.size(1) - 1
+        logits[:, target[k % len(target)]] += 100.0
+        return logits
+
+    start = torch.tensor([[tok.special_ids["<|endoftext|>"]]])
+    src = torch.tensor([tok.encode("a.")])
+    for safe in (False, True):
+        f = safety.FlaggedWordFilter(safety.FlaggedWordMasks(tok, EN), steps=6)
+        out = model.generate(src, 6, decoder_idx=start, temperature=0,
+                             logits_processor=(lambda s, x: f(s, push(s, x))) if safe else push)
+        text = tok.decode(out[0, 1:].tolist())
+        assert text.startswith("porn") and (text[4] != " ") == safe, text
+    assert f.masked_steps == 1  # (safe) only the step after "porn"

@@ -4,8 +4,11 @@ stage shares to read and write files safely.
 
     data/<name>/train.bin, val.bin   token ids, uint16 (uint32 for vocabularies over 65,536), documents
                                      separated by <|endoftext|>; read with np.memmap
-    data/<name>/meta.json            tokenizer entry, dtype, token and document counts, source, input stats;
-                                     renamed into place last, so it vouches for the bins beside it
+    data/<name>/train-00000.bin ...  or the same split into shards (prepare.py's ranks each write their own);
+    data/<name>/val-00000.bin ...    read as one stream in shard order, the same tokens as one file would hold
+    data/<name>/meta.json            tokenizer entry, dtype, token and document counts, source, input stats, and
+                                     for shards each file's tokens and fingerprint and the run id; renamed into
+                                     place last, so it vouches for the bins beside it
     data/<name>/tokenizer.json       a learned vocabulary (char, bpe), named by meta.json
 
 Also here: stable hashes and the train/val split rule, `atomic_file` (every crash-safe write goes through
@@ -19,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -118,8 +122,9 @@ def write_meta(data_dir, tok, counts, source, stats):
     if len(spec) > 1:  # a learned vocabulary is data: it gets its own file, which meta.json names
         atomic_write_text(os.path.join(data_dir, "tokenizer.json"), json.dumps(spec, ensure_ascii=False, separators=(",", ":")))
         entry["file"] = "tokenizer.json"
-    meta = {"tokenizer": entry, "vocab_size": tok.vocab_size, **counts, "source": source, "input_stats": dict(stats),
-            "run_id": bins_run_id(data_dir)}
+    meta = {"tokenizer": entry, "vocab_size": tok.vocab_size, **counts, "source": source, "input_stats": dict(stats)}
+    if "shards" not in counts:  # shards carry their prepare run's id and a fingerprint each
+        meta["run_id"] = bins_run_id(data_dir)
     atomic_write_text(os.path.join(data_dir, "meta.json"), json.dumps(meta, indent=2, ensure_ascii=False))
     return meta
 
@@ -185,27 +190,98 @@ def read_tokenizer_spec(data_dir, meta=None):
     return spec
 
 
+def bin_files(meta, split):
+    """[(file name, tokens, fingerprint or None)] of one split, in stream order: the shards meta.json lists, or
+    the one file `<split>.bin` of a dataset written before shards (and by prepare.py without curation)."""
+    if "shards" not in meta:
+        return [(f"{split}.bin", meta[f"{split}_tokens"], None)]
+    return [(s["file"], s["tokens"], s["fingerprint"]) for s in meta["shards"][split]]
+
+
+class TokenShards:
+    """Several token files read as one stream: len() and [i:j] slices that may cross a shard boundary, so
+    sampling from shards is sampling from their concatenation. Each shard is memory-mapped when first touched."""
+
+    def __init__(self, paths, counts, dtype):
+        self.paths, self.dtype = paths, np.dtype(dtype)
+        self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self.maps = {}
+
+    def __len__(self):
+        return int(self.starts[-1])
+
+    def shard(self, k):
+        if k not in self.maps:
+            self.maps[k] = np.memmap(self.paths[k], dtype=self.dtype, mode="r")
+        return self.maps[k]
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice):
+            i = int(index) + (len(self) if index < 0 else 0)
+            return self[i:i + 1][0]
+        start, stop, step = index.indices(len(self))
+        if step != 1:
+            raise ValueError("TokenShards slices take a step of 1")
+        pieces = []
+        k = int(np.searchsorted(self.starts, start, side="right")) - 1  # the shard holding `start`
+        while start < stop:
+            end = min(stop, int(self.starts[k + 1]))
+            pieces.append(self.shard(k)[start - self.starts[k]:end - self.starts[k]])
+            start, k = end, k + 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces or [np.zeros(0, self.dtype)])
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[:], dtype=dtype)
+
+
 def read_bin(data_dir, split, meta):
-    """The token ids of one split as a read-only memmap."""
-    path = os.path.join(data_dir, f"{split}.bin")
-    if not os.path.exists(path):
-        raise DataError(f"{path} not found: prepare the dataset first (python prepare.py ...)")
+    """The token ids of one split: a read-only memmap of `<split>.bin`, or TokenShards over its shards."""
+    files = bin_files(meta, split)
+    paths = [os.path.join(data_dir, name) for name, _, _ in files]
+    for path in paths:
+        if not os.path.exists(path):
+            raise DataError(f"{path} not found: prepare the dataset first (python prepare.py ...)")
     # a new memmap per batch avoids the memory leak of a long-lived one (nanoGPT's note)
-    return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+    if "shards" not in meta:
+        return np.memmap(paths[0], dtype=np.dtype(meta["dtype"]), mode="r")
+    return TokenShards(paths, [n for _, n, _ in files], meta["dtype"])
+
+
+FINGERPRINT_BYTES = 4096
+
+
+def fingerprint(path):
+    """A hash of the file's size and its last 4 KiB: tells a shard from another run's file of the same length
+    at the cost of one small read."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        f.seek(max(0, size - FINGERPRINT_BYTES))
+        tail = f.read()
+    return hashlib.blake2b(size.to_bytes(8, "little") + tail, digest_size=8).hexdigest()
 
 
 def check_bins(data_dir, meta, block_size=0):
-    """The bins hold the token counts meta.json vouches for (a prepare.py run killed between its renames
-    leaves a mix), and each split has room for a training window of block_size + 1 tokens and its shift."""
+    """The bins hold the token counts meta.json vouches for, and shards the fingerprints it recorded, one-file
+    bins its run id (a prepare.py run killed between its renames leaves a mix), and each split has room for a
+    training window of block_size + 1 tokens and its shift."""
     missing = [k for k in ("dtype", "train_tokens", "val_tokens") if k not in meta]
     if missing:
         raise DataError(f"{data_dir}/meta.json is corrupt (it lacks {missing}); run prepare.py again")
+    itemsize = np.dtype(meta["dtype"]).itemsize
     for split in ("train", "val"):
-        n = len(read_bin(data_dir, split, meta))
-        if n != meta[f"{split}_tokens"]:
-            raise DataError(f"{data_dir}/{split}.bin has {n} tokens but meta.json says {meta[f'{split}_tokens']}: "
-                            f"an interrupted prepare.py run left a mix of old and new files; run prepare.py again")
-        if split == "val" and "run_id" in meta and bins_run_id(data_dir) != meta["run_id"]:  # older folders have none
+        n = 0
+        for name, tokens, print_ in bin_files(meta, split):
+            path = os.path.join(data_dir, name)
+            if not os.path.exists(path):
+                raise DataError(f"{path} not found: prepare the dataset first (python prepare.py ...)")
+            have = os.path.getsize(path) // itemsize
+            if have != tokens or (print_ is not None and fingerprint(path) != print_):
+                what = f"has {have} tokens but meta.json says {tokens}" if have != tokens else "is not the file meta.json lists"
+                raise DataError(f"{path} {what}: an interrupted prepare.py run left a mix of old and new files; "
+                                f"run prepare.py again")
+            n += have
+        one_file = "shards" not in meta and "run_id" in meta  # older folders have no run id
+        if split == "val" and one_file and bins_run_id(data_dir) != meta["run_id"]:
             raise DataError(f"the bins in {data_dir} are not the ones its meta.json was written with (run id): an "
                             f"interrupted prepare.py run left a mix of old and new files; run prepare.py again")
         if n < block_size + 2:
@@ -213,13 +289,25 @@ def check_bins(data_dir, meta, block_size=0):
                             f"lower block_size or prepare more data")
 
 
-class BinWriter:
-    """Appends token arrays to train.bin/val.bin under temporary names; `commit` renames them."""
+def token_dtype(vocab_size):
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
-    def __init__(self, data_dir, vocab_size):
+
+def shard_name(split, index):
+    """train-00042.bin for shard 42; a label (str) names a shard that is renumbered when committed."""
+    return f"{split}-{index:05d}.bin" if isinstance(index, int) else f"{split}-{index}.bin"
+
+
+class BinWriter:
+    """Appends token arrays to train.bin/val.bin (or, given a shard index, train-NNNNN.bin/val-NNNNN.bin) under
+    temporary names; `commit` renames them. A shard's writer `close`s instead and leaves the renaming to
+    `commit_shards`, once every rank has written its own."""
+
+    def __init__(self, data_dir, vocab_size, shard=None, run_id=None):
         self.data_dir = data_dir
-        self.dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
-        self.tmp = {s: os.path.join(data_dir, f"{s}.bin.tmp{os.getpid()}") for s in ("train", "val")}
+        self.dtype = token_dtype(vocab_size).type
+        self.names = {s: f"{s}.bin" if shard is None else shard_name(s, shard) for s in ("train", "val")}
+        self.tmp = {s: os.path.join(data_dir, f"{name}.tmp{run_id or os.getpid()}") for s, name in self.names.items()}
         self.files = {s: open(p, "wb") for s, p in self.tmp.items()}
         self.tokens = Counter()
         self.docs = Counter()
@@ -258,17 +346,80 @@ class BinWriter:
         meta = os.path.join(self.data_dir, "meta.json")
         if os.path.exists(meta):  # it vouched for the old bins: from here until the new one is written, none does
             os.remove(meta)
-        for split, f in self.files.items():
+        self._sync()
+        for split in self.files:
+            os.replace(self.tmp[split], os.path.join(self.data_dir, self.names[split]))
+
+    def close(self):
+        """A shard's files, flushed to disk under their temporary names: {split: meta.json's entry} for the
+        splits that got tokens (an empty one is removed)."""
+        self._sync()
+        entries = {}
+        for split, tmp in self.tmp.items():
+            if self.tokens[split]:
+                entries[split] = {"file": self.names[split], "tokens": self.tokens[split], "docs": self.docs[split],
+                                  "fingerprint": fingerprint(tmp)}
+            else:
+                os.remove(tmp)
+        return entries
+
+    def _sync(self):
+        for f in self.files.values():
             f.flush()
             os.fsync(f.fileno())
             f.close()
-            os.replace(self.tmp[split], os.path.join(self.data_dir, f"{split}.bin"))
 
     def abort(self):
         for split, f in self.files.items():
             f.close()
             if os.path.exists(self.tmp[split]):
                 os.remove(self.tmp[split])
+
+
+def commit_shards(data_dir, shards, run_id):
+    """Rename every rank's closed shards ({split: [entry]}) from their temporary names into place: to
+    entry["file"], from the name it was written under (entry["written"], when it is renumbered)."""
+    for entries in shards.values():
+        for entry in entries:
+            written = entry.pop("written", entry["file"])
+            os.replace(os.path.join(data_dir, f"{written}.tmp{run_id}"), os.path.join(data_dir, entry["file"]))
+
+
+BIN_NAME = re.compile(r"(train|val)(-\d{5})?\.bin")
+
+
+def remove_stale_bins(data_dir, meta):
+    """After meta.json is renamed into place: delete the bins of earlier runs that it does not list (a one-file
+    dataset's train.bin once shards replace it, shards a smaller corpus no longer has)."""
+    listed = {name for split in ("train", "val") for name, _, _ in bin_files(meta, split)}
+    for name in os.listdir(data_dir):
+        if BIN_NAME.fullmatch(name) and name not in listed:
+            os.remove(os.path.join(data_dir, name))
+
+
+def list_shards(written, max_tokens, data_dir, run_id):
+    """meta.json's shard lists, numbered in input order (train-00000.bin, ...), up to the shard that reaches
+    max_tokens (0: all); the temporary files of the shards past it are deleted."""
+    listed, total = {"train": [], "val": []}, 0
+    for index, key in enumerate(sorted(written)):
+        if max_tokens and total >= max_tokens:
+            for entry in written[key].values():
+                os.remove(os.path.join(data_dir, f"{entry['file']}.tmp{run_id}"))
+            continue
+        for split, entry in written[key].items():
+            listed[split].append(entry | {"file": shard_name(split, index), "written": entry["file"]})
+            total += entry["tokens"]
+    return listed
+
+
+def concatenate(paths, out_path):
+    """Byte-copy files into one (gzip members into one .gz), written atomically; each part is then deleted."""
+    with atomic_file(out_path, "wb") as out:
+        for path in paths:
+            with open(path, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+    for path in paths:
+        os.remove(path)
 
 
 # -----------------------------------------------------------------------------

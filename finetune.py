@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 import train
 from configurator import ConfigError, configure, file_or_text, script_main
-from dataset import SHARED_DATA, DataError, in_val_split, read_meta
+from dataset import SHARED_DATA, DataError, check_bins, in_val_split, read_meta
 from model import GPT, checkpoint_path, load_checkpoint
 from prepare import read_labelled_lines
 from safety import describe_redactions, pii_kinds, redact
@@ -595,7 +595,9 @@ def make_task(cfg, gpt, tok, system):
         if load_tokenizer(data_dir).spec() != tok.spec():
             raise ConfigError(f"data/{cfg.dataset} was tokenized with another tokenizer than {cfg.init_from}'s "
                               f"({tok.kind}); prepare it with --tokenizer={tok.kind}")
-        batch_fn = train.make_batch_fn(cfg, data_dir, read_meta(data_dir), tok, system)
+        meta = read_meta(data_dir)
+        check_bins(data_dir, meta, cfg.block_size)  # one file or shards, as train.py reads them
+        batch_fn = train.make_batch_fn(cfg, data_dir, meta, tok, system)
         return SimpleNamespace(batch=batch_fn, loss=lambda m, batch: train.lm_loss(m, batch, system.autocast),
                                evaluate=lambda m: train.evaluate_lm(m, batch_fn, cfg, system), test=None, names=[],
                                tokens_per_micro_batch=cfg.batch_size * cfg.block_size)

@@ -63,6 +63,8 @@ class GPTConfig:
     norm_eps: float = 1e-5
     mlp: str = "gelu"           # gelu (4x, GPT-2) | swiglu (LLaMA)
     mlp_hidden: int = 0         # 0 = 4*n_embd for gelu, LLaMA's rounded 8/3*n_embd for swiglu
+    qk_norm: bool = False       # RMS-normalise each head's queries and keys before attention (Dehghani et al. 2023;
+                                # modded-nanogpt, nanochat); no Hugging Face layout holds it
     mlp_multiple_of: int = 64   # swiglu hidden size is rounded up to this (LLaMA 7B uses 256)
     tie_embeddings: bool = True
     mlm_transform: bool = False  # BERT's dense + GELU + LayerNorm before the MLM output layer
@@ -167,6 +169,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, config.head_size
         self.causal = config.causal if causal is None else causal
+        self.qk_norm = config.qk_norm
         # query, key and value projections in one matmul: n_head + 2 * n_kv_head heads. Cross-attention
         # projects only its queries here, and the encoder's output to keys and values in c_kv.
         kv_heads = 0 if cross else 2 * config.n_kv_head
@@ -190,6 +193,8 @@ class Attention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.qk_norm:  # bounded attention logits: a higher learning rate stays stable
+            q, k = F.rms_norm(q, (self.head_size,)), F.rms_norm(k, (self.head_size,))
         if cache is not None:
             k, v = cache.update(pos, k, v)  # (B, nkv, pos+T, hs)
         mask, is_causal = self.attention_mask(T, k.size(2), pos, padding_mask, x.device)
@@ -315,20 +320,11 @@ class GPT(nn.Module):
         ))
         if config.pos == "learned":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        else:
-            cos, sin = rope_tables(config.head_size, config.block_size, config.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
         if config.mlm_transform:  # BERT's prediction-head transform (Devlin et al. 2019, App. A)
             self.mlm_transform = nn.Sequential(nn.Linear(config.n_embd, config.n_embd), nn.GELU(approximate="tanh"),
                                                nn.LayerNorm(config.n_embd, eps=config.norm_eps))
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        # the padding columns of the output (a multiple of 64 runs its matmul on faster kernels) are no
-        # tokens: a -inf bias there gives them no probability, so the loss is over the real vocabulary,
-        # at no cost (the add is fused into the matmul; slicing first would copy the logits)
-        n_pad = config.padded_vocab_size - config.vocab_size
-        self.register_buffer("vocab_bias", torch.cat([torch.zeros(config.vocab_size), torch.full((n_pad,), float("-inf"))]),
-                             persistent=False)
+        self.make_buffers()
         if config.tie_embeddings:  # one matrix reads tokens in and writes them out (Press & Wolf 2017)
             self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -336,6 +332,20 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def make_buffers(self):
+        """The buffers computed from the config, which checkpoints do not hold: RoPE's tables, and the
+        output's padding bias. The padding columns of the output (a multiple of 64 runs its matmul on
+        faster kernels) are no tokens: a -inf bias there gives them no probability, so the loss is over
+        the real vocabulary, at no cost (the add is fused into the matmul; slicing first would copy)."""
+        c = self.config
+        if c.pos == "rope":
+            cos, sin = rope_tables(c.head_size, c.block_size, c.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        n_pad = c.padded_vocab_size - c.vocab_size
+        self.register_buffer("vocab_bias", torch.cat([torch.zeros(c.vocab_size), torch.full((n_pad,), float("-inf"))]),
+                             persistent=False)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -362,7 +372,7 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.pos == "learned":
-            x = x + self.transformer.wpe(torch.arange(pos, pos + T, device=idx.device))
+            x = x + self.transformer.wpe.weight[pos:pos + T]  # positions pos..pos+T-1: a slice, no index tensor
         else:
             rope = (self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T])
         x = self.transformer.drop(x)
@@ -440,7 +450,8 @@ class GPT(nn.Module):
     # --- training helpers -------------------------------------------------------------------------
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW; only matrices (>= 2-D: Linear weights, embeddings) are decayed, not biases or norms."""
+        """AdamW; only matrices (>= 2-D: Linear weights, embeddings) are decayed, not biases or norms.
+        (optim.make_optimizer builds this, or Muon for the blocks' matrices with AdamW for the rest.)"""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -488,29 +499,35 @@ class GPT(nn.Module):
         if not self.config.causal:
             raise ValueError("this is a masked-LM encoder; it fills [MASK] tokens instead of generating text")
         block = self.config.block_size
-        seq = idx if idx.size(1) <= block else idx[:, -block:]
+        prompt = idx if idx.size(1) <= block else idx[:, -block:]
+        # every token of the run in one preallocated buffer: a step writes one column, no copies
+        seq = torch.empty(idx.size(0), prompt.size(1) + max_new_tokens, dtype=idx.dtype, device=idx.device)
+        seq[:, :prompt.size(1)] = prompt
+        n = prompt.size(1)  # tokens in seq so far
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        suppress = torch.tensor(list(suppress_tokens), dtype=torch.long, device=idx.device) if suppress_tokens else None
         caches, pos = None, 0
         for _ in range(max_new_tokens):
             if not use_kv_cache:
-                logits = self.next_token_logits(seq[:, -block:])
+                logits = self.next_token_logits(seq[:, max(0, n - block):n])
             elif caches is None or pos == block:  # prefill, or the cache is full: restart from the recent half
-                context = seq if caches is None else seq[:, -(block // 2):]
+                context = seq[:, :n] if caches is None else seq[:, n - block // 2:n]
                 # no longer than this generation can get: a checkpoint's block_size does not decide our memory
                 caches = self.new_caches(seq.size(0), min(block, context.size(1) + max_new_tokens))
                 logits, pos = self.next_token_logits(context, caches, 0), context.size(1)
             else:
-                logits = self.next_token_logits(seq[:, -1:], caches, pos)
+                logits = self.next_token_logits(seq[:, n - 1:n], caches, pos)
                 pos += 1
-            if suppress_tokens:
-                logits[:, list(suppress_tokens)] = float("-inf")
-            if logits_processor is not None:
-                logits = logits_processor(seq, logits)
+            if suppress is not None:
+                logits.index_fill_(1, suppress, float("-inf"))
+            if logits_processor is not None:  # the sequences so far: seq is preallocated to the end
+                logits = logits_processor(seq[:, :n], logits)
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             if stop_token is not None:
                 nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
                 done |= nxt == stop_token
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            seq[:, n] = nxt
+            n += 1
             yield nxt
             if stop_token is not None and bool(done.all()):
                 return
@@ -565,7 +582,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
-    if top_k:
+    if top_k and top_k < logits.size(-1):  # top_k >= vocabulary keeps every token: skip the sort
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
@@ -1062,6 +1079,9 @@ def megatron_identity_head(c):
 def hf_layout(c):
     """The Hugging Face architecture that computes what config c does: 'gpt2' or 'llama' for a GPT,
     'megatron-bert' for an encoder (exact with mlm_transform, else see HEAD_SCALE)."""
+    if c.qk_norm:
+        raise ValueError("no Hugging Face layout holds a model with qk_norm=True (GPT-2, LLaMA and Megatron-BERT "
+                         "have no QK-norm); train with qk_norm=False to export")
     if c.n_decoder_layer:  # its encoder alone would pass as MegatronBERT below, without the decoder
         raise ValueError("an encoder-decoder has no Hugging Face export yet (T5's layout is not written); "
                          "use its checkpoint with sample.py and finetune.py")

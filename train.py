@@ -30,14 +30,12 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_state_dict)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, NanorootsError, configure, script_main
 from dataset import check_bins, dataset_dir, read_bin, read_meta, stable_hash
 from model import GPTConfig, build_model, checkpoint_tokenizer, clean_state_dict, load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
+from optim import get_lr, make_optimizer, schedule_step
 from prepare import RECIPES, prepare_recipe
 from rundir import append_log, lock_out_dir, plot_training, start_fresh, truncate_log
 from safety import SafeGeneration
@@ -82,6 +80,7 @@ DEFAULTS = dict(
     norm_eps=1e-5,
     mlp="gelu",
     mlp_hidden=0,
+    qk_norm=False,                # RMS-normalise queries and keys per head (not exportable to Hugging Face)
     tie_embeddings=True,
     mlm_transform=False,
     n_decoder_layer=0,            # span: the decoder's blocks (0 = n_layer, as in T5); the encoder has n_layer
@@ -92,14 +91,18 @@ DEFAULTS = dict(
     mean_span=3.0,                # span: mean length of a dropped span (T5: 3)
     mlm_baselines="",             # mlm with eval_only: also score a CLM checkpoint (this out_dir) and the most
                                   # frequent token at the same masked positions
-    # AdamW optimizer
+    # optimizer: AdamW, or Muon for the Transformer blocks' matrices with AdamW for the rest
+    optimizer="adamw",            # adamw | muon
+    muon_lr=0.02,                 # muon: the matrices' peak learning rate (nanochat's matrix_lr); learning_rate is AdamW's
+    muon_momentum=0.95,           # muon: Nesterov momentum (Jordan et al. 2024; modded-nanogpt, nanochat)
     learning_rate=6e-4,
     max_iters=600000,
     weight_decay=1e-1,
     beta1=0.9,
     beta2=0.95,
     grad_clip=1.0,                # 0 = no clipping
-    # learning rate schedule: linear warmup, cosine decay to min_lr
+    # learning rate schedule: linear warmup, cosine decay to min_lr. With max_time > 0 it runs on whichever is
+    # further along, steps (of max_iters) or time (of max_time), so warmup and decay end when the budget does
     decay_lr=True,
     warmup_iters=2000,
     lr_decay_iters=600000,
@@ -112,7 +115,8 @@ DEFAULTS = dict(
     fsdp=False,                   # shard parameters, gradients and optimizer state with FSDP instead of DDP
     grad_checkpoint=False,        # recompute activations in backward: less memory, ~30% more compute
     seed=1337,
-    max_time=0.0,                 # seconds of training (evals included) before stopping cleanly; 0 = no limit
+    max_time=0.0,                 # seconds of training (evals included) before stopping cleanly; 0 = no limit.
+                                  # Time-capped runs differ across machines (and loads); step-capped runs reproduce
     nan_policy="stop",            # stop | skip: what a NaN/inf loss does
     patience=0,                   # stop when val loss has not improved for this many evals (0 = never)
     init_loss_scale=65536.0,      # float16: GradScaler's starting loss scale (halved at each overflow)
@@ -120,7 +124,8 @@ DEFAULTS = dict(
 )
 
 MODEL_KEYS = ["block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "dropout", "bias", "pos",
-              "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "mlm_transform", "n_decoder_layer"]
+              "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "qk_norm", "tie_embeddings", "mlm_transform",
+              "n_decoder_layer"]
 
 
 class TrainError(NanorootsError):
@@ -206,6 +211,7 @@ def wrap_model(model, cfg, system):
             raise ConfigError("fsdp=True needs several processes: launch with torchrun --nproc_per_node=N")
         if cfg.dtype == "float16":
             raise ConfigError("fsdp=True with float16 needs a sharded loss scaler; use dtype=bfloat16")
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # see dcp_state_dict
         half = {"bfloat16": torch.bfloat16}.get(cfg.dtype)
         mp = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32) if half else MixedPrecisionPolicy()
         for block in [*model.transformer.h, *(model.decoder.h if hasattr(model, "decoder") else [])]:
@@ -228,10 +234,19 @@ def gradient_sync(model, sync):
     return contextlib.nullcontext()
 
 
+def dcp_state_dict():
+    """torch.distributed.checkpoint's state-dict functions, imported when first used: with FSDP they pull
+    in DTensor, a third of this file's import time (measured with python -X importtime), which sample.py
+    and bench.py, importing this file, do not need."""
+    import torch.distributed.checkpoint.state_dict as dcp_sd
+    return dcp_sd
+
+
 def full_state(model, optimizer, system):
     """Unsharded model and optimizer state dicts (collective under FSDP; every rank must call)."""
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=system.distributed)
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=opts)
+    dcp_sd = dcp_state_dict()
+    opts = dcp_sd.StateDictOptions(full_state_dict=True, cpu_offload=system.distributed)
+    model_sd, optim_sd = dcp_sd.get_state_dict(model, getattr(optimizer, "optimizers", optimizer), options=opts)
     return clean_state_dict(model_sd), optim_sd
 
 
@@ -240,7 +255,8 @@ def unsharded(raw_model, system):
     gathered full state dict (collective; the copy is only complete on rank 0)."""
     if not hasattr(raw_model, "set_requires_gradient_sync"):
         return raw_model
-    state = get_model_state_dict(raw_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    dcp_sd = dcp_state_dict()
+    state = dcp_sd.get_model_state_dict(raw_model, options=dcp_sd.StateDictOptions(full_state_dict=True, cpu_offload=True))
     plain = build_model(GPTConfig.from_dict(asdict(raw_model.config)))
     if system.master:
         plain.load_state_dict(clean_state_dict(state))
@@ -249,8 +265,9 @@ def unsharded(raw_model, system):
 
 def load_full_state(model, optimizer, model_sd, optim_sd):
     """Load unsharded state dicts into a (possibly sharded) model and its optimizer."""
-    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
-                   options=StateDictOptions(full_state_dict=True))
+    dcp_sd = dcp_state_dict()
+    dcp_sd.set_state_dict(model, getattr(optimizer, "optimizers", optimizer), model_state_dict=model_sd,
+                          optim_state_dict=optim_sd, options=dcp_sd.StateDictOptions(full_state_dict=True))
 
 
 def rng_state():
@@ -505,6 +522,10 @@ def resume_config(cfg, explicit, system):
 def resume_state(checkpoint, raw_model, optimizer, scaler, cfg, system, model_state=None):
     """Continue a run exactly: load weights (model_state, else the checkpoint's), optimizer, loss
     scaler and RNG states; forget log lines after the checkpoint. Returns the training loop's state."""
+    saved = checkpoint.get("config", {}).get("optimizer", "adamw")
+    if saved != cfg.optimizer:
+        raise TrainError(f"the checkpoint in {cfg.out_dir} was trained with optimizer={saved}, this run asks for "
+                         f"{cfg.optimizer}: resume with --optimizer={saved} (its state does not carry over)")
     load_full_state(raw_model, optimizer, model_state or checkpoint["model"], checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
     state = {"iter_num": checkpoint["iter_num"], "best_val_loss": checkpoint["best_val_loss"], **checkpoint.get("counters", {})}
@@ -529,28 +550,13 @@ def start_run(cfg, system, raw_model, checkpoint=None, model_state=None):
         if checkpoint is None and not cfg.eval_only:
             start_fresh(cfg)
     model = wrap_model(raw_model, cfg, system)
-    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), system.device_type)
+    optimizer = make_optimizer(cfg, raw_model, system.device_type)
     scaler = torch.amp.GradScaler(system.device_type, init_scale=cfg.init_loss_scale, enabled=system.dtype == "float16")
     state = {"iter_num": 0, "best_val_loss": float("inf")}
     if checkpoint is not None:
         state = resume_state(checkpoint, raw_model, optimizer, scaler, cfg, system, model_state)
     state["start_iter"] = state["iter_num"]
     return SimpleNamespace(model=model, raw_model=raw_model, optimizer=optimizer, scaler=scaler, state=state)
-
-
-# -----------------------------------------------------------------------------
-# learning rate schedule
-
-def get_lr(it, cfg):
-    """Linear warmup (non-zero from step 0), then cosine decay to min_lr at lr_decay_iters."""
-    if not cfg.decay_lr:
-        return cfg.learning_rate
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-    if it > cfg.lr_decay_iters:
-        return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
 # -----------------------------------------------------------------------------
@@ -564,15 +570,16 @@ class Trainer:
     batch(index) -> the micro-batch with that global index; loss(model, batch) -> scalar; evaluate(model)
     -> metrics with 'val_loss'; checkpoint_extra() -> entries added to checkpoints (they may replace
     'model': finetune.py stores a classifier's body, or LoRA merged, as a plain GPT); sample(model) or
-    None; tokens_per_micro_batch.
+    None; tokens_per_micro_batch. `clock` gives the seconds that max_time and the schedule count (a test
+    passes a fake one).
     """
 
-    def __init__(self, cfg, system, run, task):
-        self.cfg, self.system, self.run, self.task = cfg, system, run, task
+    def __init__(self, cfg, system, run, task, clock=time.time):
+        self.cfg, self.system, self.run, self.task, self.clock = cfg, system, run, task, clock
         self.accum = cfg.gradient_accumulation_steps // system.world_size
         self.tokens_per_iter = task.tokens_per_micro_batch * self.accum * system.world_size
         self.params = [p for p in run.model.parameters() if p.requires_grad]
-        self.metrics, self.stop_signal = {}, None
+        self.metrics, self.stop_signal, self.progress = {}, None, 0.0
 
     def fit(self):
         """The loop. Returns the last eval's metrics."""
@@ -582,21 +589,23 @@ class Trainer:
         if cfg.wandb_log and self.system.master:
             import wandb  # optional: pip install wandb
             wandb.init(project=cfg.wandb_project, name=os.path.basename(cfg.out_dir), config=vars(cfg))
-        self.t_start, self.elapsed0 = time.time(), state.get("train_time", 0.0)
-        self.t_last, self.it_last = time.time(), state["iter_num"]  # throughput excludes evaluation
+        self.t_start, self.elapsed0 = self.clock(), state.get("train_time", 0.0)
+        self.t_last, self.it_last = self.clock(), state["iter_num"]  # throughput excludes evaluation
         # SIGTERM is what Slurm, Kubernetes and torchrun send before they kill: it stops the run as Ctrl-C does
         previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while True:
-                it = state["iter_num"]
-                lr = get_lr(it, cfg)
+                it, elapsed = state["iter_num"], self.elapsed()
+                step = schedule_step(it, elapsed, cfg)
+                self.progress = min(step / max(1, cfg.max_iters), 1.0)
+                lr = get_lr(step, cfg)
                 for group in self.run.optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
-                last = it >= cfg.max_iters or (cfg.max_time and self.elapsed() >= cfg.max_time)
+                last = it >= cfg.max_iters or (cfg.max_time and elapsed >= cfg.max_time)
                 if it % cfg.eval_interval == 0 or last or cfg.eval_only:
                     if self.evaluate_and_checkpoint(it, lr, last):
                         break
-                    self.t_last, self.it_last = time.time(), it
+                    self.t_last, self.it_last = self.clock(), it
                 if self.task.sample and cfg.sample_every and it % cfg.sample_every == 0 and it > 0:
                     self.task.sample(self.run.raw_model)  # on every rank: an FSDP model is gathered collectively first
                 loss, grad_norm, stop_votes = self.optimizer_step(it)
@@ -620,7 +629,7 @@ class Trainer:
 
     def elapsed(self):
         """Seconds of training in this run and the runs it resumes."""
-        return self.elapsed0 + time.time() - self.t_start
+        return self.elapsed0 + self.clock() - self.t_start
 
     def on_signal(self, signum, frame):
         """The first signal finishes the current step, saves and exits; a second one exits at once, without
@@ -635,7 +644,8 @@ class Trainer:
         cfg, state, master = self.cfg, self.run.state, self.system.master
         self.metrics = metrics = self.task.evaluate(self.run.model)
         state["train_time"] = self.elapsed()
-        record = {"iter": it, **metrics, "lr": lr, "tokens": it * self.tokens_per_iter, "time": round(state["train_time"], 2)}
+        record = {"iter": it, **metrics, "lr": lr, "progress": round(self.progress, 4), "tokens": it * self.tokens_per_iter,
+                  "time": round(state["train_time"], 2)}
         improved = metrics["val_loss"] < state["best_val_loss"]
         if master:
             print(f"step {it}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
@@ -710,10 +720,10 @@ class Trainer:
 
     def log_step(self, it, loss, lr, grad_norm):
         """One line per log_interval steps to stdout and log.jsonl: loss, lr, time per step, throughput, MFU."""
-        now = time.time()
-        dt = (now - self.t_last) / max(1, it + 1 - self.it_last)
+        now = self.clock()
+        dt = max(now - self.t_last, 1e-9) / max(1, it + 1 - self.it_last)
         mfu = self.run.raw_model.estimate_mfu(self.tokens_per_iter, dt, self.system.device, self.system.dtype, self.cfg.block_size)
-        append_log(self.cfg.out_dir, {"iter": it, "loss": loss, "lr": lr, "dt_ms": round(dt * 1000, 2),
+        append_log(self.cfg.out_dir, {"iter": it, "loss": loss, "lr": lr, "progress": round(self.progress, 4), "dt_ms": round(dt * 1000, 2),
                                       "tok_per_sec": round(self.tokens_per_iter / dt), "mfu": mfu, "grad_norm": grad_norm,
                                       "tokens": (it + 1) * self.tokens_per_iter, "time": round(self.elapsed(), 2)})
         print(f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f}ms, {self.tokens_per_iter / dt:,.0f} tok/s"
@@ -761,6 +771,9 @@ def check_config(cfg, system):
         problems.append(f"nan_policy={cfg.nan_policy!r} is not stop or skip")
     if not 0 < cfg.mask_prob < 1:
         problems.append(f"mask_prob={cfg.mask_prob} must be between 0 and 1")
+    if cfg.fsdp and cfg.optimizer == "muon":  # Newton-Schulz needs each matrix whole; FSDP holds a shard per rank
+        problems.append("optimizer=muon does not work with fsdp=True (FSDP shards the matrices Muon orthogonalises); "
+                        "use optimizer=adamw, or DDP (fsdp=False)")
     if problems:
         raise ConfigError("; ".join(problems))
     if cfg.objective == "span" and getattr(cfg, "task", "lm") == "lm":  # finetune's seq2seq reads pairs, not spans

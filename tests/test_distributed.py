@@ -67,7 +67,11 @@ def max_relative_difference(a, b):
 
 
 def test_ddp_equals_one_process_with_the_same_global_batch(tmp_path, shakespeare_char):
-    common = [*ARGS, f"--dataset={shakespeare_char}", "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=4"]
+    # AdamW: Muon's bfloat16 Newton-Schulz turns last-bit differences of the summed gradients (DDP sums in
+    # another order) into visible weight differences in the first, nearly low-rank updates (measured: losses
+    # equal to 1e-5, matrices apart by up to 15% after 6 steps), so only AdamW shows the exactness checked here
+    common = [*ARGS, f"--dataset={shakespeare_char}", "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=4",
+              "--optimizer=adamw"]
     launch(1, *common, f"--out_dir={tmp_path / 'one'}")
     out = launch(2, *common, f"--out_dir={tmp_path / 'ddp'}")
     assert "2 processes" in out
@@ -77,7 +81,8 @@ def test_ddp_equals_one_process_with_the_same_global_batch(tmp_path, shakespeare
 
 
 def test_fsdp_checkpoint_loads_in_one_process(tmp_path, shakespeare_char):
-    common = [*ARGS, f"--dataset={shakespeare_char}", "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=2"]
+    common = [*ARGS, f"--dataset={shakespeare_char}", "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=2",
+              "--optimizer=adamw"]  # Muon needs whole matrices: train.py refuses it with FSDP
     launch(2, *common, "--fsdp=True", f"--out_dir={tmp_path / 'fsdp'}")
     launch(1, *common, f"--out_dir={tmp_path / 'one'}")
     assert max_relative_difference(load_checkpoint(str(tmp_path / "fsdp"))["model"],

@@ -1,13 +1,15 @@
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
 
 from configurator import ConfigError
-from model import GPT, GPTConfig, KVCache, sample_next, state_shapes, top_p_filter
+from model import GPT, GPTConfig, KVCache, model_from_checkpoint, sample_next, state_shapes, top_p_filter
 
 TINY = dict(block_size=32, vocab_size=70, n_layer=2, n_head=4, n_embd=32)
 LLAMA = dict(TINY, pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2, bias=False, tie_embeddings=False)
+QK_NORM = dict(TINY, qk_norm=True, bias=False)
 
 
 def tiny(**kw):
@@ -38,7 +40,7 @@ def test_initial_loss_is_near_uniform():
     assert abs(loss.item() - math.log(1000)) < 0.1  # small init: the model starts out guessing uniformly
 
 
-@pytest.mark.parametrize("kw", [{}, LLAMA], ids=["gpt2", "llama-gqa"])
+@pytest.mark.parametrize("kw", [{}, LLAMA, QK_NORM], ids=["gpt2", "llama-gqa", "qk-norm"])
 def test_kv_cache_greedy_equals_no_cache(kw):
     model = tiny(**kw)
     prompt = torch.randint(0, 70, (2, 5))
@@ -158,6 +160,19 @@ def test_optimizer_decays_only_matrices():
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) > 0
 
 
+def test_qk_norm_normalises_queries_and_keys_per_head():
+    model = tiny(**QK_NORM)
+    attn = model.transformer.h[0].attn
+    x = torch.randn(2, 8, 32)
+    q, k, v = attn.c_attn(x).split(32, dim=2)
+    q, k, v = (t.view(2, 8, 4, 8).transpose(1, 2) for t in (q, k, v))
+    q, k = (t / t.pow(2).mean(-1, keepdim=True).add(torch.finfo(t.dtype).eps).sqrt() for t in (q, k))
+    att = (q @ k.transpose(-2, -1) / math.sqrt(8)).masked_fill(torch.ones(8, 8).triu(1).bool(), float("-inf")).softmax(-1)
+    assert torch.allclose(attn(x), attn.c_proj((att @ v).transpose(1, 2).reshape(2, 8, 32)), atol=1e-5)
+    with pytest.raises(ValueError, match="qk_norm=True"):
+        model.export_hf("unused")  # no Hugging Face architecture computes it
+
+
 def test_mfu_is_none_on_cpu():
     assert tiny().estimate_mfu(1000, 0.1, "cpu", "float32") is None
 
@@ -188,6 +203,18 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         loss.backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("kw", [{}, LLAMA], ids=["gpt2-tied", "llama-rope-untied"])
+def test_model_from_checkpoint_rebuilds_the_same_model(kw):
+    """The same logits, the head still tied to the embedding (or not), and the buffers checkpoints do not
+    hold (RoPE, the padding bias) rebuilt by make_buffers."""
+    model = tiny(**kw)
+    loaded = model_from_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config)})
+    idx = torch.randint(0, 70, (2, 16))
+    assert torch.equal(loaded(idx)[0], model(idx)[0])
+    assert (loaded.lm_head.weight is loaded.transformer.wte.weight) == model.config.tie_embeddings
+    assert all(not t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
 
 
 @pytest.mark.parametrize("kw", [{}, dict(bias=False), LLAMA, dict(LLAMA, bias=True, tie_embeddings=True),

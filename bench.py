@@ -38,7 +38,8 @@ from curate import roots_resources
 from dataset import SHARED_DATA, DataError, dataset_dir, read_meta
 from model import save_checkpoint
 from optim import make_optimizer
-from tokenizer import build_tokenizer, gpt2_tokenizer
+from safety import SafeGeneration, flagged_word_masks, prompt_language
+from tokenizer import build_tokenizer, gpt2_tokenizer, load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -133,7 +134,79 @@ def bench_generate(cfg, system):
         rows.append(dict(benchmark=f"generate {n} tokens, batch {cfg.gen_batch}, {'KV cache' if cache else 'no cache'}",
                          metric="tokens/s", value=speed[cache]))
     rows.append(dict(benchmark="generate: KV cache speed-up", metric="x", value=speed[True] / speed[False]))
-    return rows + bench_generate_seq2seq(cfg, system, n, speed[True])
+    return rows + bench_generate_seq2seq(cfg, system, n, speed[True]) + bench_safe_generation(cfg, system, model, n)
+
+
+def vocabulary_tokenizer(cfg):
+    """A tokenizer for the benchmark model's vocabulary: the dataset's when it is prepared, GPT-2's for a
+    GPT-2-sized vocabulary, else the characters of the bundled Shakespeare if they fit; None otherwise."""
+    data_dir = dataset_dir(cfg.dataset)
+    if os.path.exists(os.path.join(data_dir, "meta.json")) and read_meta(data_dir)["vocab_size"] == cfg.vocab_size:
+        return load_tokenizer(data_dir)
+    if cfg.vocab_size >= 50257:
+        return gpt2_tokenizer()
+    with open(os.path.join(HERE, "data", "tinyshakespeare", "input.txt"), encoding="utf-8") as f:
+        tok = build_tokenizer("char", f.read())
+    return tok if tok.vocab_size <= cfg.vocab_size else None
+
+
+def bench_safe_generation(cfg, system, model, n):
+    """--safe=True next to plain sampling (temperature 1, so the text wanders through many automaton states), in
+    alternating rounds; the cost per token is also timed directly, around the filter and the streaming
+    redaction, which a loaded machine's noise in the totals would hide. Start-up: the flagged-word automaton
+    over the whole vocabulary, with every language's list (as for a prompt like "\\n"), after the language
+    identifier's model has loaded (timed apart: a process pays it once, sample.py at its first prompt)."""
+    tok = vocabulary_tokenizer(cfg)
+    if tok is None:
+        return []
+    prompt = torch.tensor([tok.encode("\n")] * cfg.gen_batch, device=system.device)
+    t0 = time.perf_counter()
+    prompt_language("\n")  # loads the language identifier's model, once per process
+    lang_id = time.perf_counter() - t0
+    flagged_word_masks.cache_clear()
+    t0 = time.perf_counter()
+    SafeGeneration(tok, "\n", n)
+    startup = time.perf_counter() - t0
+    spent = []
+
+    def gen(safe):
+        guard = SafeGeneration(tok, "\n", n) if safe else None
+        generator = torch.Generator(device=system.device).manual_seed(cfg.seed)
+        inside = 0.0
+
+        def timed_filter(seq, logits):
+            nonlocal inside
+            t = time.perf_counter()
+            logits = guard.filter(seq, logits)
+            sync(system.device)
+            inside += time.perf_counter() - t
+            return logits
+
+        t0 = time.perf_counter()
+        with system.autocast:
+            for nxt in model.generate_tokens(prompt, n, temperature=1.0, generator=generator,
+                                             logits_processor=timed_filter if safe else None):
+                text = tok.decode_bytes([int(nxt[0])]).decode("utf-8", errors="replace")
+                if safe:
+                    t = time.perf_counter()
+                    guard.stream(text)
+                    inside += time.perf_counter() - t
+        sync(system.device)
+        if safe:
+            spent.append(inside / n)
+        return time.perf_counter() - t0
+
+    times = {False: [], True: []}
+    for _ in range(max(3, cfg.bench_iters // 2)):
+        for safe in (False, True):
+            times[safe].append(gen(safe))
+    label = f"generate {n} tokens, batch {cfg.gen_batch}, temperature 1"
+    return [dict(benchmark=f"{label}, plain", metric="tokens/s", value=n * cfg.gen_batch / statistics.median(times[False])),
+            dict(benchmark=f"{label}, --safe=True", metric="tokens/s", value=n * cfg.gen_batch / statistics.median(times[True])),
+            dict(benchmark=f"safe: time per step in the filter and redaction ({tok.kind}, vocab {tok.vocab_size})",
+                 metric="us", value=statistics.median(spent) * 1e6),
+            dict(benchmark=f"safe: start-up ({tok.kind} vocabulary, all word lists)", metric="ms", value=startup * 1e3),
+            dict(benchmark="safe: language identifier's first call (py3langid model load)", metric="ms", value=lang_id * 1e3)]
 
 
 def bench_generate_seq2seq(cfg, system, n, gpt_speed):

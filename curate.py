@@ -519,6 +519,7 @@ CODE_AT_WORDS = {"media", "import", "font", "keyframes", "charset", "supports", 
                  "dataclass", "override", "param", "return", "returns", "throws", "author", "see", "since",
                  "deprecated", "link", "article", "book", "inproceedings", "misc", "interface", "end"}
 VERSION_BEFORE = re.compile(r"(?i)\b(?:version|ver\.?|release|build|v)[\s:]*$")
+PII_LOOKBEHIND = 12  # characters before an IP address that VERSION_BEFORE reads; the patterns' own look-behinds read 1 or 2
 YEARS = re.compile(r"(?:1\d{3}|20\d\d)(?:[ -](?:1\d{3}|20\d\d))*")  # "1999 2000 2001": a list of years, not a key
 
 
@@ -537,7 +538,7 @@ def _is_pii(kind, match, text):
     """The checks a regex cannot make: valid IPv6, not a version number, a key with letter/digit mixing."""
     found = match.group()
     if kind == "IP_ADDRESS":
-        if VERSION_BEFORE.search(text[max(0, match.start() - 12):match.start()]):
+        if VERSION_BEFORE.search(text[max(0, match.start() - PII_LOOKBEHIND):match.start()]):
             return False
         if ":" in found:
             try:

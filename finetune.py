@@ -46,6 +46,7 @@ from configurator import ConfigError, configure, file_or_text, script_main
 from dataset import SHARED_DATA, DataError, check_bins, in_val_split, read_meta
 from model import GPT, checkpoint_path, load_checkpoint
 from prepare import read_labelled_lines
+from safety import describe_redactions, pii_kinds, redact
 from tokenizer import EOT, build_tokenizer, encode_known, format_prompt, load_tokenizer
 
 PRETRAINING_ONLY = ("objective", "mlm_baselines", "sample_every", "sample_tokens")  # the objective follows the model
@@ -69,6 +70,7 @@ DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k not in PRETRAINING_ONLY
     train_examples=0,             # classify/sft/seq2seq: train on only this many examples (a fixed random subset; 0 = all)
     pool="auto",                  # classify: first ([CLS]) | mean | last | auto (mean for an encoder, last if causal)
     predict="",                   # classify: sentences separated by |, or FILE:path (one per line); prints label + probability
+                                  # (with safe=True, each sentence it prints back has its personal data redacted)
     template="alpaca",            # sft: the prompt template (see format_prompt)
     # parameter-efficient finetuning
     lora_rank=0,                  # > 0: train rank-r adapters on the target matrices, freeze the rest
@@ -543,8 +545,9 @@ def macro_f1(confusion):
 
 
 @torch.no_grad()
-def predict(classifier, tok, sentences, names, block_size, system):
-    """(label name, probability) per sentence, and print them."""
+def predict(classifier, tok, sentences, names, block_size, system, redact_kinds=()):
+    """(label name, probability) per sentence, and print them, each sentence with the personal data of
+    `redact_kinds` redacted (--safe: what a classifier prints is its input, so that is what safe guards)."""
     classifier.eval()
     stats = Counter()
     rows = classification_inputs(tok, sentences, block_size, classifier.config.causal, stats)
@@ -552,11 +555,13 @@ def predict(classifier, tok, sentences, names, block_size, system):
     with system.autocast:
         logits, _ = classifier(ids, padding_mask=mask)
     probs = F.softmax(logits.float(), dim=-1)
-    results = []
+    results, found = [], Counter()
     for sentence, p in zip(sentences, probs):
         best = int(p.argmax())
         results.append((names[best], float(p[best])))
-        print(f"{names[best]}\t{float(p[best]):.3f}\t{sentence}")
+        print(f"{names[best]}\t{float(p[best]):.3f}\t{redact(sentence, redact_kinds, found) if redact_kinds else sentence}")
+    if redact_kinds:
+        print(f"safe: {describe_redactions(found)}")
     return results
 
 
@@ -637,7 +642,8 @@ def predict_with_checkpoint(cfg, gpt, tok, checkpoint, system):
     classifier.head.load_state_dict(checkpoint["classifier"])
     text = file_or_text(cfg.predict, "predict")
     sentences = [s.strip() for s in (text.splitlines() if cfg.predict.startswith("FILE:") else text.split("|")) if s.strip()]
-    return predict(classifier.to(system.device), tok, sentences, checkpoint["classes"], gpt.config.block_size, system)
+    return predict(classifier.to(system.device), tok, sentences, checkpoint["classes"], gpt.config.block_size, system,
+                   pii_kinds(cfg.safe_phone) if cfg.safe else ())
 
 
 def start_finetuning(cfg, system, checkpoint=None):

@@ -486,13 +486,15 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        stop_token=None, use_kv_cache=True, generator=None, suppress_tokens=()):
+                        stop_token=None, use_kv_cache=True, generator=None, suppress_tokens=(), logits_processor=None):
         """
         Yield the next token of every sequence, a (B,) tensor per step. With the KV cache: one
         forward over the prompt (prefill), then one token at a time, each step attending to the
         cached keys and values. Without it: the whole (cropped) context again at every step.
         Sequences that emitted stop_token keep emitting it; generation ends when all have.
         suppress_tokens are never sampled (e.g. [MASK], which only an encoder's input contains).
+        logits_processor(seq (B, T), logits (B, V)) -> logits, if given, sees each step's logits before
+        sampling, with the sequences so far, and may mask them (e.g. safety.FlaggedWordFilter).
         """
         if not self.config.causal:
             raise ValueError("this is a masked-LM encoder; it fills [MASK] tokens instead of generating text")
@@ -518,6 +520,8 @@ class GPT(nn.Module):
                 pos += 1
             if suppress is not None:
                 logits.index_fill_(1, suppress, float("-inf"))
+            if logits_processor is not None:  # the sequences so far: seq is preallocated to the end
+                logits = logits_processor(seq[:, :n], logits)
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             if stop_token is not None:
                 nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
@@ -698,7 +702,8 @@ class EncoderDecoder(GPT):
 
     @torch.no_grad()
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
-                        use_kv_cache=True, generator=None, suppress_tokens=(), decoder_idx=None, padding_mask=None):
+                        use_kv_cache=True, generator=None, suppress_tokens=(), decoder_idx=None, padding_mask=None,
+                        logits_processor=None):
         """
         Yield the next output token of every sequence, a (B,) tensor per step, for the inputs idx (B, S)
         (padding_mask marks their real tokens). The encoder runs once and every decoder block's
@@ -719,6 +724,8 @@ class EncoderDecoder(GPT):
             logits = self.head(h[:, -1]).float()
             if suppress_tokens:
                 logits[:, list(suppress_tokens)] = float("-inf")
+            if logits_processor is not None:  # sees the output so far, as in GPT.generate_tokens
+                logits = logits_processor(seq, logits)
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             if stop_token is not None:
                 nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)

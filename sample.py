@@ -9,6 +9,7 @@ masked-LM encoder.
     python sample.py --out_dir=out-sft-alpaca --chat=True        # one instruction per line on stdin
     python sample.py --init_from=gpt2 --start="The meaning of life is"   # GPT-2 weights from the hub
     python sample.py --init_from=path/to/hf-folder                         # a Hugging Face GPT-2/LLaMA folder
+    python sample.py --start="Write to me" --safe=True   # no flagged words, personal data redacted (safety.py)
     python sample.py --out_dir=out-seq2seq-alpaca --start="Name three primary colors."   # encoder-decoder: the output
     python sample.py --out_dir=out-span-shakespeare-char --start="To be, or not to be, <extra_id_0> the question"
 
@@ -26,6 +27,7 @@ import torch
 
 from configurator import ConfigError, configure, file_or_text, script_main
 from model import checkpoint_tokenizer, load_pretrained, model_from_checkpoint
+from safety import SafeGeneration
 from tokenizer import BERT_SPECIALS, EOT, TEMPLATES, format_prompt
 from spans import restore_spans
 from train import sample_start, setup_system, show_fill_mask
@@ -45,6 +47,8 @@ DEFAULTS = dict(
     fill_order="left_to_right",  # masked LM: fill several [MASK]s left_to_right or most_confident first
     template="",                # alpaca: --start is an instruction, put in the prompt template finetune.py trained with
     chat=False,                 # read instructions from stdin and answer each (template alpaca unless given)
+    safe=False,                 # never generate ROOTS' flagged words, redact personal data (off: research use)
+    safe_phone=False,           # with safe: redact phone numbers too (off by default, as in prepare.py)
     attention="",               # write the prompt's attention map to this PNG instead of sampling
     attention_json="",          # ... and/or its raw attention probabilities to this JSON file
     attention_layer=-1,         # which layer (-1 = the last)
@@ -112,9 +116,10 @@ def read_instructions():
 
 
 def generate_samples(model, tok, prompt_ids, num_samples, max_new_tokens, temperature, top_k, top_p,
-                     stop_token, use_kv_cache, generator, autocast, stream=None):
+                     stop_token, use_kv_cache, generator, autocast, stream=None, safe=None):
     """Generate num_samples continuations of prompt_ids as one batch; stream sample 0's text to
-    `stream` as it is produced. Returns the generated token lists, cut at stop_token."""
+    `stream` as it is produced (through safe's redaction, with safe's filter on the logits: a
+    safety.SafeGeneration). Returns the generated token lists, cut at stop_token."""
     device = model.lm_head.weight.device
     idx = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device)
     # an encoder-decoder reads the prompt as its input and writes its output after <|endoftext|> (its start token)
@@ -127,15 +132,18 @@ def generate_samples(model, tok, prompt_ids, num_samples, max_new_tokens, temper
         for nxt in model.generate_tokens(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
                                          top_p=top_p, stop_token=stop_token, use_kv_cache=use_kv_cache,
                                          generator=generator, suppress_tokens=[tok.special_ids[s] for s in BERT_SPECIALS],
-                                         **seq2seq):
+                                         logits_processor=safe and safe.filter, **seq2seq):
             for i, t in enumerate(nxt.tolist()):
                 if finished[i] or t == stop_token:
                     finished[i] = True
                     continue
                 rows[i].append(t)
                 if i == 0 and stream:
-                    stream.write(decoder.decode(tok.decode_bytes([t])))
+                    text = decoder.decode(tok.decode_bytes([t]))
+                    stream.write(safe.stream(text) if safe else text)
                     stream.flush()
+    if safe and stream:
+        stream.write(safe.stream(decoder.decode(b"", final=True), final=True))
     return rows
 
 
@@ -251,12 +259,18 @@ def stop_token_id(tok, stop):
     return stop_ids[0]
 
 
+def safety_for(cfg, tok, text, stop_token):
+    """With --safe=True, the guard of one generation, whose word list follows the language of `text`."""
+    return SafeGeneration(tok, text, cfg.max_new_tokens, stop_token, cfg.safe_phone) if cfg.safe else None
+
+
 def generate_text(model, tok, prompt, ids, cfg, system):
     """Print num_samples continuations of the prompt (the first streamed), or, with a template, answer the
     instruction (with chat, every instruction typed on stdin) as finetune.py's sft taught the model."""
     stop_token = stop_token_id(tok, cfg.stop)
     generator = torch.Generator(device=system.device).manual_seed(cfg.seed)
     options = (cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
+    user_text = prompt  # --safe takes the word list of its language, not of the template's
     if cfg.template or cfg.chat:  # instruction-tuned: the sft template; responses end at <|endoftext|>
         template = cfg.template or "alpaca"
         if template not in TEMPLATES:
@@ -265,17 +279,24 @@ def generate_text(model, tok, prompt, ids, cfg, system):
         if cfg.chat:
             for instruction in read_instructions():
                 ids = crop_prompt(tok.encode(format_prompt(instruction, template=template)), model.config.block_size)
+                safe = safety_for(cfg, tok, instruction, stop_token)
                 generate_samples(model, tok, ids, 1, *options, stop_token, cfg.use_kv_cache, generator, system.autocast,
-                                 stream=sys.stdout)
+                                 stream=sys.stdout, safe=safe)
+                if safe:
+                    print("\n" + safe.summary(), file=sys.stderr)
             return
         prompt = format_prompt(prompt, template=template)
         ids = crop_prompt(tok.encode(prompt), model.config.block_size)
-    print(prompt, end="", flush=True)
+    safe = safety_for(cfg, tok, user_text, stop_token)
+    print(safe.stream(prompt) if safe else prompt, end="", flush=True)
     samples = generate_samples(model, tok, ids, cfg.num_samples, *options, stop_token, cfg.use_kv_cache, generator,
-                               system.autocast, stream=sys.stdout)
+                               system.autocast, stream=sys.stdout, safe=safe)
     print("\n" + "-" * 40)
     for row in samples[1:]:
-        print(prompt + tok.decode(row) + "\n" + "-" * 40)
+        text = prompt + tok.decode(row)
+        print((safe.redact(text) if safe else text) + "\n" + "-" * 40)
+    if safe:
+        print(safe.summary(), file=sys.stderr)
 
 
 def generate_outputs(model, tok, ids, cfg, system):
@@ -292,12 +313,17 @@ def generate_outputs(model, tok, ids, cfg, system):
     sentinels = set(tok.sentinel_ids.values())
     inputs = (crop_prompt(tok.encode(line), model.config.block_size) for line in read_instructions()) if cfg.chat else [ids]
     for ids in inputs:
-        rows = generate_samples(model, tok, ids, 1 if cfg.chat else cfg.num_samples, *options, stream=sys.stdout)
+        safe = safety_for(cfg, tok, tok.decode(ids), stop_token)  # the output starts a text of its own
+        show = safe.redact if safe else str
+        rows = generate_samples(model, tok, ids, 1 if cfg.chat else cfg.num_samples, *options, stream=sys.stdout,
+                                safe=safe)
         print("\n" + "-" * 40)
         for row in rows[1:]:
-            print(tok.decode(row) + "\n" + "-" * 40)
+            print(show(tok.decode(row)) + "\n" + "-" * 40)
         for row in rows if sentinels & set(ids) else []:
-            print("filled: " + tok.decode(restore_spans(ids, row, sentinels)))
+            print("filled: " + show(tok.decode(restore_spans(ids, row, sentinels))))
+        if safe:
+            print(safe.summary(), file=sys.stderr)
 
 
 @script_main

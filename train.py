@@ -38,6 +38,7 @@ from model import GPTConfig, build_model, checkpoint_tokenizer, clean_state_dict
 from optim import get_lr, make_optimizer, schedule_step
 from prepare import RECIPES, prepare_recipe
 from rundir import append_log, lock_out_dir, plot_training, start_fresh, truncate_log
+from safety import SafeGeneration
 from spans import corrupt_spans, restore_spans, span_lengths
 from tokenizer import BERT_SPECIALS, EOT, SENTINELS, load_tokenizer
 
@@ -56,6 +57,8 @@ DEFAULTS = dict(
     keep_last=1,                  # numbered checkpoints to keep besides ckpt.pt
     sample_every=0,               # print a short sample every this many iters (0 = only at the end)
     sample_tokens=300,            # length of the samples printed during and after training
+    safe=False,                   # samples never hold ROOTS' flagged words, personal data redacted (safety.py)
+    safe_phone=False,             # with safe: redact phone numbers too
     plot_log_scale=False,         # loss.png with a log-scale loss axis
     wandb_log=False,              # also log to Weights & Biases (pip install wandb)
     wandb_project="nanoroots",
@@ -830,12 +833,17 @@ def print_sample(model, tok, cfg, system):
         return
     model.eval()
     start = torch.tensor([sample_start(tok)], device=system.device)
+    safe = SafeGeneration(tok, "\n", cfg.sample_tokens, phone=cfg.safe_phone) if cfg.safe else None
     with system.autocast:
         out = model.generate(start, cfg.sample_tokens, temperature=0.8, top_k=200,
                              generator=torch.Generator(device=system.device).manual_seed(cfg.seed),
-                             suppress_tokens=[tok.special_ids[s] for s in BERT_SPECIALS])
+                             suppress_tokens=[tok.special_ids[s] for s in BERT_SPECIALS],
+                             logits_processor=safe and safe.filter)
     model.train()
-    print("-" * 40 + "\n" + tok.decode(out[0, 1:].tolist()) + "\n" + "-" * 40, flush=True)
+    text = tok.decode(out[0, 1:].tolist())
+    print("-" * 40 + "\n" + (safe.redact(text) if safe else text) + "\n" + "-" * 40, flush=True)
+    if safe:
+        print(safe.summary(), flush=True)
 
 
 def sample_start(tok):

@@ -15,6 +15,7 @@ def test_bench_prints_a_table_and_plots_it(tmp_path, monkeypatch, capsys):
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     names = {r["benchmark"] for r in rows}
     assert any("train mlm" in n for n in names) and any("train clm" in n for n in names) and "generate: KV cache speed-up" in names
+    assert any("--safe=True" in n for n in names) and any(n.startswith("safe: time per step") for n in names)
     baby = [r for r in rows if "nanoGPT's baby config" in r["benchmark"]]
     assert [r["benchmark"].rsplit(", ", 1)[1] for r in baby] == ["adamw", "muon"] and all(r["metric"] == "ms/iter" for r in baby)
     assert "generate: encoder-decoder / GPT tokens/s" in names

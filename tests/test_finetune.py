@@ -190,6 +190,9 @@ def test_classify_finetune_beats_chance_and_predicts(toy_setup, capsys, monkeypa
     lines = capsys.readouterr().out.strip().splitlines()[-2:]
     assert [line.split("\t")[0] for line in lines] == ["good", "bad"]
     assert all(float(line.split("\t")[1]) > 0.5 for line in lines)
+    run_finetune(f"--init_from={out}", "--predict=the film was so good, ask ann@example.com", "--safe=True")
+    lines = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert lines[0].endswith("\tthe film was so good, ask PI:EMAIL") and lines[1] == "safe: redacted 1 span (EMAIL 1)"
 
 
 @pytest.mark.parametrize("lora_rank", [0, 4])

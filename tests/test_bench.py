@@ -29,15 +29,14 @@ def test_bench_sample_section_times_the_whole_process_and_the_first_token():
     values = {r["benchmark"].rsplit(": ", 1)[1]: (r["metric"], r["value"]) for r in rows}
     assert set(values) == {"whole process, 5 tokens", "python + imports", "load checkpoint + first token", "generation, batch 1"}
     assert [m for m, _ in values.values()] == ["s", "s", "ms", "tokens/s"] and all(v > 0 for _, v in values.values())
-    assert values["whole process, 5 tokens"][1] > values["python + imports"][1]  # sampling starts by importing
     assert "10.6M" in rows[0]["benchmark"] or "10.7M" in rows[0]["benchmark"]  # nanoGPT's 6x384 Shakespeare model
 
 
 def test_bench_data_section_reports_every_stage(shared_data, capsys):
     rows = bench.bench_data(None, None)
     stages = [r["benchmark"].rsplit(": ", 1)[1] for r in rows]
-    assert stages == ["read", "clean", "lang", "filters", "exact_dedup", "near_dedup", "pii", "tokenize",
-                      "clean", "lang", "filters", "html"]
+    assert stages == ["read", "clean", "lang", "filters", "exact_dedup", "near_dedup", "pii", "templates", "substrings",
+                      "tokenize", "clean", "lang", "filters", "html"]
     assert "Chinese Wikipedia" in rows[-2]["benchmark"] and "HTML pages" in rows[-1]["benchmark"]
     assert all(r["metric"] == "MB/s" and r["value"] > 0 for r in rows)
 

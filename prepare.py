@@ -129,6 +129,26 @@ def tang_poems_input(cfg):
     return [TANG_POEMS_URL + f for f in TANG_POEMS_SHA256]
 
 
+CRAWL_FILES = [os.path.join(SHARED_DATA, "web_crawl_sample", f) for f in (
+    "CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz", "dolma_ccnet_head/cc_en_head-0091.jsonl",
+    "dolma_ccnet_head/cc_en_head-0174.jsonl")]
+ALPACA_EN = os.path.join(SHARED_DATA, "instruction_tuning", "alpaca_en_demo.json")
+# finetune.py's sft holds out the records in_val_split(i, val_fraction=0.05, seed) picks; the `english`
+# recipe leaves out the ones held out under these seeds (the config default and the next two), so an
+# sft run with any of them is scored on instructions its pretrained model never read
+SFT_HELD_OUT = dict(val_fraction=0.05, seeds=(1337, 1338, 1339))
+
+
+def english_input(cfg):
+    """The `english` recipe's sources; the curated crawl must have been prepared first."""
+    crawl = os.path.join(cfg.data_root, "crawl_en", "clean.jsonl.gz")
+    if not os.path.exists(crawl):
+        raise DataError(f"{crawl} not found: run `python prepare.py crawl_en` first (the curated English crawl)")
+    return [f"labelled:{SHARED_DATA}/sst2/stsa.binary.train", f"labelled:{SHARED_DATA}/trec/TREC.train",
+            f"{SHARED_DATA}/clean_text_sample/c4_demo.jsonl", f"lines:{SHARED_DATA}/clean_text_sample/wiki_demo.txt",
+            f"instructions:{ALPACA_EN}", crawl]
+
+
 def known_sha256(url):
     """The pinned sha256 of a file a recipe downloads, checked after download; None for other URLs."""
     return TANG_POEMS_SHA256.get(url[len(TANG_POEMS_URL):]) if url.startswith(TANG_POEMS_URL) else None
@@ -150,6 +170,15 @@ RECIPES = {
                            f"{SHARED_DATA}/clean_text_sample/c4_demo.jsonl",
                            f"lines:{SHARED_DATA}/clean_text_sample/wiki_demo.txt"],
                     tokenizer="bpe", vocab_size=8192, name="reviews", curate=False),
+    # the English documents of the raw web-crawl sample, curated ROOTS-style (language, filters, dedup, PII);
+    # keep_text writes them to data/crawl_en/clean.jsonl.gz, which the `english` recipe reads
+    "crawl_en": dict(input=CRAWL_FILES, lang="en", keep_text=True, tokenizer="gpt2", name="crawl_en"),
+    # all the English training text in ../shared/data, for pretraining before finetune.py's SST-2, TREC and
+    # Alpaca tasks: their training text without labels (task-adaptive pretraining, Gururangan et al. 2020),
+    # C4, Wikipedia, Alpaca and the curated crawl. Dev and test text, and the Alpaca records that sft holds
+    # out, stay unseen. Not curated: ROOTS' word-count filter would drop the one-line sentences.
+    # Run `python prepare.py crawl_en` first.
+    "english": dict(input=english_input, tokenizer="bpe", vocab_size=2048, name="english", curate=False),
 }
 
 
@@ -343,6 +372,26 @@ def read_labelled_lines(path, stats):
             yield label, text.strip()
 
 
+def read_instructions(path, stats):
+    """An Alpaca-format JSON array as plain text, one document per record: instruction, input and
+    output separated by blank lines, without the prompt template. Records that finetune.py's sft
+    holds out (SFT_HELD_OUT) are skipped and counted, so its held-out loss is on unseen text."""
+    if not os.path.exists(path):
+        raise DataError(f"input {path} does not exist")
+    with open(path, "rb") as f:
+        records = json.loads(_decode(f.read(), stats))
+    for i, record in enumerate(records):
+        if any(in_val_split(i, SFT_HELD_OUT["val_fraction"], seed) for seed in SFT_HELD_OUT["seeds"]):
+            stats["sft_held_out_skipped"] += 1
+            continue
+        parts = [record.get(k) for k in ("instruction", "input", "output")] if isinstance(record, dict) else []
+        text = "\n\n".join(p.strip() for p in parts if isinstance(p, str) and p.strip())
+        if not text:
+            stats["skipped_no_text"] += 1
+            continue
+        yield text
+
+
 def read_lines(path, stats):
     """Every non-empty line of a text file is one document (e.g. one Wikipedia article per line)."""
     if not os.path.exists(path):
@@ -361,7 +410,8 @@ def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, down
     read (so a corpus of many shards streams shard by shard) and, with keep_downloads=False,
     deleted once read. Under torchrun rank 0 downloads while the others wait at a barrier, then
     every rank reads the file (download_dir must be on a file system every rank sees).
-    `lines:PATH` reads one document per line; `labelled:PATH` one per `<label> <text>` line, label dropped.
+    `lines:PATH` reads one document per line; `labelled:PATH` one per `<label> <text>` line, label dropped;
+    `instructions:PATH` one per Alpaca record (read_instructions).
     """
     distributed = dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
@@ -371,6 +421,9 @@ def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, down
             continue
         if source.startswith("labelled:"):
             yield from (text for _, text in read_labelled_lines(source[len("labelled:"):], stats))
+            continue
+        if source.startswith("instructions:"):
+            yield from read_instructions(source[len("instructions:"):], stats)
             continue
         url = source.startswith(("http://", "https://"))
         if url:

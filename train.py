@@ -536,7 +536,10 @@ class Trainer:
     batch(index) -> the micro-batch with that global index; loss(model, batch) -> scalar; evaluate(model)
     -> metrics with 'val_loss'; checkpoint_extra() -> entries added to checkpoints (they may replace
     'model': finetune.py stores a classifier's body, or LoRA merged, as a plain GPT); sample(model) or
-    None; tokens_per_micro_batch.
+    None; tokens_per_micro_batch; optionally `select`, the metric (lower is better) that decides which
+    checkpoint is kept and when patience runs out (default 'val_loss'; finetune.py's classifiers: 'val_error').
+    An optimizer group may carry lr_scale (its learning rate relative to the schedule's) and unfreeze_iter
+    (its learning rate is 0 before that step: finetune.py's gradual unfreezing).
     """
 
     def __init__(self, cfg, system, run, task):
@@ -545,6 +548,7 @@ class Trainer:
         self.tokens_per_iter = task.tokens_per_micro_batch * self.accum * system.world_size
         self.params = [p for p in run.model.parameters() if p.requires_grad]
         self.metrics, self.stop_signal = {}, None
+        self.select = getattr(task, "select", "val_loss")
 
     def fit(self):
         """The loop. Returns the last eval's metrics."""
@@ -562,7 +566,7 @@ class Trainer:
                 it = state["iter_num"]
                 lr = get_lr(it, cfg)
                 for group in self.run.optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
+                    group["lr"] = lr * group.get("lr_scale", 1.0) * (it >= group.get("unfreeze_iter", 0))
                 last = it >= cfg.max_iters or (cfg.max_time and self.elapsed() >= cfg.max_time)
                 if it % cfg.eval_interval == 0 or last or cfg.eval_only:
                     if self.evaluate_and_checkpoint(it, lr, last):
@@ -601,7 +605,7 @@ class Trainer:
         self.metrics = metrics = self.task.evaluate(self.run.model)
         state["train_time"] = self.elapsed()
         record = {"iter": it, **metrics, "lr": lr, "tokens": it * self.tokens_per_iter, "time": round(state["train_time"], 2)}
-        improved = metrics["val_loss"] < state["best_val_loss"]
+        improved = metrics[self.select] < state["best_val_loss"]  # best_val_loss holds the best `select` value
         if master:
             print(f"step {it}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
             append_log(cfg.out_dir, record)
@@ -610,7 +614,7 @@ class Trainer:
                 import wandb
                 wandb.log(record)
         if improved:
-            state["best_val_loss"] = metrics["val_loss"]
+            state["best_val_loss"] = metrics[self.select]
         state["evals_since_best"] = 0 if improved else state.get("evals_since_best", 0) + 1
         stalled = cfg.patience and state["evals_since_best"] >= cfg.patience
         if (improved or cfg.always_save_checkpoint) and it > state.get("start_iter", 0) and not cfg.eval_only:
@@ -620,7 +624,7 @@ class Trainer:
         if master and last and cfg.max_time and it < cfg.max_iters:
             print(f"max_time={cfg.max_time:g}s reached at step {it}")
         if master and stalled and not last:
-            print(f"early stop at step {it}: val loss has not improved for {cfg.patience} evals "
+            print(f"early stop at step {it}: {self.select} has not improved for {cfg.patience} evals "
                   f"(best {state['best_val_loss']:.4f})")
         return bool(cfg.eval_only or last or stalled)
 

@@ -323,6 +323,12 @@ def classification_inputs(tok, texts, block_size, causal, stats):
     return out
 
 
+def dev_split(recipe, cfg):
+    """(fraction, seed) that split the training examples into train and dev when there is no dev file: the
+    recipe's fixed dev_fraction under seed 0 (the same dev for every run), else val_fraction under the run's seed."""
+    return (recipe["dev_fraction"], 0) if recipe and "dev_fraction" in recipe else (cfg.val_fraction, cfg.seed)
+
+
 def load_classification(cfg, tok, causal):
     """Examples {"ids", "labels"} per split (train, val, and test where the recipe has one), the class
     names and the counts of what was skipped or repaired."""
@@ -343,8 +349,7 @@ def load_classification(cfg, tok, causal):
             labels.sort(key=int)
         names = labels
     if "val" not in pairs:  # hold out val_fraction of train, chosen by a stable hash of each example's index
-        fraction, seed = (recipe["dev_fraction"], 0) if recipe and "dev_fraction" in recipe else (cfg.val_fraction, cfg.seed)
-        held = [in_val_split(i, fraction, seed) for i in range(len(pairs["train"]))]
+        held = [in_val_split(i, *dev_split(recipe, cfg)) for i in range(len(pairs["train"]))]
         pairs["val"] = [p for p, h in zip(pairs["train"], held) if h]
         pairs["train"] = [p for p, h in zip(pairs["train"], held) if not h]
     data = {"names": names, "stats": stats}
@@ -496,7 +501,9 @@ def evaluate_examples(model, data, cfg, system, n_classes=0, splits=("train", "v
     pad = data["pad_id"]
     for split in splits:
         n = len(data[split]["ids"])
-        order = epoch_order(n, cfg.seed, -1)[:cfg.eval_iters * cfg.batch_size] if split == "train" else list(range(n))
+        # val and test in order of length, so a batch pads little (the sums do not depend on the order)
+        order = epoch_order(n, cfg.seed, -1)[:cfg.eval_iters * cfg.batch_size] if split == "train" \
+            else sorted(range(n), key=lambda i: len(data[split]["ids"][i]))
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         loss_sum, count = 0.0, 0
         confusion = torch.zeros(max(n_classes, 1), max(n_classes, 1), dtype=torch.float64)  # (true, predicted)
@@ -610,6 +617,7 @@ def make_task(cfg, gpt, tok, system):
         evaluate=lambda m: evaluate_examples(m, data, cfg, system, len(names)),
         test=(lambda m: evaluate_examples(m, data, cfg, system, len(names), splits=("test",))) if "test" in data else None,
         names=names, select="val_error" if cfg.task == "classify" and cfg.select != "loss" else "val_loss",
+        start_is_candidate=cfg.task != "classify",  # the checkpoint is a trained classifier, not the random head of step 0
         tokens_per_micro_batch=cfg.batch_size * round(sum(map(len, data["train"]["ids"])) / n_train))
 
 

@@ -537,7 +537,8 @@ class Trainer:
     -> metrics with 'val_loss'; checkpoint_extra() -> entries added to checkpoints (they may replace
     'model': finetune.py stores a classifier's body, or LoRA merged, as a plain GPT); sample(model) or
     None; tokens_per_micro_batch; optionally `select`, the metric (lower is better) that decides which
-    checkpoint is kept and when patience runs out (default 'val_loss'; finetune.py's classifiers: 'val_error').
+    checkpoint is kept and when patience runs out (default 'val_loss'; finetune.py's classifiers: 'val_error'),
+    and start_is_candidate=False to choose only among evaluations after the run's first step.
     An optimizer group may carry lr_scale (its learning rate relative to the schedule's) and unfreeze_iter
     (its learning rate is 0 before that step: finetune.py's gradual unfreezing).
     """
@@ -605,7 +606,9 @@ class Trainer:
         self.metrics = metrics = self.task.evaluate(self.run.model)
         state["train_time"] = self.elapsed()
         record = {"iter": it, **metrics, "lr": lr, "tokens": it * self.tokens_per_iter, "time": round(state["train_time"], 2)}
-        improved = metrics[self.select] < state["best_val_loss"]  # best_val_loss holds the best `select` value
+        # a task may leave its starting point out of the choice (finetune.py: an untrained head is no classifier)
+        candidate = it > state.get("start_iter", 0) or getattr(self.task, "start_is_candidate", True)
+        improved = candidate and metrics[self.select] < state["best_val_loss"]  # best_val_loss: the best `select` value
         if master:
             print(f"step {it}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
             append_log(cfg.out_dir, record)
@@ -615,8 +618,9 @@ class Trainer:
                 wandb.log(record)
         if improved:
             state["best_val_loss"] = metrics[self.select]
-        state["evals_since_best"] = 0 if improved else state.get("evals_since_best", 0) + 1
-        stalled = cfg.patience and state["evals_since_best"] >= cfg.patience
+        if candidate:
+            state["evals_since_best"] = 0 if improved else state.get("evals_since_best", 0) + 1
+        stalled = cfg.patience and state.get("evals_since_best", 0) >= cfg.patience
         if (improved or cfg.always_save_checkpoint) and it > state.get("start_iter", 0) and not cfg.eval_only:
             path = self.save()
             if master:

@@ -432,9 +432,11 @@ def plot_transfer(rows, path):
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4 * len(tasks)), squeeze=False)
     for ax_row, task in zip(axes, tasks):
         for ax, split in zip(ax_row, ("dev", "test")):
-            for start in dict.fromkeys(r["start"] for r in rows):
+            starts = list(dict.fromkeys(r["start"] for r in rows))
+            for i, start in enumerate(starts):
                 line = sorted((r for r in rows if r["task"] == task and r["start"] == start), key=lambda r: r["n"])
-                ax.errorbar([r["n"] for r in line], [r[split] for r in line], yerr=[r[f"{split}_std"] for r in line],
+                shift = 1.04 ** (i - (len(starts) - 1) / 2)  # side by side at each N, so the error bars stay apart
+                ax.errorbar([r["n"] * shift for r in line], [r[split] for r in line], yerr=[r[f"{split}_std"] for r in line],
                             marker="o", capsize=3, label=start)
             ax.set_xscale("log")
             ax.set_xlabel("labelled training examples")

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -15,11 +17,42 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
 ARGS = [a for a in TINY if not a.startswith("--threads")] + ["--dropout=0.0", "--always_save_checkpoint=True"]
 
 
-def launch(nproc, *args, script="train.py"):
+def descendants(pid):
+    """Every process below pid, read from /proc (Linux)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError):  # not a process, or one that ended while we read
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, pp in parent.items() if pp in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def launch(nproc, *args, script="train.py", timeout=300):
+    """Run a script in nproc processes; on a hang, every process first prints its Python stacks (faulthandler via a
+    sitecustomize on PYTHONPATH), then the whole process group is killed so no rank lingers into later tests."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
-    run = subprocess.run(cmd + [os.path.join(ROOT, script), *args], env=ENV, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-1500:] + run.stderr[-3000:]
-    return run.stdout
+    with tempfile.TemporaryDirectory() as hooks:
+        with open(os.path.join(hooks, "sitecustomize.py"), "w") as f:
+            f.write(f"import faulthandler\nfaulthandler.dump_traceback_later({timeout - 30}, exit=False)\n")
+        env = dict(ENV, PYTHONPATH=os.pathsep.join([hooks, ROOT]))
+        proc = subprocess.Popen(cmd + [os.path.join(ROOT, script), *args], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun starts its workers in sessions of their own
+                os.kill(pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"{script} hung for {timeout} s; stdout:\n{stdout[-2000:]}\nstderr (stacks):\n{stderr[-8000:]}")
+    assert proc.returncode == 0, stdout[-1500:] + stderr[-3000:]
+    return stdout
 
 
 def losses(out_dir):

@@ -406,8 +406,9 @@ def transfer_table(rows):
     cell = {(r["task"], r["size"], r["start"]): r for r in rows}
     lines = ["| task | N | " + " | ".join(f"{s} dev | {s} test" for s in starts) + " |",
              "|---|---:|" + "---:|---:|" * len(starts)]
-    for task, size in dict.fromkeys((r["task"], r["size"]) for r in rows):
-        n = next(r["n"] for r in rows if r["task"] == task and r["size"] == size)
+    tasks, n_of = list(dict.fromkeys(r["task"] for r in rows)), {(r["task"], r["size"]): r["n"] for r in rows}
+    for task, size in sorted(n_of, key=lambda key: (tasks.index(key[0]), n_of[key])):  # by task, then N
+        n = n_of[(task, size)]
         values = []
         for s in starts:
             r = cell.get((task, size, s))
@@ -439,6 +440,8 @@ def plot_transfer(rows, path):
                 ax.errorbar([r["n"] * shift for r in line], [r[split] for r in line], yerr=[r[f"{split}_std"] for r in line],
                             marker="o", capsize=3, label=start)
             ax.set_xscale("log")
+            sizes = [r["n"] for r in rows if r["task"] == task]
+            ax.set_xlim(min(sizes) / 1.5, max(sizes) * 1.5)  # a task measured at one N still gets a readable axis
             ax.set_xlabel("labelled training examples")
             ax.set_ylabel(f"{split} accuracy (%)")
             ax.set_title(f"{task}: {split}")

@@ -1,48 +1,66 @@
 """
-Performance numbers: training throughput and MFU, generation with and without the KV cache,
-masked-LM next to causal-LM training. Prints a table; numbers go in the README with the machine.
+Performance numbers: training throughput and MFU, generation with and without the KV cache (a GPT's
+and an encoder-decoder's), masked-LM next to causal-LM training, ms/step on nanoGPT's baby config
+(AdamW and Muon), and sample.py's start-up, time to first token and tokens/s. Prints a table;
+numbers go in the README with the machine.
 
     python bench.py                                  # the default config (config/shakespeare_char.py)
     python bench.py config/gpt2.py --batch_size=16 --compile=True --sections=train
     python bench.py --plot                           # also draw bench.png
+    python bench.py --sections=data_scale            # the data stage on 50, 200, 800 MB with 1 and 2 ranks
 
 Timings take the median of several measured steps after warm-up steps (compilation, allocator
 growth and caches settle there). When two variants are compared, they are measured in one run.
 """
 
+import gzip
 import json
 import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
+from dataclasses import asdict
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 import finetune
 import prepare
+import sample
 import train
 from configurator import ConfigError, NanorootsError, configure, script_main
+from curate import roots_resources
 from dataset import SHARED_DATA, DataError, atomic_write_text, dataset_dir, in_val_split, read_meta
-from tokenizer import build_tokenizer, gpt2_tokenizer
+from model import save_checkpoint
+from optim import make_optimizer
+from safety import SafeGeneration, flagged_word_masks, prompt_language
+from tokenizer import build_tokenizer, gpt2_tokenizer, load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 DEFAULTS = dict(train.DEFAULTS) | dict(
-    sections="mlm,generate",        # comma-separated: train, mlm (clm next to mlm), generate, tokenizers, data, transfer
+    sections="mlm,generate,nanogpt,sample",  # comma-separated: train, mlm (clm next to mlm), generate, nanogpt,
+                                    # sample, tokenizers, data, data_scale, transfer
     vocab_size=0,                   # model vocabulary; 0 = the dataset's tokenizer, or GPT-2's 50257 without data
     bench_iters=10,                 # measured steps
     bench_warmup=3,                 # unmeasured steps first
     gen_tokens=200,                 # tokens generated per generation benchmark
     gen_batch=1,
+    sample_new_tokens=500,          # sample section: tokens of the one sample sample.py generates
+    sample_runs=3,                  # sample section: processes timed (the median is reported)
     plot=False,                     # write bench.png
     bench_out="",                   # also write the rows as JSON here
+    data_mb="50,200,800",           # data_scale: sizes of the crawl-like corpora, MB
+    data_ranks="1,2",               # data_scale: numbers of ranks to curate each with
+    data_shard_mb=8.0,              # data_scale: prepare.py's shard_mb (enough shards to share among the ranks)
     # transfer: learning curves of finetune.py (README, "Transfer learning"); several CPU-hours
     transfer_tasks="sst2,trec",     # built-in classification recipes (finetune.CLASSIFY_RECIPES)
     transfer_sizes="100,300,1000,3000,all",  # labelled training examples per run (all = the whole train split)
@@ -88,7 +106,7 @@ def bench_train(cfg, system, objective="clm"):
     """One optimiser step = gradient_accumulation_steps micro-batches of batch_size x block_size tokens."""
     raw = build(cfg, system, objective)
     model = train.wrap_model(raw, cfg, system)
-    optimizer = raw.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), system.device_type)
+    optimizer = make_optimizer(cfg, raw, system.device_type)
     scaler = torch.amp.GradScaler(system.device_type, enabled=system.dtype == "float16")
     g = torch.Generator().manual_seed(0)
     x = torch.randint(cfg.vocab_size - 8, (cfg.batch_size, cfg.block_size), generator=g)
@@ -134,7 +152,152 @@ def bench_generate(cfg, system):
         rows.append(dict(benchmark=f"generate {n} tokens, batch {cfg.gen_batch}, {'KV cache' if cache else 'no cache'}",
                          metric="tokens/s", value=speed[cache]))
     rows.append(dict(benchmark="generate: KV cache speed-up", metric="x", value=speed[True] / speed[False]))
+    return rows + bench_generate_seq2seq(cfg, system, n, speed[True]) + bench_safe_generation(cfg, system, model, n)
+
+
+def vocabulary_tokenizer(cfg):
+    """A tokenizer for the benchmark model's vocabulary: the dataset's when it is prepared, GPT-2's for a
+    GPT-2-sized vocabulary, else the characters of the bundled Shakespeare if they fit; None otherwise."""
+    data_dir = dataset_dir(cfg.dataset)
+    if os.path.exists(os.path.join(data_dir, "meta.json")) and read_meta(data_dir)["vocab_size"] == cfg.vocab_size:
+        return load_tokenizer(data_dir)
+    if cfg.vocab_size >= 50257:
+        return gpt2_tokenizer()
+    with open(os.path.join(HERE, "data", "tinyshakespeare", "input.txt"), encoding="utf-8") as f:
+        tok = build_tokenizer("char", f.read())
+    return tok if tok.vocab_size <= cfg.vocab_size else None
+
+
+def bench_safe_generation(cfg, system, model, n):
+    """--safe=True next to plain sampling (temperature 1, so the text wanders through many automaton states), in
+    alternating rounds; the cost per token is also timed directly, around the filter and the streaming
+    redaction, which a loaded machine's noise in the totals would hide. Start-up: the flagged-word automaton
+    over the whole vocabulary, with every language's list (as for a prompt like "\\n"), after the language
+    identifier's model has loaded (timed apart: a process pays it once, sample.py at its first prompt)."""
+    tok = vocabulary_tokenizer(cfg)
+    if tok is None:
+        return []
+    prompt = torch.tensor([tok.encode("\n")] * cfg.gen_batch, device=system.device)
+    t0 = time.perf_counter()
+    prompt_language("\n")  # loads the language identifier's model, once per process
+    lang_id = time.perf_counter() - t0
+    flagged_word_masks.cache_clear()
+    t0 = time.perf_counter()
+    SafeGeneration(tok, "\n", n)
+    startup = time.perf_counter() - t0
+    spent = []
+
+    def gen(safe):
+        guard = SafeGeneration(tok, "\n", n) if safe else None
+        generator = torch.Generator(device=system.device).manual_seed(cfg.seed)
+        inside = 0.0
+
+        def timed_filter(seq, logits):
+            nonlocal inside
+            t = time.perf_counter()
+            logits = guard.filter(seq, logits)
+            sync(system.device)
+            inside += time.perf_counter() - t
+            return logits
+
+        t0 = time.perf_counter()
+        with system.autocast:
+            for nxt in model.generate_tokens(prompt, n, temperature=1.0, generator=generator,
+                                             logits_processor=timed_filter if safe else None):
+                text = tok.decode_bytes([int(nxt[0])]).decode("utf-8", errors="replace")
+                if safe:
+                    t = time.perf_counter()
+                    guard.stream(text)
+                    inside += time.perf_counter() - t
+        sync(system.device)
+        if safe:
+            spent.append(inside / n)
+        return time.perf_counter() - t0
+
+    times = {False: [], True: []}
+    for _ in range(max(3, cfg.bench_iters // 2)):
+        for safe in (False, True):
+            times[safe].append(gen(safe))
+    label = f"generate {n} tokens, batch {cfg.gen_batch}, temperature 1"
+    return [dict(benchmark=f"{label}, plain", metric="tokens/s", value=n * cfg.gen_batch / statistics.median(times[False])),
+            dict(benchmark=f"{label}, --safe=True", metric="tokens/s", value=n * cfg.gen_batch / statistics.median(times[True])),
+            dict(benchmark=f"safe: time per step in the filter and redaction ({tok.kind}, vocab {tok.vocab_size})",
+                 metric="us", value=statistics.median(spent) * 1e6),
+            dict(benchmark=f"safe: start-up ({tok.kind} vocabulary, all word lists)", metric="ms", value=startup * 1e3),
+            dict(benchmark="safe: language identifier's first call (py3langid model load)", metric="ms", value=lang_id * 1e3)]
+
+
+def bench_generate_seq2seq(cfg, system, n, gpt_speed):
+    """The encoder-decoder of the same size (n_decoder_layer decoder blocks, n_layer = n_decoder_layer by
+    default) writing n tokens for a block_size/2-token input: the encoder runs once, every decoding step
+    reads the cached self-attention and the cross-attention keys and values computed once."""
+    torch.manual_seed(cfg.seed)
+    model = train.new_model(cfg, cfg.vocab_size, seq2seq=True).to(system.device).eval()
+    src = torch.randint(cfg.vocab_size, (cfg.gen_batch, max(1, cfg.block_size // 2)), device=system.device)
+    start = torch.zeros(cfg.gen_batch, 1, dtype=torch.long, device=system.device)
+
+    def gen():
+        with system.autocast:
+            model.generate(src, n, decoder_idx=start, temperature=0)
+    speed = n * cfg.gen_batch / median_time(gen, max(1, cfg.bench_iters // 3), 1, system.device)
+    layers = f"{model.config.n_layer}+{model.config.n_decoder_layer}"
+    return [dict(benchmark=f"generate {n} tokens, batch {cfg.gen_batch}, encoder-decoder {layers}, KV cache", metric="tokens/s",
+                 value=speed),
+            dict(benchmark="generate: encoder-decoder / GPT tokens/s", metric="x", value=speed / gpt_speed)]
+
+
+# nanoGPT's "baby GPT" for CPUs (its README: 4 layers, 4 heads, 128 wide, context 64, batch 12, no dropout,
+# float32, lr 1e-3; its char vocabulary of tiny Shakespeare has 65 tokens), to compare per-step speed with it
+NANOGPT_BABY = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, gradient_accumulation_steps=1,
+                    dropout=0.0, bias=False, learning_rate=1e-3, beta2=0.99, vocab_size=65)
+
+
+def bench_nanogpt(cfg, system):
+    """ms per training step on nanoGPT's baby config: with AdamW (nanoGPT's optimizer) and with Muon."""
+    rows = []
+    for optimizer in ("adamw", "muon"):
+        baby = SimpleNamespace(**(vars(cfg) | NANOGPT_BABY | {"optimizer": optimizer}))
+        step = next(r for r in bench_train(baby, system) if r["metric"] == "ms/iter")
+        rows.append(dict(step, benchmark=f"train nanoGPT's baby config (4x128, T=64, B=12), {optimizer}"))
     return rows
+
+
+def bench_sample(cfg, system):
+    """
+    sample.py on a 6-layer, 384-wide char-level checkpoint (nanoGPT's Shakespeare model; random weights,
+    as speed does not depend on them): the whole process for one 500-token sample, the process's start-up
+    to `import sample`, loading the checkpoint to the first token in this process, and tokens/s at batch 1.
+    """
+    torch.manual_seed(cfg.seed)
+    with open(os.path.join(HERE, "data", "tinyshakespeare", "input.txt"), encoding="utf-8") as f:
+        tok = build_tokenizer("char", f.read(), progress=False)
+    size = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.0, bias=False, vocab_size=tok.vocab_size)
+    model = train.new_model(SimpleNamespace(**(vars(cfg) | size)), tok.vocab_size)
+    n = cfg.sample_new_tokens
+    with tempfile.TemporaryDirectory() as out_dir:
+        save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config), "tokenizer": tok.spec()}, out_dir)
+        threads = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+
+        def process(*args):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, *args], cwd=HERE, env=threads, check=True, capture_output=True)
+            return time.perf_counter() - t0
+        whole = statistics.median(process("sample.py", f"--out_dir={out_dir}", "--num_samples=1", f"--max_new_tokens={n}",
+                                          f"--device={system.device}") for _ in range(cfg.sample_runs))
+        start_up = statistics.median(process("-c", "import sample") for _ in range(cfg.sample_runs))
+        t0 = time.perf_counter()
+        loaded, _, _ = sample.load_for_inference(out_dir, system.device)
+        tokens = loaded.generate_tokens(torch.zeros(1, 1, dtype=torch.long, device=system.device), n, top_k=200)
+        next(tokens)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rest = sum(1 for _ in tokens)
+        speed = rest / (time.perf_counter() - t0)
+    name = f"sample.py, 6x384 char model ({model.get_num_params() / 1e6:.1f}M)"
+    return [dict(benchmark=f"{name}: whole process, {n} tokens", metric="s", value=whole),
+            dict(benchmark=f"{name}: python + imports", metric="s", value=start_up),
+            dict(benchmark=f"{name}: load checkpoint + first token", metric="ms", value=first * 1000),
+            dict(benchmark=f"{name}: generation, batch 1", metric="tokens/s", value=speed)]
 
 
 def bench_mlm(cfg, system):
@@ -476,8 +639,124 @@ def bench_transfer(cfg, system):
             for r in rows for split in ("dev", "test")]
 
 
-SECTIONS = {"train": bench_train, "generate": bench_generate, "mlm": bench_mlm,
-            "tokenizers": lambda cfg, system: bench_tokenizers(), "data": bench_data, "transfer": bench_transfer}
+# the data stage at scale (python bench.py --sections=data_scale): a crawl-like corpus of 50, 200, 800 MB built
+# from the crawl sample, curated by 1 and 2 ranks: MB/s against ranks, peak memory per rank against input size
+
+# a unit of text the generator moves: a whitespace run, up to 3 CJK characters, or a run of anything else
+TEXT_UNITS = re.compile(r"\s+|[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]{1,3}|[^\s\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+EDGE_PUNCTUATION = "\"'()[]{}.,;:!?«»“”"
+
+
+def sample_documents(path=CRAWL_SAMPLE):
+    """The crawl sample as (units as an object array, positions of its content units) per document: content
+    units are those that are not whitespace and not a closed-class word of any language ROOTS lists."""
+    function_words = set().union(*roots_resources().stopwords.values())
+    docs = []
+    for text in prepare.read_sources([path], Counter()):
+        units = np.array(TEXT_UNITS.findall(text), dtype=object)
+        content = [i for i, u in enumerate(units) if not u.isspace() and u.strip(EDGE_PUNCTUATION).lower() not in function_words]
+        docs.append((units, np.array(content, dtype=np.int64)))
+    return docs
+
+
+def exact_copy(text, rng):
+    """A copy exact dedup must catch: whitespace, digits and ASCII punctuation changed, which its key ignores."""
+    text = re.sub(r"\d", lambda m: str((int(m.group()) + 1) % 10), text)
+    return text.replace(". ", ".  ", 3).replace(", ", " , ", 3) + ("\n" if rng.random() < 0.5 else " !")
+
+
+def near_copy(text, rng, edits=3):
+    """A copy near dedup should catch: a few words replaced."""
+    words = text.split(" ")
+    for i in rng.integers(0, len(words), edits):
+        words[i] = "edited"
+    return " ".join(words)
+
+
+def crawl_like_corpus(path, mb, seed=0, dup_rate=0.03, reach=3000, source=CRAWL_SAMPLE):
+    """
+    Write `mb` MB of crawl-like JSONL to `path`: each document is a document of the crawl sample with its content
+    units shuffled (so closed-class words, punctuation, lengths and scripts stay, and copies of one source
+    document do not share its word 5-grams), and with probability dup_rate each a planted exact copy or near copy
+    (3 words edited, from documents of 300+ words) of one of the `reach` documents before it, so copies cross
+    shard and rank boundaries. Returns the planted [(copy, original, "exact" | "near")].
+    """
+    docs, rng = sample_documents(source), np.random.default_rng(seed)
+    recent, planted, size, index = deque(maxlen=reach), [], 0, 0
+    with open(path, "w", encoding="utf-8") as f:
+        while size < mb * 1e6:
+            roll = rng.random()
+            if recent and roll < dup_rate:
+                original = int(rng.integers(max(0, index - reach), index))
+                text = recent[original - index]
+                kind = "exact" if roll < dup_rate / 2 or text.count(" ") < 300 else "near"
+                text = exact_copy(text, rng) if kind == "exact" else near_copy(text, rng)
+                planted.append((index, original, kind))
+            else:
+                units, content = docs[rng.integers(len(docs))]
+                units = units.copy()
+                units[content] = units[rng.permutation(content)]
+                text = "".join(units)
+            recent.append(text)
+            line = json.dumps({"text": text}, ensure_ascii=False) + "\n"
+            f.write(line)
+            size += len(line.encode("utf-8"))
+            index += 1
+    return planted
+
+
+def curate_with_ranks(input_path, root, ranks, **overrides):
+    """prepare.py on `input_path` with `ranks` processes (torchrun beyond one), as a user runs it; returns its
+    report."""
+    args = [os.path.join(HERE, "prepare.py"), f"--input={input_path}", "--name=scale", f"--data_root={root}",
+            *(f"--{k}={v}" for k, v in overrides.items())]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else [sys.executable]
+    run = subprocess.run(launcher + args, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    if run.returncode:
+        raise DataError(f"prepare.py with {ranks} ranks failed: {run.stderr[-2000:]}")
+    with open(os.path.join(root, "scale", "report.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def planted_caught(data_dir, planted):
+    """(planted copies removed as duplicates, planted copies whose original was kept)."""
+    with gzip.open(os.path.join(data_dir, "removed.jsonl.gz"), "rt", encoding="utf-8") as f:
+        removed = {r["doc"]: r["reason"] for r in map(json.loads, f)}
+    judged = [copy for copy, original, _ in planted if original not in removed]
+    return sum(removed.get(copy) in ("exact_dup", "near_dup") for copy in judged), len(judged)
+
+
+def bench_data_scale(cfg, system):
+    """Per corpus size and number of ranks: the pipeline's MB/s per process (input MB / the run's seconds /
+    ranks; the interpreter's start is left out), input MB per CPU second of the ranks (what a process does when
+    it has a core to itself, however busy the machine), peak memory of the largest rank, and the planted
+    duplicates it caught. The load average before each run says how busy the machine was."""
+    if not os.path.exists(CRAWL_SAMPLE):
+        raise DataError(f"the data_scale section builds its corpus from {CRAWL_SAMPLE}, which is absent")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mb in map(float, str(cfg.data_mb).split(",")):
+            corpus = os.path.join(tmp, f"crawl-{mb:g}mb.jsonl")
+            planted = crawl_like_corpus(corpus, mb)
+            size = os.path.getsize(corpus) / 1e6
+            for ranks in map(int, str(cfg.data_ranks).split(",")):
+                load = os.getloadavg()[0]
+                report = curate_with_ranks(corpus, tmp, ranks, lang="auto", tokenizer="gpt2", shard_mb=cfg.data_shard_mb)
+                caught, judged = planted_caught(os.path.join(tmp, "scale"), planted)
+                name = f"curate {mb:g} MB crawl-like, {ranks} rank{'s' * (ranks > 1)} (load {load:.1f})"
+                rows += [dict(benchmark=name, metric="MB/s/proc", value=size / report["seconds"] / ranks),
+                         dict(benchmark=name, metric="MB/CPU s", value=size / sum(report["cpu_seconds"].values())),
+                         dict(benchmark=name, metric="s", value=report["seconds"]),
+                         dict(benchmark=name, metric="peak MB", value=max(report["peak_rss_mb"].values())),
+                         dict(benchmark=name, metric="dups %", value=100 * caught / max(judged, 1))]
+                print(f"{name}: {rows[-5]['value']:.2f} MB/s per process, {rows[-2]['value']:.0f} MB peak RSS, "
+                      f"{caught}/{judged} planted duplicates caught", flush=True)
+    return rows
+
+
+SECTIONS = {"train": bench_train, "generate": bench_generate, "mlm": bench_mlm, "nanogpt": bench_nanogpt, "sample": bench_sample,
+            "tokenizers": lambda cfg, system: bench_tokenizers(), "data": bench_data,
+            "data_scale": bench_data_scale, "transfer": bench_transfer}
 
 
 def print_table(rows, header):
@@ -522,6 +801,11 @@ def main(argv=None):
     unknown = [name for name in cfg.sections.split(",") if name not in SECTIONS]
     if unknown:
         raise ConfigError(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+    small = [f"{k}={getattr(cfg, k)}" for k in ("gen_tokens", "gen_batch", "bench_iters", "batch_size", "block_size")
+             if getattr(cfg, k) < (2 if k == "block_size" else 1)]
+    if small or cfg.bench_warmup < 0:  # each one would time nothing, then divide by that
+        raise ConfigError(f"{', '.join(small) or f'bench_warmup={cfg.bench_warmup}'}: must be at least 1 "
+                          f"(block_size at least 2, bench_warmup at least 0)")
     system = train.setup_system(cfg)
     if not cfg.vocab_size:
         data_dir = dataset_dir(cfg.dataset)

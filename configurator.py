@@ -94,8 +94,15 @@ def read_config_file(path):
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path} not found; config files live in config/ (e.g. config/shakespeare_char.py)")
     namespace = {}
-    with open(path, encoding="utf-8") as f:
-        exec(compile(f.read(), path, "exec"), namespace)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        source = f.read()
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}, line {e.lineno}: {e.msg}; a config file holds Python assignments such as "
+                          f"batch_size = 32") from None
+    except Exception as e:  # a config file is user code: whatever it raises is the user's to fix, in one line
+        raise ConfigError(f"{path} failed to run ({type(e).__name__}: {e}); a config file holds plain assignments") from None
     return {k: v for k, v in namespace.items()
             if not k.startswith("_") and not isinstance(v, types.ModuleType) and not callable(v)}
 
@@ -107,12 +114,14 @@ def usage(defaults, script):
     return "\n".join(lines)
 
 
-def configure(defaults, argv=None, default_config=None, positional=None, verbose=None):
+def configure(defaults, argv=None, default_config=None, positional=None, verbose=None, explicit=None):
     """
     Apply config files then --key=value overrides to a copy of `defaults`; return a namespace.
 
     default_config: a config file applied when argv names none (train.py's quick start).
     positional: the key that a bare word on the command line sets (prepare.py's recipe name).
+    explicit: a set that receives the keys the command line set, by a config file it names or by
+    --key=value (not by defaults or default_config): a resumed run takes every other key from its checkpoint.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "script.py"
@@ -122,6 +131,7 @@ def configure(defaults, argv=None, default_config=None, positional=None, verbose
     cfg = dict(defaults)
     files = [a for a in argv if not a.startswith("--") and a.endswith(".py")]
     words = [a for a in argv if not a.startswith("--") and not a.endswith(".py")]
+    named = set(files)
     if not files and default_config:
         files = [default_config]
     if words and positional is None:
@@ -129,10 +139,14 @@ def configure(defaults, argv=None, default_config=None, positional=None, verbose
     if len(words) > 1:
         raise ConfigError(f"only one {positional} may be given, got {words}")
 
+    explicit = set() if explicit is None else explicit
+
     def set_key(key, value, origin):
         if key not in defaults:
             raise ConfigError(f"unknown config key {key!r} in {origin}{_closest(key, list(defaults))}")
         cfg[key] = coerce(key, value, defaults[key])
+        if origin in named or origin == "the command line":
+            explicit.add(key)
 
     for path in files:
         for key, value in read_config_file(path).items():

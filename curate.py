@@ -6,8 +6,9 @@ order a document meets it:
     -> PII redaction
 
 `curate_document` runs the per-document stages on one document; `curate_shard` streams a rank's share of
-the corpus through it, staging the survivors and tallying every decision. Duplicates are decided over the
-whole corpus from the hashes alone (`find_duplicates`). The report (report.json, report.md, plots/) shows
+the corpus through it, staging the survivors, writing their dedup keys to disk and tallying every decision.
+Duplicates are decided over the whole corpus from the keys alone: dedup.py partitions that decision over the
+ranks, `find_duplicates` takes it in memory. The report (report.json, report.md, plots/) shows
 documents and bytes per stage, removals with examples, filter histograms, clusters and PII counts.
 prepare.py reads the documents, calls this file and writes the dataset. Thresholds and word lists are
 BigScience's, in data/roots/; ../shared/ROOTS_NOTES.md gives each definition with its source.
@@ -15,7 +16,6 @@ BigScience's, in data/roots/; ../shared/ROOTS_NOTES.md gives each definition wit
 
 import array
 import functools
-import hashlib
 import importlib
 import ipaddress
 import json
@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset import HERE, DataError, stable_hash
+from dataset import HERE, DataError
+from dedup import DIGITS, DOC_BASE, KeyWriter, band_hashes, exact_dedup_key, minhash_signature, shingle_hashes
 from model import CheckpointError, checkpoint_tokenizer, load_checkpoint, model_from_checkpoint
 from tokenizer import EOT, encode_known
 
@@ -185,26 +186,46 @@ UNIFORM_WHITESPACE = re.compile("[\u00a0\u2002\u2003\u2005\u2008\u2009\u200a\u20
 
 
 @functools.lru_cache(maxsize=None)
-def suspect_words(bad, cutoff):
-    """Words (runs between spaces, tabs, newlines) that contain a bad substring or are longer than cutoff."""
-    alternatives = [f"[^ \t\n]*(?:{'|'.join(map(re.escape, bad))})[^ \t\n]*"] if bad else []
-    long = [f"[^ \t\n]{{{cutoff + 1},}}"] if cutoff is not None else []
-    return re.compile("(?<![^ \t\n])(?:" + "|".join(alternatives + long) + ")")  # tried at word starts only
+def any_of(substrings):
+    return re.compile("|".join(map(re.escape, substrings)))
 
 
-# separator runs, matched only from where a run starts (linear time): one holding a newline ends a line, then
-# one holding a tab ends a cell, then spaces
-LINE_BREAK_RUN = re.compile("(?<![ \t\n])[ \t\n]*\n[ \t\n]*")
-TAB_RUN = re.compile("(?<![ \t])[ \t]*\t[ \t]*")
-SPACE_RUN = re.compile(" {2,}")
+def drop_suspect_words(text, bad, cutoff, keep):
+    """`text` without the words (runs between spaces, tabs, newlines) that contain a bad substring or are longer
+    than cutoff, unless keep(word). The words are found as array operations on the code points, the bad
+    substrings by one scan for all of them (none holds a separator, so each lies inside one word)."""
+    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], (cp != 32) & (cp != 10) & (cp != 9), [False]))))
+    starts, ends = edges[::2], edges[1::2]
+    suspect = ends - starts > cutoff if cutoff is not None else np.zeros(len(starts), dtype=bool)
+    if bad:
+        hits = np.array([m.start() for m in any_of(bad).finditer(text)], dtype=np.int64)
+        suspect[np.searchsorted(starts, hits, side="right") - 1] = True
+    pieces, at = [], 0
+    for a, b in zip(starts[suspect].tolist(), ends[suspect].tolist()):
+        if not keep(text[a:b]):
+            pieces.append(text[at:a])
+            at = b
+    pieces.append(text[at:])
+    return "".join(pieces)
 
 
 def rejoin(text):
     """What ROOTS' split on "\\n", then "\\t", then " ", and re-join does: runs of separators collapse, and
-    empty words, tab cells and lines vanish. (Whole-text regexes; tests check it equals the split/join.)"""
-    text = LINE_BREAK_RUN.sub("\n", text)
-    text = TAB_RUN.sub("\t", text)
-    return SPACE_RUN.sub(" ", text).strip(" \t\n")
+    empty words, tab cells and lines vanish: a run of " ", "\\t", "\\n" becomes "\\n" if it holds one, else "\\t"
+    if it holds one, else " ", and the ends are stripped. (Array operations on the code points; tests check it
+    equals the split/join.)"""
+    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    sep = (cp == 32) | (cp == 10) | (cp == 9)
+    first = sep & ~np.concatenate(([False], sep[:-1]))  # where each run starts
+    run = np.cumsum(first)[sep] - 1  # the run of each separator
+    kind = np.zeros(int(first.sum()), dtype=np.uint32)  # per run: 32, or 9 with a tab, or 10 with a newline
+    np.maximum.at(kind, run, np.select([cp[sep] == 10, cp[sep] == 9], [2, 1], 0).astype(np.uint32))
+    out = cp.copy()
+    out[first] = np.array([32, 9, 10], dtype=np.uint32)[kind]
+    out = out[~sep | first]
+    lo, hi = int(len(out) > 0 and out[0] in (9, 10, 32)), len(out) - int(len(out) > 1 and out[-1] in (9, 10, 32))
+    return out[lo:hi].tobytes().decode("utf-32-le", "surrogatepass")
 
 
 def clean_document(text, params, res, nfc=False):
@@ -227,7 +248,7 @@ def clean_document(text, params, res, nfc=False):
             return False
         return cutoff is None or len(word) <= cutoff or 0 < len(core) <= cutoff
 
-    return rejoin(suspect_words(bad, cutoff).sub(lambda m: m.group() if keep(m.group()) else "", text))
+    return rejoin(drop_suspect_words(text, bad, cutoff, keep))
 
 
 # -----------------------------------------------------------------------------
@@ -235,7 +256,6 @@ def clean_document(text, params, res, nfc=False):
 
 WORD_SEPARATORS = re.compile("[ \n\t]+")  # ROOTS splits words on exactly these three (split_on_whitespace)
 CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
-DIGITS = re.compile(r"\d")
 
 
 def strip_special(word, special):
@@ -263,9 +283,26 @@ def words_of(text, res, lower=False, chinese=False):
         text = " ".join(chinese_words(DIGITS.sub("0", CONTROL_CHARS.sub("", text)).lower()))
     elif lower:
         text = text.lower()
-    s = res.special
-    words = (w if w[0] not in s and w[-1] not in s else strip_special(w, s) for w in WORD_SEPARATORS.split(text) if w)
-    return [w for w in words if w]
+    starts, ends = word_spans(text, res.is_special)
+    return [text[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+
+
+def count_words(text, res, chinese=False):
+    """len(words_of(text, res, chinese=chinese)), without making the words."""
+    if chinese:
+        return len(words_of(text, res, chinese=True))
+    return len(word_spans(text, res.is_special)[0])
+
+
+def word_spans(text, is_special):
+    """(starts, ends) of ROOTS' words: its split on " ", "\\n", "\\t" and strip of special characters from both
+    ends, as array operations: a word is the span from its first to its last non-special character (the
+    separators are special), and a word without one is dropped. (Tests check it equals the split/strip.)"""
+    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    kept = np.flatnonzero(~is_special[cp])  # the characters a strip keeps, when they are inside a word
+    word = ((cp == 32) | (cp == 10) | (cp == 9)).cumsum()[kept]  # which word each belongs to
+    new = np.flatnonzero(word[1:] != word[:-1]) + 1
+    return kept[np.concatenate(([0], new))[:len(kept)]], kept[np.concatenate((new - 1, [len(kept) - 1]))[:len(kept)]] + 1
 
 
 def augment_words(words, params):
@@ -312,7 +349,7 @@ def word_repetition_ratio(words, n):
     grams = Counter(zip(*(words[i:] for i in range(n))))
     if not grams:
         return 0.0
-    return sum(c for c in grams.values() if c > 1) / (len(words) - n + 1)
+    return sum(filter((1).__lt__, grams.values())) / (len(words) - n + 1)  # the counts over 1
 
 
 def special_characters_ratio(text, is_special):
@@ -325,7 +362,7 @@ def word_list_ratio(words, candidates, word_set):
     and flagged-words ratios)."""
     if not words:
         return 0.0
-    return min(1.0, sum(w in word_set for w in candidates) / len(words))
+    return min(1.0, sum(map(word_set.__contains__, candidates)) / len(words))
 
 
 FILTERS = ("words", "char_rep", "word_rep", "special", "closed_class", "flagged", "ppl")  # ROOTS' order
@@ -360,7 +397,7 @@ def quality_filters(text, lang, res, char_rep_k="code", short_circuit=True, perp
     chinese = p["tokenization"]  # zh: ROOTS took SentencePiece words
     lowered = functools.cache(lambda: words_of(text, res, lower=True, chinese=chinese))
     measure = {
-        "words": lambda: len(words_of(text, res, chinese=chinese)),
+        "words": lambda: count_words(text, res, chinese=chinese),
         "char_rep": lambda: char_repetition_ratio(text, p["character_repetition_length"], char_rep_k),
         "word_rep": lambda: word_repetition_ratio(lowered(), p["word_repetition_length"]),
         "special": lambda: special_characters_ratio(text, res.is_special),
@@ -459,127 +496,6 @@ class PerplexityScorer:
 
 
 # -----------------------------------------------------------------------------
-# deduplication: exact (ROOTS catalogue dedup_document) and MinHash LSH near-duplicates (datatrove's defaults)
-
-EXACT_IGNORED = re.compile(r"[\s\d!-/:-@\[-`{-~]+")  # whitespace, digits, ASCII punctuation
-
-
-def exact_dedup_key(text):
-    """Signed 64-bit key of the text without whitespace, digits and ASCII punctuation: ROOTS hashed that string
-    with MD5 (first copy wins); we keep MD5's first 8 bytes."""
-    digest = hashlib.md5(EXACT_IGNORED.sub("", text).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little", signed=True)
-
-
-SHINGLE = 5  # datatrove MinhashConfig n_grams
-WORD_RUNS = re.compile(r"\w+")
-
-
-def mix64(x):
-    """splitmix64's finaliser: spreads every input bit over the 64 output bits (x: uint64 array)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def shingle_hashes(text, unspaced=False):
-    """Distinct 32-bit hashes of the word 5-grams (character 5-grams for languages written without spaces),
-    after datatrove's simplification: lower case, digits -> 0, punctuation and symbols separate words."""
-    words = WORD_RUNS.findall(DIGITS.sub("0", text.lower()))
-    if unspaced:
-        units = np.frombuffer("".join(words).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    else:
-        ids = {w: int.from_bytes(hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest(), "little") for w in set(words)}
-        units = np.array([ids[w] for w in words], dtype=np.uint64)
-    m = len(units) - SHINGLE + 1
-    if m <= 0:
-        return np.zeros(0, dtype=np.uint64)
-    h = np.zeros(m, dtype=np.uint64)
-    for j in range(SHINGLE):
-        h = h * np.uint64(0x100000001B3) + units[j:j + m]
-    return np.unique(mix64(h) >> np.uint64(32))
-
-
-@functools.lru_cache(maxsize=None)
-def minhash_permutations(num_perm):
-    """a (odd), b of the hashes h -> ((a*h + b) mod 2^64) >> 32 of 32-bit shingle hashes: multiply-add-shift, a
-    strongly universal family (Dietzfelbinger 1996) that needs no division; datatrove uses (a*h + b) mod
-    (2^61 - 1). Drawn from stable hashes, so every process and run uses the same ones."""
-    a = np.array([stable_hash("minhash-a", i) | 1 for i in range(num_perm)], dtype=np.uint64)
-    b = np.array([stable_hash("minhash-b", i) for i in range(num_perm)], dtype=np.uint64)
-    return a, b
-
-
-def minhash_signature(hashes, num_perm):
-    """(num_perm,) uint64 < 2^32: per hash function, the minimum over the document's shingle hashes."""
-    a, b = minhash_permutations(num_perm)
-    signature = np.full(num_perm, 2**32, dtype=np.uint64)
-    for i in range(0, len(hashes), 4096):  # (4096, num_perm) at a time keeps memory flat for long documents
-        values = (hashes[i:i + 4096, None] * a + b) >> np.uint64(32)
-        signature = np.minimum(signature, values.min(axis=0))
-    return signature
-
-
-def band_hashes(signature, bands, rows):
-    """One signed 64-bit hash per LSH band of `rows` signature values: two documents are near-duplicate
-    candidates when any band agrees. 14 bands x 8 rows (datatrove) flag Jaccard ~ (1/14)^(1/8) = 0.72 and up."""
-    values = signature.astype("<u8")
-    return [int.from_bytes(hashlib.blake2b(values[i * rows:(i + 1) * rows].tobytes(), digest_size=8).digest(),
-                           "little", signed=True) for i in range(bands)]
-
-
-def find_duplicates(exact, near):
-    """
-    Duplicates over the whole corpus. exact: (docs, keys) int64 arrays; near: (docs, bands) arrays, bands of
-    shape (len(docs), n_bands). Returns ({doc: (reason, kept doc)}, near-duplicate clusters as sorted lists).
-    The first copy wins: exact copies keep the lowest index; near-duplicate clusters are unions (union-find)
-    of documents that share a band, and keep their lowest index, which the union makes the root.
-    """
-    drop = {}
-    docs, keys = exact
-    order = np.lexsort((docs, keys))
-    docs, keys = docs[order], keys[order]
-    new_key = np.ones(len(keys), dtype=bool)
-    new_key[1:] = keys[1:] != keys[:-1]
-    first = docs[np.flatnonzero(new_key)][np.cumsum(new_key) - 1]  # the first copy of each document's key
-    for doc, original in zip(docs[~new_key].tolist(), first[~new_key].tolist()):
-        drop[doc] = ("exact_dup", original)
-
-    parent = {}
-
-    def find(x):
-        root = x
-        while parent.get(root, root) != root:
-            root = parent[root]
-        while x != root:  # path compression
-            parent[x], x = root, parent[x]
-        return root
-
-    near_docs, bands = near
-    alive = np.array([d not in drop for d in near_docs.tolist()], dtype=bool)
-    near_docs, bands = near_docs[alive], bands[alive]
-    for band in bands.T:
-        order = np.lexsort((near_docs, band))
-        d, h = near_docs[order], band[order]
-        same = np.flatnonzero(h[1:] == h[:-1]) + 1  # positions whose band equals the previous document's
-        for a, b in zip(d[same - 1].tolist(), d[same].tolist()):
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    clusters = defaultdict(list)
-    for doc in sorted(parent):
-        clusters[find(doc)].append(doc)
-    for root, members in clusters.items():
-        for doc in members:
-            if doc != root:
-                drop[doc] = ("near_dup", root)
-    return drop, sorted(([root] + [m for m in members if m != root] for root, members in clusters.items()),
-                        key=lambda c: (-len(c), c[0]))
-
-
-# -----------------------------------------------------------------------------
 # PII redaction (ROOTS 02_pii/bigscience_pii_detect_redact.py: KEY, EMAIL, USER, IP_ADDRESS; its ID and
 # phone patterns were disabled for false positives, so PHONE here is off by default)
 
@@ -602,6 +518,7 @@ CODE_AT_WORDS = {"media", "import", "font", "keyframes", "charset", "supports", 
                  "dataclass", "override", "param", "return", "returns", "throws", "author", "see", "since",
                  "deprecated", "link", "article", "book", "inproceedings", "misc", "interface", "end"}
 VERSION_BEFORE = re.compile(r"(?i)\b(?:version|ver\.?|release|build|v)[\s:]*$")
+PII_LOOKBEHIND = 12  # characters before an IP address that VERSION_BEFORE reads; the patterns' own look-behinds read 1 or 2
 YEARS = re.compile(r"(?:1\d{3}|20\d\d)(?:[ -](?:1\d{3}|20\d\d))*")  # "1999 2000 2001": a list of years, not a key
 
 
@@ -620,7 +537,7 @@ def _is_pii(kind, match, text):
     """The checks a regex cannot make: valid IPv6, not a version number, a key with letter/digit mixing."""
     found = match.group()
     if kind == "IP_ADDRESS":
-        if VERSION_BEFORE.search(text[max(0, match.start() - 12):match.start()]):
+        if VERSION_BEFORE.search(text[max(0, match.start() - PII_LOOKBEHIND):match.start()]):
             return False
         if ":" in found:
             try:
@@ -682,8 +599,10 @@ class Tally:
         self.langs, self.pii = Counter(), Counter()
         self.hist = {}                                        # (filter, lang) -> counts over HIST_EDGES[filter]
         self.examples = defaultdict(list)                     # reason -> [{doc, lang, values, text}]
+        self.cluster_text = {}                                # doc -> the start of a shown cluster's kept text
         self.html_examples = []                               # [{doc, lang, page, text}]: the 3 first HTML pages
         self.peak_rss_mb = {}                                 # rank -> peak resident memory
+        self.cpu_seconds = {}                                 # rank -> CPU seconds of its whole run
 
     def lap(self, stage, since, nbytes=0):
         now = time.perf_counter()
@@ -712,12 +631,12 @@ class Tally:
             counts = self.hist.setdefault((name, lang), np.zeros(len(edges) - 1, dtype=np.int64))
             counts[min(max(np.searchsorted(edges, value, side="right") - 1, 0), len(counts) - 1)] += 1
 
-    def count_staged(self, record, drop):
-        """Rank 0's pass over a staged survivor of pass 1: a duplicate is removed now; a kept document is
-        counted with its language, its PII spans and the bytes redaction changed. True if kept."""
+    def count_staged(self, record, duplicate=None):
+        """Pass 2's look at a staged survivor of pass 1: a duplicate ((reason, kept doc) or None) is removed now;
+        a kept document is counted with its language, its PII spans and the bytes redaction changed. True if kept."""
         doc, size = record["i"], len(record["text"].encode("utf-8"))
-        if doc in drop:
-            reason, original = drop[doc]
+        if duplicate:
+            reason, original = duplicate
             self.remove(reason, doc, record["lang"], record["bytes"], {"duplicate_of": original}, record["text"])
             return False
         self.docs["kept"] += 1
@@ -729,6 +648,20 @@ class Tally:
             self.docs["pii_docs"] += 1
         return True
 
+    def count_document(self, doc, size, text, result, filters, removed):
+        """Pass 1's tally of one document (curate_document's result); a removal also goes to `removed` as a line."""
+        self.seconds.update(result["seconds"])
+        self.work.update(result["bytes_in"])
+        if result["removed"] != "empty":
+            self.langs[result["lang"]] += 1
+        self.count_changes(doc, result, text)
+        if result["removed"] in FILTERS or (result["removed"] is None and filters):
+            self.observe(result["lang"], result["values"])
+        if result["removed"]:
+            self.remove(result["removed"], doc, result["lang"], result["size"], result["values"], result.get("text", text))
+            removed.write(json.dumps({"doc": doc, "reason": result["removed"], "lang": result["lang"],
+                                      "values": result["values"]}) + "\n")
+
     def add(self, other):
         for mine, theirs in ((self.docs, other.docs), (self.bytes, other.bytes), (self.seconds, other.seconds),
                              (self.work, other.work), (self.langs, other.langs), (self.pii, other.pii)):
@@ -737,8 +670,10 @@ class Tally:
             self.hist[key] = self.hist.get(key, 0) + counts
         for reason, examples in other.examples.items():
             self.examples[reason] = sorted(self.examples[reason] + examples, key=lambda e: e["doc"])[:3]
+        self.cluster_text.update(other.cluster_text)
         self.html_examples = sorted(self.html_examples + other.html_examples, key=lambda e: e["doc"])[:3]
         self.peak_rss_mb.update(other.peak_rss_mb)
+        self.cpu_seconds.update(other.cpu_seconds)
         return self
 
 
@@ -835,63 +770,52 @@ def curate_document(text, run):
     return out
 
 
-def curate_shard(documents, rank, world, cfg, stage_path, removed_path):
+def curate_shard(sources, rank, world, by_source, cfg, scratch):
     """
-    Pass 1 over this rank's documents (index % world == rank): curate_document on each. Survivors are
-    staged to `stage_path` as {"i", "lang", "text", "bytes", "pii"} lines in index order (bytes: the size
-    before PII redaction), every removal goes to `removed_path`. Returns (tally, dedup index); the index
-    holds hashes, never text.
+    Pass 1 over this rank's share of the corpus. `sources`: (source number, its documents, or None where this
+    rank does not read it). Each source is cut, in order, into shards of cfg.shard_mb MB of input; every rank
+    cuts the same way, so shards do not depend on the number of ranks. Shard k of source u is rank u % world's
+    when ranks read whole sources (`by_source`), else rank (u + k) % world's. curate_document on each of this
+    rank's documents: survivors are staged to scratch/staged-<rank>.jsonl as {"i", "lang", "text", "bytes",
+    "pii"} lines in index order (bytes: the size before PII redaction), removals go to removed-<rank>.jsonl,
+    dedup keys to {exact,near}-<rank>.bin. Returns a namespace: tally, shards ([source, k, first document,
+    owner] of every shard this rank saw), staged (the staged documents), the paths.
     """
-    run = curation_settings(cfg)
-    tally = Tally()
-    exact = {"doc": array.array("q"), "key": array.array("q")}
-    near = {"doc": array.array("q"), "bands": array.array("q")}
-    with open(stage_path, "w", encoding="utf-8") as staged, open(removed_path, "w", encoding="utf-8") as removed:
-        clock = time.perf_counter()
-        for doc, text in enumerate(tqdm(documents, unit=" docs", desc="curating", mininterval=2, disable=rank or None)):
-            if doc % world != rank:  # reading the other ranks' documents is this rank's cost too
-                clock = tally.lap("read", clock)
-                continue
-            size = len(text.encode("utf-8"))
-            tally.docs["read"] += 1
-            tally.bytes["read"] += size
-            tally.lap("read", clock, size)
-            out = curate_document(text, run)
-            tally.seconds.update(out["seconds"])
-            tally.work.update(out["bytes_in"])
-            if out["removed"] != "empty":
-                tally.langs[out["lang"]] += 1
-            tally.count_changes(doc, out, text)
-            if out["removed"] in FILTERS or (out["removed"] is None and cfg.filters):
-                tally.observe(out["lang"], out["values"])
-            if out["removed"]:
-                tally.remove(out["removed"], doc, out["lang"], out["size"], out["values"], out.get("text", text))
-                removed.write(json.dumps({"doc": doc, "reason": out["removed"], "lang": out["lang"],
-                                          "values": out["values"]}) + "\n")
-            else:
-                if out["exact_key"] is not None:
-                    exact["doc"].append(doc)
-                    exact["key"].append(out["exact_key"])
-                if out["bands"] is not None:
-                    near["doc"].append(doc)
-                    near["bands"].extend(out["bands"])
-                staged.write(json.dumps({"i": doc, "lang": out["lang"], "text": out["text"], "bytes": out["size"],
-                                         "pii": out["pii"]}, ensure_ascii=False) + "\n")
-            clock = time.perf_counter()
+    run, tally = curation_settings(cfg), Tally()
+    out = SimpleNamespace(tally=tally, shards=[], staged=array.array("q"), **{
+        f"{name}_path": os.path.join(scratch, f"{name}-{rank}.{ext}")
+        for name, ext in (("staged", "jsonl"), ("removed", "jsonl"), ("exact", "bin"), ("near", "bin"))})
+    exact = KeyWriter(out.exact_path) if cfg.dedup else None
+    near = KeyWriter(out.near_path) if cfg.near_dedup else None
+    with open(out.staged_path, "w", encoding="utf-8") as staged, open(out.removed_path, "w", encoding="utf-8") as removed:
+        for u, documents in sources:
+            filled, clock, bar = math.inf, time.perf_counter(), tqdm(unit=" docs", desc="curating", mininterval=2, disable=rank or None)
+            for doc, text in enumerate(documents or (), start=u * DOC_BASE):
+                bar.update()
+                size = len(text.encode("utf-8"))
+                if filled >= cfg.shard_mb * 1e6:  # this document starts a new shard
+                    k = out.shards[-1][1] + 1 if out.shards and out.shards[-1][0] == u else 0
+                    out.shards.append([u, k, doc, u % world if by_source else (u + k) % world])
+                    filled = 0
+                filled += size
+                if out.shards[-1][3] != rank:  # reading the other ranks' documents is this rank's cost too
+                    clock = tally.lap("read", clock)
+                    continue
+                tally.docs["read"] += 1
+                tally.bytes["read"] += size
+                tally.lap("read", clock, size)
+                result = curate_document(text, run)
+                tally.count_document(doc, size, text, result, cfg.filters, removed)
+                if not result["removed"]:
+                    if exact and result["exact_key"] is not None:
+                        exact.add(doc, result["exact_key"])
+                    if near and result["bands"] is not None:
+                        near.add_bands(doc, result["bands"])
+                    out.staged.append(doc)
+                    staged.write(json.dumps({"i": doc, "lang": result["lang"], "text": result["text"], "bytes": result["size"],
+                                             "pii": result["pii"]}, ensure_ascii=False) + "\n")
+                clock = time.perf_counter()
+            bar.close()
+    out.exact_path, out.near_path = exact and exact.close(), near and near.close()
     tally.peak_rss_mb[rank] = peak_rss_mb()
-    index = {"exact": (np.array(exact["doc"], dtype=np.int64), np.array(exact["key"], dtype=np.int64)),
-             "near": (np.array(near["doc"], dtype=np.int64),
-                      np.array(near["bands"], dtype=np.int64).reshape(-1, cfg.minhash_bands))}
-    return tally, index
-
-
-def decide_duplicates(shards):
-    """Every rank's (tally, index) from curate_shard -> (their summed tally, {doc: (reason, kept doc)}, near-
-    duplicate clusters): the decisions for the whole corpus, taken from hashes alone."""
-    tally = functools.reduce(Tally.add, (t for t, _ in shards), Tally())
-    clock = time.perf_counter()
-    exact = tuple(np.concatenate(parts) for parts in zip(*(index["exact"] for _, index in shards)))
-    near = tuple(np.concatenate(parts) for parts in zip(*(index["near"] for _, index in shards)))
-    drop, clusters = find_duplicates(exact, near)
-    tally.lap("dedup_decision", clock, 0)
-    return tally, drop, clusters
+    return out

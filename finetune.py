@@ -7,6 +7,7 @@ Transfer learning: start from a pretrained model and adapt it to a task.
     python finetune.py config/sft_alpaca.py                       # sft: instruction tuning, then
     python sample.py --out_dir=out-sft-alpaca --template=alpaca --start="Give three tips for staying healthy."
     python finetune.py config/finetune_sst2.py --lora_rank=8      # LoRA: train low-rank adapters only
+    python finetune.py config/seq2seq_alpaca.py                   # seq2seq: an encoder-decoder, input -> output
 
 Tasks:
     lm        next-token (or, for an encoder, masked-token) training on a prepared data/<dataset>/,
@@ -14,6 +15,9 @@ Tasks:
     classify  a linear head on one pooled vector per sequence: [CLS] or the mean for an encoder, the
               last real token for a causal model; accuracy (and macro-F1 for >2 classes) at every eval
     sft       Alpaca-style instruction tuning: loss on the response tokens only
+    seq2seq   an encoder-decoder (train.py's objective=span, or scratch) reads the input and learns to
+              write the output: {"input", "output"} JSONL lines, or Alpaca records (instruction and
+              input -> output); the loss is on the output only, which is all the decoder writes
 
 Training itself is train.py's loop (accumulation, AMP, compile, DDP under torchrun, checkpoints,
 exact resume, logs, loss.png); this file supplies the task's batches, loss and evaluation. Every
@@ -22,7 +26,7 @@ they would a pretrained one; the task head and the unmerged adapters sit next to
 
 References: ULMFiT (Howard & Ruder 2018), GPT-1 (Radford et al. 2018), BERT (Devlin et al. 2019),
 LoRA (Hu et al. 2021), Stanford Alpaca (Taori et al. 2023), SST-2 (Socher et al. 2013),
-TREC (Li & Roth 2002).
+TREC (Li & Roth 2002), T5 (Raffel et al. 2020).
 """
 
 import functools
@@ -39,9 +43,10 @@ from torch.nn import functional as F
 
 import train
 from configurator import ConfigError, configure, file_or_text, script_main
-from dataset import SHARED_DATA, DataError, in_val_split, read_meta
+from dataset import SHARED_DATA, DataError, check_bins, in_val_split, read_meta
 from model import GPT, checkpoint_path, load_checkpoint
 from prepare import read_labelled_lines
+from safety import describe_redactions, pii_kinds, redact
 from tokenizer import EOT, build_tokenizer, encode_known, format_prompt, load_tokenizer
 
 PRETRAINING_ONLY = ("objective", "mlm_baselines", "sample_every", "sample_tokens")  # the objective follows the model
@@ -50,28 +55,31 @@ DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k not in PRETRAINING_ONLY
     out_dir="out-finetune",
     init_from="out-mlm-reviews",  # an out_dir or .pt | resume | scratch | gpt2[-medium|-large|-xl] | a Hugging Face folder
     tokenizer="gpt2",             # init_from=scratch only: gpt2, or a prepared dataset whose tokenizer to use
-    causal=True,                  # init_from=scratch only: False builds a bidirectional encoder (as an MLM would be)
+    causal=True,                  # init_from=scratch only: False builds a bidirectional encoder (as an MLM would be);
+                                  # task=seq2seq always builds an encoder-decoder (n_layer + n_decoder_layer blocks)
     eval_interval=100,
-    eval_iters=20,                # lm: batches per split; classify/sft: train batches evaluated (val is read whole)
+    eval_iters=20,                # lm: batches per split; classify/sft/seq2seq: train batches evaluated (val is read whole)
     log_interval=10,
     always_save_checkpoint=False,  # keep the checkpoint with the best val loss
     # task
-    task="classify",              # lm | classify | sft
-    dataset="sst2",               # lm: data/<name>; classify: sst2 | trec | a .jsonl/.tsv file; sft: an Alpaca .json
-    val_dataset="",               # classify/sft: the file to evaluate on ("" = the recipe's, or val_fraction of train)
+    task="classify",              # lm | classify | sft | seq2seq
+    dataset="sst2",               # lm: data/<name>; classify: sst2 | trec | a .jsonl/.tsv file; sft: an Alpaca .json;
+                                  # seq2seq: a .jsonl of {"input", "output"} or an Alpaca .json
+    val_dataset="",               # classify/sft/seq2seq: the file to evaluate on ("" = the recipe's, or val_fraction of train)
     val_fraction=0.05,            # share of the training examples held out when there is no val_dataset
-    train_examples=0,             # classify/sft: train on only this many examples (0 = all): for classify a sample
-                                  # stratified by class; the same for the same seed, nested (the 100 are among the 300)
+    train_examples=0,             # classify/sft/seq2seq: train on only this many examples (0 = all): for classify a
+                                  # sample stratified by class; the same for the same seed, nested (the 100 are among the 300)
     select="auto",                # the checkpoint kept (and scored on test) is the best by: acc | loss | auto (acc
-                                  # for classify, the metric reported; loss for lm and sft)
+                                  # for classify, the metric reported; loss for lm, sft and seq2seq)
     pool="auto",                  # classify: first ([CLS]) | mean | last | auto (mean for an encoder, last if causal)
     predict="",                   # classify: sentences separated by |, or FILE:path (one per line); prints label + probability
+                                  # (with safe=True, each sentence it prints back has its personal data redacted)
     template="alpaca",            # sft: the prompt template (see format_prompt)
     # parameter-efficient finetuning
     lora_rank=0,                  # > 0: train rank-r adapters on the target matrices, freeze the rest
     lora_alpha=16.0,              # adapter output scaled by lora_alpha / lora_rank (Hu et al. 2021, sec. 4.1)
     lora_dropout=0.0,
-    lora_targets="c_attn,c_proj,c_fc",  # Linear layers (by name) in every block that get adapters
+    lora_targets="c_attn,c_proj,c_fc",  # Linear layers (by name) in every block that get adapters (cross-attention also has c_kv)
     freeze_layers=0,              # the simpler alternative: freeze the embeddings and the first N blocks
     # ULMFiT's classifier recipe (Howard & Ruder 2018, sec. 3.2-3.3): layers nearer the input change more slowly
     layer_lr_decay=1.0,           # classify: each layer's learning rate is this times the one above it (the head and
@@ -163,8 +171,8 @@ def add_lora(gpt, rank, alpha, dropout, targets):
     gpt.requires_grad_(False)
     names = [t.strip() for t in targets.split(",") if t.strip()]
     replaced = 0
-    for block in gpt.transformer.h:
-        for parent in (block.attn, block.mlp):
+    for block in [*gpt.transformer.h, *(gpt.decoder.h if hasattr(gpt, "decoder") else [])]:
+        for parent in (block.attn, block.mlp, getattr(block, "cross_attn", None)):
             for name in names:
                 if isinstance(getattr(parent, name, None), nn.Linear):
                     setattr(parent, name, LoRALinear(getattr(parent, name), rank, alpha, dropout))
@@ -283,7 +291,10 @@ def read_examples(path, stats):
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     record = None
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str) or "label" not in record:
+                label = record.get("label") if isinstance(record, dict) else None
+                # a label is a name or a number; null, a list or an object would become a class of its own
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not isinstance(label, (str, int)) \
+                        or not str(label).strip():
                     stats["skipped_records"] += 1
                     continue
                 yield record["text"], str(record["label"])
@@ -348,6 +359,10 @@ def load_classification(cfg, tok, causal):
         if all(lab.isdigit() for lab in labels):
             labels.sort(key=int)
         names = labels
+    present = {lab for _, lab in pairs["train"] if lab in labels}
+    if len(present) < 2:  # one class is learned perfectly by predicting it, which says nothing
+        raise DataError(f"{paths['train']} has examples of {len(present)} class{'es' if len(present) != 1 else ''} "
+                        f"({', '.join(sorted(present))}); a classifier needs at least two")
     if "val" not in pairs:  # hold out val_fraction of train, chosen by a stable hash of each example's index
         held = [in_val_split(i, *dev_split(recipe, cfg)) for i in range(len(pairs["train"]))]
         pairs["val"] = [p for p, h in zip(pairs["train"], held) if h]
@@ -386,8 +401,14 @@ def load_sft(cfg, tok):
         if not os.path.exists(path):
             raise DataError(f"instruction file {path} not found; give dataset=<an Alpaca .json> "
                                 f"(e.g. {SHARED_DATA}/instruction_tuning/alpaca_en_demo.json)")
-        with open(path, encoding="utf-8", errors="replace") as f:
-            records = json.load(f)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                records = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} is not valid JSON ({e}); give a JSON array of Alpaca records") from None
+        if not isinstance(records, list):
+            raise DataError(f"{path} holds a JSON {type(records).__name__}, not an array of Alpaca records "
+                            f"({{\"instruction\", \"input\", \"output\"}})")
         good = [r for r in records if isinstance(r, dict) and isinstance(r.get("instruction"), str)
                 and isinstance(r.get("output"), str) and isinstance(r.get("input", ""), str)]
         stats["skipped_records"] += len(records) - len(good)
@@ -405,6 +426,68 @@ def load_sft(cfg, tok):
         if not examples:
             raise DataError(f"no usable {split} examples in {cfg.dataset} ({dict(stats)})")
         data[split] = {"ids": [e[0] for e in examples], "targets": [e[1] for e in examples]}
+    return data
+
+
+def read_pairs(path, stats):
+    """(input, output) texts from a .jsonl of {"input", "output"} lines, or from an Alpaca .json (a list of
+    {"instruction", "input", "output"}), whose instruction, then its input after a blank line, is the input."""
+    if not os.path.exists(path):
+        raise DataError(f"seq2seq file {path} not found; give dataset=<a .jsonl of {{'input', 'output'}} lines, or an "
+                        f"Alpaca .json> (e.g. {SHARED_DATA}/instruction_tuning/alpaca_en_demo.json)")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        if not path.endswith(".jsonl"):
+            records = json.load(f)
+        else:
+            records = []
+            for line in (line for line in f if line.strip()):
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    stats["skipped_records"] += 1
+    pairs = []
+    for r in records if isinstance(records, list) else []:
+        if not isinstance(r, dict) or not isinstance(r.get("output"), str) or not isinstance(r.get("input", ""), str):
+            stats["skipped_records"] += 1
+        elif isinstance(r.get("instruction"), str):
+            pairs.append((r["instruction"] + ("\n\n" + r["input"] if r.get("input", "").strip() else ""), r["output"]))
+        elif "input" in r:
+            pairs.append((r["input"], r["output"]))
+        else:
+            stats["skipped_records"] += 1
+    return pairs
+
+
+def seq2seq_example(tok, source, target, block_size, stats):
+    """(input ids, decoder input, targets) for one pair: the encoder reads the input (cut to block_size);
+    the decoder reads <|endoftext|> and the output, and learns to write the output and <|endoftext|> (as
+    span corruption's targets end). None when no input is left."""
+    eot = tok.special_ids[EOT]
+    src, out = encode_text(tok, source, stats), encode_text(tok, target, stats) + [eot]
+    stats["truncated"] += len(src) > block_size or len(out) > block_size
+    if not src:
+        stats["skipped_empty_input"] += 1
+        return None
+    out = out[:block_size]
+    return src[:block_size], [eot] + out[:-1], out
+
+
+def load_seq2seq(cfg, tok):
+    """Train and val examples {"ids", "decoder_ids", "targets"} from files of input -> output pairs."""
+    stats = Counter()
+    pairs = read_pairs(cfg.dataset, stats)
+    if cfg.val_dataset:
+        splits = {"train": pairs, "val": read_pairs(cfg.val_dataset, stats)}
+    else:
+        held = [in_val_split(i, cfg.val_fraction, cfg.seed) for i in range(len(pairs))]
+        splits = {"train": [p for p, h in zip(pairs, held) if not h], "val": [p for p, h in zip(pairs, held) if h]}
+    data = {"stats": stats}
+    for split, split_pairs in splits.items():
+        examples = [e for e in (seq2seq_example(tok, a, b, cfg.block_size, stats) for a, b in split_pairs) if e]
+        if not examples:
+            source = cfg.val_dataset if split == "val" and cfg.val_dataset else cfg.dataset
+            raise DataError(f"no usable {split} examples in {source} ({dict(stats)}); check its format")
+        data[split] = {key: [e[i] for e in examples] for i, key in enumerate(("ids", "decoder_ids", "targets"))}
     return data
 
 
@@ -469,23 +552,28 @@ def pad_batch(rows, pad_value):
 
 
 def make_task_batch(split_data, indices, pad_id, system):
-    """(ids, padding_mask, labels or targets) on the device for the examples at `indices`."""
+    """(ids, padding_mask, labels or targets) on the device for the examples at `indices`; seq2seq:
+    (ids, padding_mask, decoder input, targets)."""
     ids, mask = pad_batch([split_data["ids"][i] for i in indices], pad_id)
     if "labels" in split_data:
         answers = torch.tensor([split_data["labels"][i] for i in indices])
     else:
         answers, _ = pad_batch([split_data["targets"][i] for i in indices], -100)
-    return train.to_device([ids, mask, answers], system)
+    decoder_ids = [pad_batch([split_data["decoder_ids"][i] for i in indices], pad_id)[0]] if "decoder_ids" in split_data else []
+    return train.to_device([ids, mask, *decoder_ids, answers], system)
+
+
+def task_forward(model, batch, task):
+    """(logits, loss) of the task's model on a make_task_batch batch."""
+    ids, mask, *decoder_ids, answers = batch
+    if task == "classify":
+        return model(ids, padding_mask=mask, labels=answers)
+    return model(ids, *decoder_ids, answers, padding_mask=mask)  # sft: (ids, targets); seq2seq: (ids, decoder ids, targets)
 
 
 def task_loss(model, batch, task, autocast):
-    ids, mask, answers = batch
     with autocast:
-        if task == "classify":
-            _, loss = model(ids, padding_mask=mask, labels=answers)
-        else:
-            _, loss = model(ids, answers, padding_mask=mask)
-    return loss
+        return task_forward(model, batch, task)[1]
 
 
 # -----------------------------------------------------------------------------
@@ -494,7 +582,7 @@ def task_loss(model, batch, task, autocast):
 @torch.no_grad()
 def evaluate_examples(model, data, cfg, system, n_classes=0, splits=("train", "val")):
     """val and test: every example, shared among the ranks; train: eval_iters fixed batches. Loss per
-    example (classify) or per response token (sft), plus accuracy and, for >2 classes, macro-F1."""
+    example (classify) or per response or output token (sft, seq2seq), plus accuracy and, for >2 classes, macro-F1."""
     model = getattr(model, "module", model)  # past DDP: ranks may evaluate different numbers of batches
     model.eval()
     out = {}
@@ -508,15 +596,15 @@ def evaluate_examples(model, data, cfg, system, n_classes=0, splits=("train", "v
         loss_sum, count = 0.0, 0
         confusion = torch.zeros(max(n_classes, 1), max(n_classes, 1), dtype=torch.float64)  # (true, predicted)
         for indices in batches[system.rank::system.world_size]:
-            ids, mask, answers = make_task_batch(data[split], indices, pad, system)
+            batch = make_task_batch(data[split], indices, pad, system)
+            answers = batch[-1]
             with system.autocast:
+                logits, loss = task_forward(model, batch, "classify" if n_classes else cfg.task)
                 if n_classes:
-                    logits, loss = model(ids, padding_mask=mask, labels=answers)
                     confusion.index_put_((answers.cpu(), logits.argmax(-1).cpu()), torch.ones(len(indices), dtype=torch.float64),
                                          accumulate=True)
                     weight = len(indices)
                 else:
-                    _, loss = model(ids, answers, padding_mask=mask)
                     weight = int((answers != -100).sum())
             loss_sum, count = loss_sum + loss.item() * weight, count + weight
         totals = train.all_reduce_mean([loss_sum, count, *confusion.flatten().tolist()], system)
@@ -529,7 +617,7 @@ def evaluate_examples(model, data, cfg, system, n_classes=0, splits=("train", "v
             if n_classes > 2:
                 out[f"{split}_f1"] = macro_f1(confusion)
     if not n_classes and "val" in splits:
-        out["val_ppl"] = math.exp(min(out["val_loss"], 50))  # of the response tokens
+        out["val_ppl"] = math.exp(min(out["val_loss"], 50))  # of the response (output) tokens
     model.train()
     return out
 
@@ -543,8 +631,9 @@ def macro_f1(confusion):
 
 
 @torch.no_grad()
-def predict(classifier, tok, sentences, names, block_size, system):
-    """(label name, probability) per sentence, and print them."""
+def predict(classifier, tok, sentences, names, block_size, system, redact_kinds=()):
+    """(label name, probability) per sentence, and print them, each sentence with the personal data of
+    `redact_kinds` redacted (--safe: what a classifier prints is its input, so that is what safe guards)."""
     classifier.eval()
     stats = Counter()
     rows = classification_inputs(tok, sentences, block_size, classifier.config.causal, stats)
@@ -552,11 +641,13 @@ def predict(classifier, tok, sentences, names, block_size, system):
     with system.autocast:
         logits, _ = classifier(ids, padding_mask=mask)
     probs = F.softmax(logits.float(), dim=-1)
-    results = []
+    results, found = [], Counter()
     for sentence, p in zip(sentences, probs):
         best = int(p.argmax())
         results.append((names[best], float(p[best])))
-        print(f"{names[best]}\t{float(p[best]):.3f}\t{sentence}")
+        print(f"{names[best]}\t{float(p[best]):.3f}\t{redact(sentence, redact_kinds, found) if redact_kinds else sentence}")
+    if redact_kinds:
+        print(f"safe: {describe_redactions(found)}")
     return results
 
 
@@ -564,8 +655,8 @@ def predict(classifier, tok, sentences, names, block_size, system):
 
 def check_config(cfg):
     problems = []
-    if cfg.task not in ("lm", "classify", "sft"):
-        problems.append(f"task={cfg.task!r} is not one of lm, classify, sft")
+    if cfg.task not in ("lm", "classify", "sft", "seq2seq"):
+        problems.append(f"task={cfg.task!r} is not one of lm, classify, sft, seq2seq")
     if cfg.pool not in ("auto", "first", "mean", "last"):
         problems.append(f"pool={cfg.pool!r} is not one of auto, first, mean, last")
     if cfg.lora_rank < 0 or cfg.freeze_layers < 0:
@@ -598,12 +689,16 @@ def make_task(cfg, gpt, tok, system):
         if load_tokenizer(data_dir).spec() != tok.spec():
             raise ConfigError(f"data/{cfg.dataset} was tokenized with another tokenizer than {cfg.init_from}'s "
                               f"({tok.kind}); prepare it with --tokenizer={tok.kind}")
-        batch_fn = train.make_batch_fn(cfg, data_dir, read_meta(data_dir), tok, system)
+        meta = read_meta(data_dir)
+        check_bins(data_dir, meta, cfg.block_size)  # one file or shards, as train.py reads them
+        batch_fn = train.make_batch_fn(cfg, data_dir, meta, tok, system)
         return SimpleNamespace(batch=batch_fn, loss=lambda m, batch: train.lm_loss(m, batch, system.autocast),
                                evaluate=lambda m: train.evaluate_lm(m, batch_fn, cfg, system), test=None, names=[],
                                select="val_loss",
                                tokens_per_micro_batch=cfg.batch_size * cfg.block_size)
-    data = load_classification(cfg, tok, gpt.config.causal) if cfg.task == "classify" else load_sft(cfg, tok)
+    loaders = {"classify": lambda: load_classification(cfg, tok, gpt.config.causal), "sft": lambda: load_sft(cfg, tok),
+               "seq2seq": lambda: load_seq2seq(cfg, tok)}
+    data = loaders[cfg.task]()
     data["pad_id"] = pad_id = tok.special_ids["[PAD]"]
     data["train"] = subset(data["train"], cfg.train_examples, cfg.seed)
     names = data.get("names", [])
@@ -645,25 +740,27 @@ def predict_with_checkpoint(cfg, gpt, tok, checkpoint, system):
     classifier.head.load_state_dict(checkpoint["classifier"])
     text = file_or_text(cfg.predict, "predict")
     sentences = [s.strip() for s in (text.splitlines() if cfg.predict.startswith("FILE:") else text.split("|")) if s.strip()]
-    return predict(classifier.to(system.device), tok, sentences, checkpoint["classes"], gpt.config.block_size, system)
+    return predict(classifier.to(system.device), tok, sentences, checkpoint["classes"], gpt.config.block_size, system,
+                   pii_kinds(cfg.safe_phone) if cfg.safe else ())
 
 
-def start_finetuning(cfg, system):
+def start_finetuning(cfg, system, checkpoint=None):
     """(run, task, tokenizer): the pretrained model with the task's head, adapters or frozen layers, its data,
-    and the run's state (train.start_run), resumed exactly for init_from=resume."""
+    and the run's state (train.start_run), resumed exactly for init_from=resume (`checkpoint`: the one
+    train.resume_config loaded)."""
     tok = None
     if cfg.init_from == "scratch":
         if cfg.block_size < 1:
             raise ConfigError("init_from=scratch needs a block_size (the context of the new model)")
         tok = build_tokenizer("gpt2") if cfg.tokenizer == "gpt2" else load_tokenizer(train.find_dataset(cfg.tokenizer, system))
-    gpt, tok, checkpoint = train.start_model(cfg, tok, cfg.causal)
+    gpt, tok, checkpoint = train.start_model(cfg, tok, cfg.causal, checkpoint, seq2seq=cfg.task == "seq2seq")
     resume = cfg.init_from == "resume"
     if resume and checkpoint["config"].get("task") != cfg.task:
         raise ConfigError(f"{cfg.out_dir} was trained with task={checkpoint['config'].get('task')!r}, not {cfg.task!r}")
     if cfg.task == "sft" and not gpt.config.causal:
         raise ConfigError("sft teaches a model to generate, but init_from is a masked-LM encoder: start from a clm model")
     cfg.block_size = gpt.config.block_size
-    cfg.objective = "clm" if gpt.config.causal else "mlm"  # what task=lm continues; train.py's helpers read it
+    cfg.objective = "span" if gpt.config.n_decoder_layer else "clm" if gpt.config.causal else "mlm"  # train.py's helpers read it
     train.check_config(cfg, system)
     task = make_task(cfg, gpt, tok, system)
     raw_model = build_task_model(cfg, gpt, task.names, checkpoint).to(system.device)
@@ -672,7 +769,8 @@ def start_finetuning(cfg, system):
     if system.master:
         how = (f"LoRA rank {cfg.lora_rank} on {cfg.lora_targets}" if cfg.lora_rank else
                f"embeddings and first {cfg.freeze_layers} layers frozen" if cfg.freeze_layers else "full finetuning")
-        print(f"{cfg.task} from {cfg.init_from}: {'causal' if gpt.config.causal else 'encoder'} model"
+        kind = "encoder-decoder" if gpt.config.n_decoder_layer else "causal" if gpt.config.causal else "encoder"
+        print(f"{cfg.task} from {cfg.init_from}: {kind} model"
               + (f", pooling {raw_model.pool}" if cfg.task == "classify" else "")
               + f", {how}: trainable parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     run = train.start_run(cfg, system, raw_model, checkpoint if resume else None,
@@ -701,15 +799,17 @@ def evaluate_test_split(cfg, system, run, task):
 
 @script_main
 def main(argv=None):
-    cfg = configure(DEFAULTS, argv)
+    explicit = set()
+    cfg = configure(DEFAULTS, argv, explicit=explicit)
     system = train.setup_system(cfg)
     try:
+        checkpoint = train.resume_config(cfg, explicit, system) if cfg.init_from == "resume" and not cfg.predict else None
         check_config(cfg)
         train.seed_everything(cfg.seed)  # the same new weights (head, adapters) on every rank
         if cfg.predict:
             gpt, tok, checkpoint = train.start_model(cfg)
             return predict_with_checkpoint(cfg, gpt, tok, checkpoint, system)
-        run, task, tok = start_finetuning(cfg, system)
+        run, task, tok = start_finetuning(cfg, system, checkpoint)
         cpu0, t0 = time.process_time(), time.time()
         metrics = train.Trainer(cfg, system, run, task).fit()
         if system.master:

@@ -1,14 +1,16 @@
 """
-One Transformer, read top to bottom: a GPT (causal, autoregressive) or a BERT-style encoder
-(bidirectional, masked LM), with GPT-2's architecture by default and LLaMA's options
-(RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases, untied head) behind config switches.
+One Transformer, read top to bottom: a GPT (causal, autoregressive), a BERT-style encoder
+(bidirectional, masked LM) or, from the same blocks, a T5-style encoder-decoder (the encoder's stack
+read by a causal decoder through cross-attention), with GPT-2's architecture by default and LLaMA's
+options (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases, untied head) behind config switches.
 Also here: generation with a preallocated KV cache, MFU, checkpoint I/O, and Hugging Face weight I/O
 (GPT-2 and LLaMA layouts, in and out):
 
     python model.py --init_from=out-shakespeare-char --export_hf=hf-shakespeare-char
 
 References: GPT-2 (Radford et al. 2019), nanoGPT's model.py, BERT (Devlin et al. 2019),
-RoFormer (Su et al. 2021), LLaMA (Touvron et al. 2023), GQA (Ainslie et al. 2023).
+RoFormer (Su et al. 2021), LLaMA (Touvron et al. 2023), GQA (Ainslie et al. 2023), the Transformer
+(Vaswani et al. 2017) and T5 (Raffel et al. 2020) for the encoder-decoder.
 """
 
 import glob
@@ -23,13 +25,25 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch.nn import functional as F
 
 from configurator import ConfigError, NanorootsError
 from dataset import DataError, atomic_file, atomic_write_text, download
 from tokenizer import BERT_SPECIALS, EOT, hf_tokenizer_files, tokenizer_from_spec
+
+
+MAX_ROPE_TABLE = 2**27  # block_size * head_size of a RoPE model: two float32 tables of 512 MiB each at most;
+                        # LLaMA-3.1's 131,072 positions at head size 128 are 2**24
+MIN_SIZES = dict(block_size=1, vocab_size=1, n_layer=1, n_head=1, n_kv_head=1, n_embd=1, mlp_hidden=0, mlp_multiple_of=1,
+                 n_decoder_layer=0)
+CHOICES = dict(pos=("learned", "rope"), norm=("layernorm", "rmsnorm"), mlp=("gelu", "swiglu"))
+
+
+def has_type(value, kind):
+    """value is a kind (an int where a float is expected is fine; a bool is not an int here)."""
+    return isinstance(value, bool) == (kind is bool) and (isinstance(value, kind) or (kind is float and isinstance(value, int)))
 
 
 @dataclass
@@ -49,24 +63,43 @@ class GPTConfig:
     norm_eps: float = 1e-5
     mlp: str = "gelu"           # gelu (4x, GPT-2) | swiglu (LLaMA)
     mlp_hidden: int = 0         # 0 = 4*n_embd for gelu, LLaMA's rounded 8/3*n_embd for swiglu
+    qk_norm: bool = False       # RMS-normalise each head's queries and keys before attention (Dehghani et al. 2023;
+                                # modded-nanogpt, nanochat); no Hugging Face layout holds it
     mlp_multiple_of: int = 64   # swiglu hidden size is rounded up to this (LLaMA 7B uses 256)
     tie_embeddings: bool = True
     mlm_transform: bool = False  # BERT's dense + GELU + LayerNorm before the MLM output layer
+    n_decoder_layer: int = 0    # > 0: an encoder-decoder (T5): n_layer encoder blocks (causal=False), this many decoder blocks
 
     def __post_init__(self):
-        self.n_kv_head = self.n_kv_head or self.n_head
-        problems = []
+        """Every field is checked before anything is allocated: model_args come from checkpoints and config.json
+        files, which are data. Types first, then ranges, then how the sizes divide."""
+        problems = [f"{f.name}={getattr(self, f.name)!r} must be {type(f.default).__name__}" for f in fields(self)
+                    if not has_type(getattr(self, f.name), type(f.default))]
+        if not problems:
+            self.n_kv_head = self.n_kv_head or self.n_head
+            problems = [f"{k}={getattr(self, k)} must be at least {low}" for k, low in MIN_SIZES.items() if getattr(self, k) < low]
+            problems += [f"{k}={getattr(self, k)!r} is not one of {', '.join(v)}" for k, v in CHOICES.items() if getattr(self, k) not in v]
+            if not 0 <= self.dropout < 1:
+                problems.append(f"dropout={self.dropout} must be in [0, 1)")
+            if self.rope_theta <= 0 or self.norm_eps <= 0:
+                problems.append(f"rope_theta={self.rope_theta} and norm_eps={self.norm_eps} must be positive")
+        if problems:
+            raise ConfigError("bad model config: " + "; ".join(problems))
         if self.n_embd % self.n_head:
             problems.append(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if self.n_head % self.n_kv_head:
+        elif self.n_head % self.n_kv_head:
             problems.append(f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}")
-        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
-            problems.append(f"rope needs an even head size, got n_embd/n_head={self.n_embd // self.n_head}")
-        for key, allowed in (("pos", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "swiglu"))):
-            if getattr(self, key) not in allowed:
-                problems.append(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        elif self.pos == "rope" and self.head_size % 2:
+            problems.append(f"rope needs an even head size, got n_embd/n_head={self.head_size}")
+        elif self.pos == "rope" and self.block_size * self.head_size > MAX_ROPE_TABLE:
+            # no weight pins a RoPE model's block_size, so it is bounded: the cos/sin tables stay under 1 GiB
+            problems.append(f"block_size={self.block_size} is too long for RoPE tables of head size {self.head_size} "
+                            f"(at most {MAX_ROPE_TABLE // self.head_size:,} positions)")
+        if self.n_decoder_layer and self.causal:
+            problems.append(f"n_decoder_layer={self.n_decoder_layer} makes an encoder-decoder, whose encoder reads "
+                            f"its whole input: set causal=False")
         if problems:
-            raise ValueError("bad model config: " + "; ".join(problems))
+            raise ConfigError("bad model config: " + "; ".join(problems))
 
     @property
     def padded_vocab_size(self):  # a multiple of 64 keeps the output matmul on fast kernels
@@ -87,6 +120,8 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise ConfigError(f"model_args must be a dict of GPTConfig fields, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -127,21 +162,30 @@ class KVCache:
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention; with cross=True, cross-attention: the queries come from x, the keys and
+    values from the encoder's output (memory_kv), as in the original Transformer's decoder."""
 
-    def __init__(self, config):
+    def __init__(self, config, causal=None, cross=False):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, config.head_size
-        self.causal = config.causal
-        # query, key and value projections in one matmul: n_head + 2 * n_kv_head heads
-        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_size, bias=config.bias)
+        self.causal = config.causal if causal is None else causal
+        self.qk_norm = config.qk_norm
+        # query, key and value projections in one matmul: n_head + 2 * n_kv_head heads. Cross-attention
+        # projects only its queries here, and the encoder's output to keys and values in c_kv.
+        kv_heads = 0 if cross else 2 * config.n_kv_head
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + kv_heads) * config.head_size, bias=config.bias)
+        if cross:
+            self.c_kv = nn.Linear(config.n_embd, 2 * config.n_kv_head * config.head_size, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.capture = False    # set by GPT.attention_maps: also compute and keep the probabilities
         self.attn_probs = None  # (B, nh, T, T_keys) after a capturing forward
 
-    def forward(self, x, rope=None, padding_mask=None, cache=None, pos=0):
+    def forward(self, x, rope=None, padding_mask=None, cache=None, pos=0, memory=None):
         B, T, C = x.size()
+        if memory is not None:
+            return self.cross_attention(x, memory, padding_mask)
         q, k, v = self.c_attn(x).split([C, self.n_kv_head * self.head_size, self.n_kv_head * self.head_size], dim=2)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)     # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2)  # (B, nkv, T, hs)
@@ -149,17 +193,39 @@ class Attention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.qk_norm:  # bounded attention logits: a higher learning rate stays stable
+            q, k = F.rms_norm(q, (self.head_size,)), F.rms_norm(k, (self.head_size,))
         if cache is not None:
             k, v = cache.update(pos, k, v)  # (B, nkv, pos+T, hs)
         mask, is_causal = self.attention_mask(T, k.size(2), pos, padding_mask, x.device)
-        if self.capture:
-            y = self.attention_with_probs(q, k, v, mask, is_causal)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                               dropout_p=self.dropout if self.training else 0.0,
-                                               enable_gqa=self.n_kv_head != self.n_head)
+        y = self.attend(q, k, v, mask, is_causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
+
+    def memory_kv(self, memory):
+        """Cross-attention's keys and values, each (B, nkv, S, hs), from the encoder's output memory (B, S, C):
+        computed once per input, then read by every decoding step (the cross-attention cache)."""
+        B, S, _ = memory.size()
+        k, v = self.c_kv(memory).view(B, S, 2 * self.n_kv_head, self.head_size).transpose(1, 2).chunk(2, dim=1)
+        return k, v
+
+    def cross_attention(self, x, memory, padding_mask):
+        """x (B, T, C) attends to memory = memory_kv(encoder output); padding_mask (B, S) is True at the
+        encoder's real tokens. No causal mask and no RoPE: every output position may read the whole input."""
+        B, T, C = x.size()
+        q = self.c_attn(x).view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = memory
+        mask, _ = self.attention_mask(T, k.size(2), 0, padding_mask, x.device)
+        y = self.attend(q, k, v, mask, False).transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def attend(self, q, k, v, mask, is_causal):
+        """softmax(q k^T / sqrt(hs)) v with SDPA's fused kernels, or written out when capturing the probabilities."""
+        if self.capture:
+            return self.attention_with_probs(q, k, v, mask, is_causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                              dropout_p=self.dropout if self.training else 0.0,
+                                              enable_gqa=self.n_kv_head != self.n_head)
 
     def attention_mask(self, T, T_keys, pos, padding_mask, device):
         """(mask, is_causal) for SDPA. Queries are positions pos..pos+T-1, keys 0..T_keys-1.
@@ -224,6 +290,22 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class DecoderBlock(nn.Module):
+    """A causal Block with cross-attention to the encoder between its self-attention and its MLP
+    (Vaswani et al. 2017, Fig. 1; pre-norm as our Block): x + attn, then x + cross_attn, then x + mlp."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1, self.attn = make_norm(config), Attention(config, causal=True)
+        self.ln_x, self.cross_attn = make_norm(config), Attention(config, causal=False, cross=True)
+        self.ln_2, self.mlp = make_norm(config), MLP(config)
+
+    def forward(self, x, memory, rope=None, memory_mask=None, cache=None, pos=0):
+        x = x + self.attn(self.ln_1(x), rope, None, cache, pos)
+        x = x + self.cross_attn(self.ln_x(x), padding_mask=memory_mask, memory=memory)
+        return x + self.mlp(self.ln_2(x))
+
+
 class GPT(nn.Module):
 
     def __init__(self, config):
@@ -238,20 +320,11 @@ class GPT(nn.Module):
         ))
         if config.pos == "learned":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        else:
-            cos, sin = rope_tables(config.head_size, config.block_size, config.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
         if config.mlm_transform:  # BERT's prediction-head transform (Devlin et al. 2019, App. A)
             self.mlm_transform = nn.Sequential(nn.Linear(config.n_embd, config.n_embd), nn.GELU(approximate="tanh"),
                                                nn.LayerNorm(config.n_embd, eps=config.norm_eps))
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        # the padding columns of the output (a multiple of 64 runs its matmul on faster kernels) are no
-        # tokens: a -inf bias there gives them no probability, so the loss is over the real vocabulary,
-        # at no cost (the add is fused into the matmul; slicing first would copy the logits)
-        n_pad = config.padded_vocab_size - config.vocab_size
-        self.register_buffer("vocab_bias", torch.cat([torch.zeros(config.vocab_size), torch.full((n_pad,), float("-inf"))]),
-                             persistent=False)
+        self.make_buffers()
         if config.tie_embeddings:  # one matrix reads tokens in and writes them out (Press & Wolf 2017)
             self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -259,6 +332,20 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def make_buffers(self):
+        """The buffers computed from the config, which checkpoints do not hold: RoPE's tables, and the
+        output's padding bias. The padding columns of the output (a multiple of 64 runs its matmul on
+        faster kernels) are no tokens: a -inf bias there gives them no probability, so the loss is over
+        the real vocabulary, at no cost (the add is fused into the matmul; slicing first would copy)."""
+        c = self.config
+        if c.pos == "rope":
+            cos, sin = rope_tables(c.head_size, c.block_size, c.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        n_pad = c.padded_vocab_size - c.vocab_size
+        self.register_buffer("vocab_bias", torch.cat([torch.zeros(c.vocab_size), torch.full((n_pad,), float("-inf"))]),
+                             persistent=False)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -285,7 +372,7 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.pos == "learned":
-            x = x + self.transformer.wpe(torch.arange(pos, pos + T, device=idx.device))
+            x = x + self.transformer.wpe.weight[pos:pos + T]  # positions pos..pos+T-1: a slice, no index tensor
         else:
             rope = (self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T])
         x = self.transformer.drop(x)
@@ -363,7 +450,8 @@ class GPT(nn.Module):
     # --- training helpers -------------------------------------------------------------------------
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW; only matrices (>= 2-D: Linear weights, embeddings) are decayed, not biases or norms."""
+        """AdamW; only matrices (>= 2-D: Linear weights, embeddings) are decayed, not biases or norms.
+        (optim.make_optimizer builds this, or Muon for the blocks' matrices with AdamW for the rest.)"""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -398,37 +486,48 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        stop_token=None, use_kv_cache=True, generator=None, suppress_tokens=()):
+                        stop_token=None, use_kv_cache=True, generator=None, suppress_tokens=(), logits_processor=None):
         """
         Yield the next token of every sequence, a (B,) tensor per step. With the KV cache: one
         forward over the prompt (prefill), then one token at a time, each step attending to the
         cached keys and values. Without it: the whole (cropped) context again at every step.
         Sequences that emitted stop_token keep emitting it; generation ends when all have.
         suppress_tokens are never sampled (e.g. [MASK], which only an encoder's input contains).
+        logits_processor(seq (B, T), logits (B, V)) -> logits, if given, sees each step's logits before
+        sampling, with the sequences so far, and may mask them (e.g. safety.FlaggedWordFilter).
         """
         if not self.config.causal:
             raise ValueError("this is a masked-LM encoder; it fills [MASK] tokens instead of generating text")
         block = self.config.block_size
-        seq = idx if idx.size(1) <= block else idx[:, -block:]
+        prompt = idx if idx.size(1) <= block else idx[:, -block:]
+        # every token of the run in one preallocated buffer: a step writes one column, no copies
+        seq = torch.empty(idx.size(0), prompt.size(1) + max_new_tokens, dtype=idx.dtype, device=idx.device)
+        seq[:, :prompt.size(1)] = prompt
+        n = prompt.size(1)  # tokens in seq so far
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        suppress = torch.tensor(list(suppress_tokens), dtype=torch.long, device=idx.device) if suppress_tokens else None
         caches, pos = None, 0
         for _ in range(max_new_tokens):
             if not use_kv_cache:
-                logits = self.next_token_logits(seq[:, -block:])
+                logits = self.next_token_logits(seq[:, max(0, n - block):n])
             elif caches is None or pos == block:  # prefill, or the cache is full: restart from the recent half
-                context = seq if caches is None else seq[:, -(block // 2):]
-                caches = self.new_caches(seq.size(0), block)
+                context = seq[:, :n] if caches is None else seq[:, n - block // 2:n]
+                # no longer than this generation can get: a checkpoint's block_size does not decide our memory
+                caches = self.new_caches(seq.size(0), min(block, context.size(1) + max_new_tokens))
                 logits, pos = self.next_token_logits(context, caches, 0), context.size(1)
             else:
-                logits = self.next_token_logits(seq[:, -1:], caches, pos)
+                logits = self.next_token_logits(seq[:, n - 1:n], caches, pos)
                 pos += 1
-            if suppress_tokens:
-                logits[:, list(suppress_tokens)] = float("-inf")
+            if suppress is not None:
+                logits.index_fill_(1, suppress, float("-inf"))
+            if logits_processor is not None:  # the sequences so far: seq is preallocated to the end
+                logits = logits_processor(seq[:, :n], logits)
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             if stop_token is not None:
                 nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
                 done |= nxt == stop_token
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            seq[:, n] = nxt
+            n += 1
             yield nxt
             if stop_token is not None and bool(done.all()):
                 return
@@ -483,7 +582,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
-    if top_k:
+    if top_k and top_k < logits.size(-1):  # top_k >= vocabulary keeps every token: skip the sort
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
@@ -498,8 +597,154 @@ def top_p_filter(logits, top_p):
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
     cum = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
     drop_sorted = cum - F.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already enough
+    drop_sorted[..., 0] = False  # the most likely token always stays (top_p=0 is greedy, not an empty set)
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
+
+
+# -----------------------------------------------------------------------------
+# the third family: an encoder-decoder (T5, BART; the original Transformer's shape)
+
+class EncoderDecoder(GPT):
+    """
+    GPT's stack with bidirectional attention (causal=False) reads the input: the encoder is `transformer`,
+    built and run by GPT exactly as a masked-LM encoder is. A causal stack of DecoderBlocks (`decoder`)
+    writes the output one token at a time, each block also attending to the encoder's final states
+    (Vaswani et al. 2017; Raffel et al. 2020). One token embedding serves both stacks and, tied, the
+    output layer. Positions as config.pos says: a learned table per stack, or RoPE in both
+    self-attentions (cross-attention compares content only, as T5's does).
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.decoder = nn.ModuleDict(dict(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([DecoderBlock(config) for _ in range(config.n_decoder_layer)]),
+            ln_f=make_norm(config),
+        ))
+        if config.pos == "learned":
+            self.decoder["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        self.decoder.apply(self._init_weights)
+        # GPT-2's residual scaling (see GPT) for a stack whose blocks add three branches each
+        for name, p in self.decoder.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(3 * config.n_decoder_layer))
+
+    def get_num_params(self, non_embedding=True):
+        n = super().get_num_params(non_embedding)
+        return n - self.decoder.wpe.weight.numel() if non_embedding and "wpe" in self.decoder else n
+
+    def encode(self, idx, padding_mask=None):
+        """The encoder's reading of idx (B, S) as every decoder block's cross-attention keys and values: a
+        list of (k, v), computed once per input however many tokens the decoder then writes."""
+        h = self.hidden_states(idx, padding_mask)  # GPT's stack, bidirectional
+        return [block.cross_attn.memory_kv(h) for block in self.decoder.h]
+
+    def decoder_hidden_states(self, idx, memory, memory_mask=None, caches=None, pos=0):
+        """The decoder's final-norm hidden states (B, T, C) for its input ids idx (B, T) at positions
+        pos..pos+T-1, reading memory = encode(input), whose real tokens memory_mask (B, S) marks."""
+        B, T = idx.size()
+        if pos + T > self.config.block_size:
+            raise ValueError(f"output of {pos + T} tokens is longer than block_size={self.config.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos == "learned":
+            x = x + self.decoder.wpe(torch.arange(pos, pos + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T])
+        x = self.decoder.drop(x)
+        for i, block in enumerate(self.decoder.h):
+            if self.grad_checkpoint and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, memory[i], rope, memory_mask, use_reentrant=False)
+            else:
+                x = block(x, memory[i], rope, memory_mask, caches[i] if caches is not None else None, pos)
+        return self.decoder.ln_f(x)
+
+    def forward(self, idx, decoder_idx, targets=None, padding_mask=None):
+        """
+        Logits (B, T, V) of the decoder reading decoder_idx (B, T) (the output so far: a start token, then
+        the target shifted right) while attending to the input idx (B, S), whose real tokens padding_mask
+        marks. With targets (B, T), -100 where there is nothing to predict: (logits, mean cross-entropy).
+        """
+        h = self.decoder_hidden_states(decoder_idx, self.encode(idx, padding_mask), padding_mask)
+        if targets is None:
+            return self.head(h), None
+        logits = self.head(h, padded=True)  # as GPT.forward: the padding columns are -inf, the loss ignores them
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+        return logits[..., :self.config.vocab_size], loss
+
+    def crop_block_size(self, block_size):
+        super().crop_block_size(block_size)
+        if "wpe" in self.decoder:
+            self.decoder.wpe.weight = nn.Parameter(self.decoder.wpe.weight[:block_size])
+
+    @torch.no_grad()
+    def cross_attention_maps(self, idx, decoder_idx, padding_mask=None):
+        """Cross-attention probabilities of every decoder block, a list of (B, nh, T, S): how each output
+        token (row) spreads its attention over the input tokens (columns), from one forward pass."""
+        attns = [b.cross_attn for b in self.decoder.h]
+        for a in attns:
+            a.capture = True
+        try:
+            self(idx, decoder_idx, padding_mask=padding_mask)
+            return [a.attn_probs for a in attns]
+        finally:
+            for a in attns:
+                a.capture, a.attn_probs = False, None
+
+    # --- generation: the encoder once, then the decoder as a GPT generates ------------------------
+
+    def new_caches(self, batch_size, max_len, dtype=None):
+        """Self-attention caches for the decoder's blocks (the encoder runs once and keeps none)."""
+        c, w = self.config, self.lm_head.weight
+        return [KVCache(batch_size, c.n_kv_head, max_len, c.head_size, dtype or w.dtype, w.device)
+                for _ in range(c.n_decoder_layer)]
+
+    @torch.no_grad()
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
+                        use_kv_cache=True, generator=None, suppress_tokens=(), decoder_idx=None, padding_mask=None,
+                        logits_processor=None):
+        """
+        Yield the next output token of every sequence, a (B,) tensor per step, for the inputs idx (B, S)
+        (padding_mask marks their real tokens). The encoder runs once and every decoder block's
+        cross-attention keys and values are computed once; the decoder starts from decoder_idx (B, T),
+        at least the start token, and runs as GPT.generate_tokens does: with the KV cache one forward
+        over decoder_idx, then one token at a time; without it, the whole output again at every step.
+        The options are GPT.generate_tokens'; the output ends where the decoder's context (block_size) does.
+        """
+        if decoder_idx is None:
+            raise ValueError("an encoder-decoder generates from decoder_idx, the output's start token(s)")
+        memory = self.encode(idx, padding_mask)
+        seq, pos = decoder_idx, 0
+        caches = self.new_caches(idx.size(0), self.config.block_size) if use_kv_cache else None
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        for _ in range(min(max_new_tokens, self.config.block_size - seq.size(1) + 1)):
+            h = self.decoder_hidden_states(seq[:, pos:], memory, padding_mask, caches, pos)
+            pos = seq.size(1) if use_kv_cache else 0
+            logits = self.head(h[:, -1]).float()
+            if suppress_tokens:
+                logits[:, list(suppress_tokens)] = float("-inf")
+            if logits_processor is not None:  # sees the output so far, as in GPT.generate_tokens
+                logits = logits_processor(seq, logits)
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            if stop_token is not None:
+                nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
+                done |= nxt == stop_token
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            yield nxt
+            if stop_token is not None and bool(done.all()):
+                return
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, decoder_idx=None, **kwargs):
+        """decoder_idx (B, T) followed by up to max_new_tokens generated tokens, (B, T + n)."""
+        new = list(self.generate_tokens(idx, max_new_tokens, decoder_idx=decoder_idx, **kwargs))
+        return torch.cat([decoder_idx] + [t[:, None] for t in new], dim=1)
+
+
+def build_model(config):
+    """The model a config describes: an EncoderDecoder when it has decoder layers, else a GPT (causal or encoder)."""
+    return EncoderDecoder(config) if config.n_decoder_layer else GPT(config)
 
 
 # -----------------------------------------------------------------------------
@@ -573,7 +818,7 @@ def load_checkpoint(path, map_location="cpu"):
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}; train one first, or check --out_dir/--init_from")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"refusing to load {path}: it holds Python objects, not plain tensors and values, "
                               f"so loading it could run code ({str(e).splitlines()[0][:120]}). "
@@ -583,15 +828,87 @@ def load_checkpoint(path, map_location="cpu"):
         good = next((p for p in others if _loads_cleanly(p)), None)
         hint = f"the last good checkpoint is {good}" if good else "no other checkpoint was found in that folder"
         raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}); {hint}") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict; check --out_dir/--init_from")
+    checkpoint["source"] = path  # named in the errors of the checks that follow
+    return checkpoint
 
 
 def model_from_checkpoint(checkpoint, device="cpu"):
-    """Rebuild the GPT a checkpoint was saved from, with its weights."""
-    model = GPT(GPTConfig.from_dict(checkpoint["model_args"]))
-    missing, unexpected = model.load_state_dict(clean_state_dict(checkpoint["model"]), strict=False)
-    if unexpected or [k for k in missing if not k.endswith("lm_head.weight") or not model.config.tie_embeddings]:
-        raise CheckpointError(f"checkpoint does not match its model_args: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    """Rebuild the model (GPT or EncoderDecoder) a checkpoint was saved from, with its weights. Its model_args are data: they are
+    checked against the tensors it really holds before the model is allocated."""
+    where = checkpoint.get("source", "the checkpoint") if isinstance(checkpoint, dict) else "the checkpoint"
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) or "model_args" not in checkpoint:
+        raise CheckpointError(f"{where} has no model weights and model_args: it is not a nanoroots checkpoint")
+    try:
+        config = GPTConfig.from_dict(checkpoint["model_args"])
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    state = clean_state_dict(checkpoint["model"])
+    check_weights_fit(config, state, where)
+    model = build_model(config)
+    model.load_state_dict(state, strict=False)  # check_weights_fit made sure every tensor is there, bar a tied head
     return model.to(device)
+
+
+def state_shapes(c):
+    """
+    {name: shape} of every tensor in build_model(c).state_dict(), from the config alone: what a model of config c
+    would allocate, known before anything is. (Building GPT(c) on the meta device gives the same, which
+    tests/test_model.py checks, but costs seconds the first time: torch loads its compiler stack for
+    random init and arange on meta tensors.)
+    """
+    C, H = c.n_embd, c.hidden_size
+    norm_bias = c.norm == "layernorm" and c.bias
+
+    def linear(name, n_out, n_in, bias=c.bias):
+        return {f"{name}.weight": torch.Size([n_out, n_in])} | ({f"{name}.bias": torch.Size([n_out])} if bias else {})
+
+    def norm(name):
+        return {f"{name}.weight": torch.Size([C])} | ({f"{name}.bias": torch.Size([C])} if norm_bias else {})
+
+    def block(p, cross=False):  # a Block, or a DecoderBlock with its cross-attention
+        shapes = (norm(p + "ln_1") | linear(p + "attn.c_attn", (c.n_head + 2 * c.n_kv_head) * c.head_size, C)
+                  | linear(p + "attn.c_proj", C, C) | norm(p + "ln_2")
+                  | linear(p + "mlp.c_fc", 2 * H if c.mlp == "swiglu" else H, C) | linear(p + "mlp.c_proj", C, H))
+        if cross:
+            shapes |= (norm(p + "ln_x") | linear(p + "cross_attn.c_attn", c.n_head * c.head_size, C)
+                       | linear(p + "cross_attn.c_kv", 2 * c.n_kv_head * c.head_size, C) | linear(p + "cross_attn.c_proj", C, C))
+        return shapes
+
+    shapes = {"transformer.wte.weight": torch.Size([c.padded_vocab_size, C])}
+    for stack, n_blocks in (("transformer", c.n_layer), ("decoder", c.n_decoder_layer)):
+        if n_blocks and c.pos == "learned":
+            shapes[f"{stack}.wpe.weight"] = torch.Size([c.block_size, C])
+        for i in range(n_blocks):
+            shapes |= block(f"{stack}.h.{i}.", cross=stack == "decoder")
+        shapes |= norm(f"{stack}.ln_f") if n_blocks else {}
+    if c.mlm_transform:
+        shapes |= linear("mlm_transform.0", C, C, True) | {"mlm_transform.2.weight": torch.Size([C]), "mlm_transform.2.bias": torch.Size([C])}
+    return shapes | {"lm_head.weight": torch.Size([c.padded_vocab_size, C])}
+
+
+def check_weights_fit(config, state, where):
+    """
+    Before anything is allocated: the tensors a model of `config` has (state_shapes) are the tensors of
+    `state`, by name and shape; a tied output layer may be left out. The layer count is compared first,
+    so a config that claims a million layers is refused without listing them.
+    """
+    for stack, key in (("transformer", "n_layer"), ("decoder", "n_decoder_layer")):
+        layers = {int(m.group(1)) for k in state if (m := re.match(rf"{stack}\.h\.(\d+)\.", k))}
+        if layers != set(range(getattr(config, key))):
+            raise CheckpointError(f"{where} says {key}={getattr(config, key)} but its weights hold {len(layers)} layers: "
+                                  f"its model_args do not describe its weights")
+    expected = state_shapes(config)
+    if config.tie_embeddings and "lm_head.weight" not in state:
+        expected.pop("lm_head.weight")
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [(k, tuple(getattr(state[k], "shape", ())), tuple(expected[k])) for k in expected if k in state
+             and (not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k])]
+    if missing or unexpected or wrong:
+        shown = (f"{wrong[0][0]} has shape {wrong[0][1]}, model_args imply {wrong[0][2]}" if wrong else
+                 f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise CheckpointError(f"{where} does not match its model_args ({shown}): the file is corrupt or was edited")
 
 
 def checkpoint_tokenizer(checkpoint, source):
@@ -644,12 +961,33 @@ def download_gpt2(name):
     cache = os.environ.get("NANOROOTS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "nanoroots")
     folder = os.path.join(cache, "hf", name)
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    checks = {"config.json": json_problem, "model.safetensors": safetensors_problem}
     for file in ("config.json", "model.safetensors"):
-        try:
-            download(f"{endpoint}/{name}/resolve/main/{file}", os.path.join(folder, file), HUB_SHA256.get(f"{name}/{file}"))
+        try:  # a cached file that does not parse (a transfer cut short by an older version) is fetched again
+            download(f"{endpoint}/{name}/resolve/main/{file}", os.path.join(folder, file), HUB_SHA256.get(f"{name}/{file}"),
+                     check=checks[file])
         except DataError as e:
             raise CheckpointError(f"{name}: {e}") from None
     return folder
+
+
+def json_problem(path):
+    """Why the file at path is not a JSON object, or None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        return f"it is not valid JSON ({e})"
+    return None if isinstance(value, dict) else f"it holds a JSON {type(value).__name__}, not an object"
+
+
+def safetensors_problem(path):
+    """Why the file at path is not a whole safetensors file (its header covers the file exactly), or None."""
+    try:
+        with safe_open(path, "pt"):
+            return None
+    except (SafetensorError, OSError) as e:
+        return f"it is not a whole safetensors file ({e})"
 
 
 def hf_tensor_names(c, layout):
@@ -741,6 +1079,12 @@ def megatron_identity_head(c):
 def hf_layout(c):
     """The Hugging Face architecture that computes what config c does: 'gpt2' or 'llama' for a GPT,
     'megatron-bert' for an encoder (exact with mlm_transform, else see HEAD_SCALE)."""
+    if c.qk_norm:
+        raise ValueError("no Hugging Face layout holds a model with qk_norm=True (GPT-2, LLaMA and Megatron-BERT "
+                         "have no QK-norm); train with qk_norm=False to export")
+    if c.n_decoder_layer:  # its encoder alone would pass as MegatronBERT below, without the decoder
+        raise ValueError("an encoder-decoder has no Hugging Face export yet (T5's layout is not written); "
+                         "use its checkpoint with sample.py and finetune.py")
     arch = (c.pos, c.norm, c.mlp)
     gpt2_blocks = arch == ("learned", "layernorm", "gelu") and c.n_kv_head == c.n_head
     if c.causal and gpt2_blocks:
@@ -851,8 +1195,7 @@ def read_hf_tensors(folder):
         if os.path.isfile(os.path.join(folder, weights)):
             files = [os.path.join(folder, weights)]
         elif os.path.isfile(index):
-            with open(index, encoding="utf-8") as f:
-                files = [os.path.join(folder, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+            files = shard_files(folder, index)
         else:
             continue
         tensors = {}
@@ -865,6 +1208,22 @@ def read_hf_tensors(folder):
                                       f"{str(e).splitlines()[0][:120]}); download it again") from None
         return tensors
     raise CheckpointError(f"{folder} has a config.json but no model.safetensors or pytorch_model.bin (or their .index.json)")
+
+
+def shard_files(folder, index):
+    """The weight files an .index.json names, each a plain file name inside `folder`: names are data, and one
+    such as ../../etc/passwd or /etc/passwd must not make us open a file elsewhere. (Symlinks in the folder
+    are followed: the Hugging Face cache links every file of a snapshot to its blobs/ folder.)"""
+    try:
+        with open(index, encoding="utf-8") as f:
+            names = sorted(set(json.load(f)["weight_map"].values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index} is not a valid weight index ({type(e).__name__}: {e}); download it again") from None
+    for name in names:
+        if not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name or "\\" in name:
+            raise CheckpointError(f"{index} names the weight file {name!r}, which is not a file in {folder}; "
+                                  f"refusing to read outside the folder")
+    return [os.path.join(folder, name) for name in names]
 
 
 def read_megatron_extras(tensors, state, config, folder):
@@ -900,16 +1259,18 @@ def read_hf_folder(folder):
         raise CheckpointError(f"{path} has no {e} field; it is incomplete, download it again") from None
     try:
         config = GPTConfig.from_dict(args)
-    except ValueError as e:
+    except ConfigError as e:
         raise CheckpointError(f"{folder}/config.json: {e}") from None
     tensors = read_hf_tensors(folder)
+    layers = {int(m.group(1)) for k in tensors if (m := re.search(r"(?:^|\.)(?:h|layers|layer)\.(\d+)\.", k))}
+    if layers != set(range(config.n_layer)):  # before the names and shapes of n_layer layers are built
+        raise CheckpointError(f"{folder}/config.json says {config.n_layer} layers but the weights hold {len(layers)}: "
+                              f"the weights and the config do not match")
     if layout == "gpt2":  # GPT2Model's files (the original gpt2 ones) lack GPT2LMHeadModel's "transformer." prefix
         tensors = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in tensors.items()}
     # GPT-2 and MegatronBERT files have biases whatever the model has
     file_config = GPTConfig.from_dict(args | {"bias": True}) if layout in ("gpt2", "megatron-bert") else config
-    with torch.device("meta"):  # the shape of every tensor, without allocating or initialising any
-        shapes = {k: v.shape for k, v in GPT(file_config).state_dict().items()}
-        our_names = set(GPT(config).state_dict())
+    shapes, our_names = state_shapes(file_config), set(state_shapes(config))  # without allocating anything
     state = {}
     for ours, theirs, transposed, _ in hf_tensor_names(config, layout):
         missing = [n for n in theirs if n not in tensors]

@@ -21,38 +21,56 @@ Curation follows ROOTS (curate.py), every stage on unless switched off:
     read -> html (main text of web pages) -> clean -> lang (py3langid or fastText) -> quality filters
     (+ perplexity) -> exact dedup -> MinHash near-dedup -> PII redaction -> tokenize + write -> report.md /
     report.json / removed.jsonl.gz
-Pass 1 streams each rank's share of the documents (index % world == rank) through the per-document stages
-and stages the survivors in data/<name>/. The ranks send their dedup hashes (never text) to rank 0, which
-decides duplicates for the whole corpus, reads the staged documents back in input order, fits the
-tokenizer and writes the bins: N ranks write byte-for-byte what one writes. Memory stays flat except for
-the dedup index (~130 bytes per document). Outputs are written to temporary names and renamed at the end,
-so an interrupted run leaves the previous outputs intact.
+Each input source is cut, in order, into shards of shard_mb MB. Under torchrun, given at least as many local
+files as ranks (--input=a.jsonl.gz,b.jsonl.gz,...), each rank reads only its own files; otherwise every rank
+reads the whole input and takes every world-th shard. Pass 1: every rank streams its shards through the
+per-document stages, stages the survivors in data/<name>/.scratch/ and writes their dedup keys to disk. The
+duplicates are decided from the keys alone, partitioned by key over the ranks (dedup.py): no text crosses
+ranks, and no rank holds more than its share. The tokenizer is fitted once (a BPE on rank 0, from a sample
+drawn across ranks). Pass 2: every rank tokenizes and writes its own shards
+(train-00000.bin, val-00000.bin, ...); rank 0 renames them into place and writes meta.json last, listing them.
+The shards depend on the input alone, so N ranks write byte-for-byte what one writes. A curated document's
+index is its source's place in --input * 10**12 + its place in the source; its split (train or val) is
+decided by that index. Memory stays flat: no stage holds the corpus.
+Outputs are written to temporary names and renamed at the end, so an interrupted run leaves the previous
+outputs intact. Without curation (--curate=False), one process writes train.bin and val.bin in one stream.
 """
 
 import codecs
 import contextlib
-import datetime
 import errno
+import functools
 import gzip
 import heapq
+import io
 import itertools
 import json
 import os
 import re
+import shutil
+import stat
 import tempfile
 import time
+import uuid
+import zlib
 from collections import Counter
+from types import SimpleNamespace
 
+import numpy as np
 import torch.distributed as dist
 from tqdm import tqdm
 
 from configurator import configure, script_main
-from curate import (SNIPPET, curate_shard, decide_duplicates, need, normalize_for_perplexity, peak_rss_mb,
+from corpora import CRAWL_FILES, decode_utf8, english_input, read_instructions
+from curate import (DOC_BASE, SNIPPET, Tally, curate_shard, need, normalize_for_perplexity, peak_rss_mb,
                     perplexity_settings, wanted_languages)
+from dedup import (Cursor, all_gather, broadcast, decide_duplicates, document_owner, gather, init_distributed,
+                   staged_records)
 from report import build_report, write_report
-from dataset import (DATA_ROOT, HERE, SHARED_DATA, BinWriter, DataError, atomic_gzip_text, dataset_dir, download,
-                     in_val_split, stable_hash, write_meta)
-from tokenizer import EOT, build_tokenizer, load_tokenizer
+from dataset import (DATA_ROOT, HERE, SHARED_DATA, BinWriter, DataError, commit_shards, concatenate, dataset_dir, download,
+                     download_path, in_val_split, list_shards, remove_download, remove_stale_bins, stable_hash,
+                     token_dtype, write_meta)
+from tokenizer import EOT, build_tokenizer, load_tokenizer, tokenizer_from_spec
 
 DEFAULTS = dict(
     # what to read
@@ -72,7 +90,7 @@ DEFAULTS = dict(
     tokenizer_train_bytes=20_000_000,  # bpe: train on a sample of this many bytes of the train split (0 = all of it)
     val_fraction=0.1,       # share of documents (or of the one document's tokens) kept for validation
     seed=1337,              # seeds the train/val split
-    max_tokens=0,           # stop after writing this many tokens (0 = no cap)
+    max_tokens=0,           # stop after writing this many tokens (0 = no cap; curated runs keep whole shards)
     keep_downloads=True,    # False: delete each downloaded shard once it is read (big corpora)
     # curation, ROOTS-style (see the README's "Data curation"); every stage is on unless switched off
     curate=True,            # False: read and tokenize only (the bundled recipes)
@@ -96,6 +114,9 @@ DEFAULTS = dict(
     pii=True,               # redact e-mails, IP addresses, @users and keys to PI:<KIND>
     pii_phone=False,        # also phone numbers (off: ROOTS disabled them for false positives)
     keep_text=False,        # also write clean.jsonl.gz with the kept documents
+    # scale: curated output is written in shards, each rank writing its own; dedup keys are partitioned over ranks
+    shard_mb=64.0,          # MB of input per shard (train-NNNNN.bin, val-NNNNN.bin): the unit of work a rank takes
+    dedup_memory_mb=256.0,  # dedup keys a rank holds in memory; past it they spill to sorted runs on disk
 )
 # Built-in recipes: overrides applied to keys the user left at their defaults. A callable value is
 # called with the config, after the keys before it are set.
@@ -127,26 +148,6 @@ def tang_poems_input(cfg):
     if os.path.isdir(TANG_POEMS_DIR):
         return [os.path.join(TANG_POEMS_DIR, f) for f in TANG_POEMS_SHA256]
     return [TANG_POEMS_URL + f for f in TANG_POEMS_SHA256]
-
-
-CRAWL_FILES = [os.path.join(SHARED_DATA, "web_crawl_sample", f) for f in (
-    "CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz", "dolma_ccnet_head/cc_en_head-0091.jsonl",
-    "dolma_ccnet_head/cc_en_head-0174.jsonl")]
-ALPACA_EN = os.path.join(SHARED_DATA, "instruction_tuning", "alpaca_en_demo.json")
-# finetune.py's sft holds out the records in_val_split(i, val_fraction=0.05, seed) picks; the `english`
-# recipe leaves out the ones held out under these seeds (the config default and the next two), so an
-# sft run with any of them is scored on instructions its pretrained model never read
-SFT_HELD_OUT = dict(val_fraction=0.05, seeds=(1337, 1338, 1339))
-
-
-def english_input(cfg):
-    """The `english` recipe's sources; the curated crawl must have been prepared first."""
-    crawl = os.path.join(cfg.data_root, "crawl_en", "clean.jsonl.gz")
-    if not os.path.exists(crawl):
-        raise DataError(f"{crawl} not found: run `python prepare.py crawl_en` first (the curated English crawl)")
-    return [f"labelled:{SHARED_DATA}/sst2/stsa.binary.train", f"labelled:{SHARED_DATA}/trec/TREC.train",
-            f"{SHARED_DATA}/clean_text_sample/c4_demo.jsonl", f"lines:{SHARED_DATA}/clean_text_sample/wiki_demo.txt",
-            f"instructions:{ALPACA_EN}", crawl]
 
 
 def known_sha256(url):
@@ -184,17 +185,6 @@ RECIPES = {
 
 # -----------------------------------------------------------------------------
 # reading documents: each reader yields plain strings; `stats` counts what was skipped or repaired
-
-def _decode(raw, stats):
-    """UTF-8 with invalid bytes replaced by U+FFFD, and counted."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        stats["invalid_utf8_docs"] += 1
-        stats["invalid_utf8_chars"] += text.count("\ufffd") - raw.count("\ufffd".encode())
-        return text
-
 
 SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -246,7 +236,7 @@ def read_jsonl(path, stats, text_field, max_doc_bytes):
             if not line.strip():
                 continue
             try:
-                record = json.loads(_decode(line, stats))
+                record = json.loads(decode_utf8(line, stats))
             except json.JSONDecodeError:
                 stats["skipped_bad_json"] += 1
                 continue
@@ -271,7 +261,7 @@ def read_json_array(path, stats, text_field, max_doc_bytes):
         raise DataError(f"{path} is over max_doc_mb as one JSON array; convert it to .jsonl (one record per line)")
     with open(path, "rb") as f:
         try:
-            records = json.loads(_decode(f.read(), stats))
+            records = json.loads(decode_utf8(f.read(), stats))
         except json.JSONDecodeError as e:
             raise DataError(f"{path} is not valid JSON ({e}); give a JSON array of records, or .jsonl") from None
     if not isinstance(records, list):
@@ -304,7 +294,7 @@ def read_warc(path, stats, max_doc_bytes):
             stats["skipped_too_long"] += 1
             continue
         charset = record.http_charset if record.record_type == warc.WarcRecordType.response else None
-        yield body.decode(charset, errors="replace") if charset and charset.lower() not in ("utf-8", "utf8") else _decode(body, stats)
+        yield body.decode(charset, errors="replace") if charset and charset.lower() not in ("utf-8", "utf8") else decode_utf8(body, stats)
 
 
 def read_parquet(path, stats, text_field):
@@ -318,7 +308,7 @@ def read_parquet(path, stats, text_field):
     for batch in table.iter_batches(batch_size=1024, columns=[text_field]):
         for text in batch.column(0).to_pylist():
             if isinstance(text, bytes):
-                text = _decode(text, stats)
+                text = decode_utf8(text, stats)
             if not isinstance(text, str):
                 stats["skipped_no_text_field"] += 1
                 continue
@@ -329,6 +319,32 @@ def _is_jsonl(path):
     return path.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson"))
 
 
+def folder_files(folder, stats):
+    """The regular files in a folder tree, sorted. A symlink that leads outside the folder (to /etc/passwd,
+    say) is not followed into the training data, nor is a dangling one; a FIFO, socket or device is never
+    opened (reading a FIFO waits forever). Each is skipped and counted."""
+    root = os.path.realpath(folder) + os.sep
+    files = []
+    for path in sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names):
+        if os.path.islink(path) and not os.path.exists(path):
+            stats["skipped_dangling_symlinks"] += 1
+        elif os.path.islink(path) and not os.path.realpath(path).startswith(root):
+            stats["skipped_symlinks_outside_folder"] += 1
+        elif not stat.S_ISREG(os.stat(path).st_mode):
+            stats["skipped_not_regular_files"] += 1
+        else:
+            files.append(path)
+    return files
+
+
+def _whole_gzip(path, docs):
+    """The documents of a reader of `path`; a .gz cut short, or not gzip at all, is a one-line error naming it."""
+    try:
+        yield from docs
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path} is not a complete gzip file ({e}); download or copy it again") from None
+
+
 def _has_reader(path):
     """Formats read by a reader of their own (binary ones included), not as text."""
     return _is_jsonl(path) or path.endswith((".warc", ".warc.gz", ".parquet"))
@@ -336,7 +352,7 @@ def _has_reader(path):
 
 def read_path(path, stats, text_field="text", max_doc_bytes=64 << 20):
     if os.path.isdir(path):
-        files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
+        files = folder_files(path, stats)
         if not files:
             raise DataError(f"folder {path} has no files")
         for file in files:
@@ -345,9 +361,11 @@ def read_path(path, stats, text_field="text", max_doc_bytes=64 << 20):
                 continue
             yield from read_path(file, stats, text_field, max_doc_bytes)
     elif not os.path.exists(path):
-        raise DataError(f"input {path} does not exist")
+        raise DataError(f"input {path} " + ("is a symlink to a file that does not exist" if os.path.islink(path) else "does not exist"))
+    elif not os.path.isfile(path):
+        raise DataError(f"input {path} is not a regular file (a FIFO, socket or device); give a file or a folder")
     elif _is_jsonl(path):
-        yield from read_jsonl(path, stats, text_field, max_doc_bytes)
+        yield from _whole_gzip(path, read_jsonl(path, stats, text_field, max_doc_bytes))
     elif path.endswith((".warc", ".warc.gz")):
         yield from read_warc(path, stats, max_doc_bytes)
     elif path.endswith(".parquet"):
@@ -365,31 +383,11 @@ def read_labelled_lines(path, stats):
         raise DataError(f"input {path} does not exist")
     with open(path, "rb") as f:
         for raw in f:
-            label, _, text = _decode(raw, stats).strip().partition(" ")
+            label, _, text = decode_utf8(raw, stats).strip().partition(" ")
             if not text.strip():
                 stats["skipped_no_text"] += bool(label)
                 continue
             yield label, text.strip()
-
-
-def read_instructions(path, stats):
-    """An Alpaca-format JSON array as plain text, one document per record: instruction, input and
-    output separated by blank lines, without the prompt template. Records that finetune.py's sft
-    holds out (SFT_HELD_OUT) are skipped and counted, so its held-out loss is on unseen text."""
-    if not os.path.exists(path):
-        raise DataError(f"input {path} does not exist")
-    with open(path, "rb") as f:
-        records = json.loads(_decode(f.read(), stats))
-    for i, record in enumerate(records):
-        if any(in_val_split(i, SFT_HELD_OUT["val_fraction"], seed) for seed in SFT_HELD_OUT["seeds"]):
-            stats["sft_held_out_skipped"] += 1
-            continue
-        parts = [record.get(k) for k in ("instruction", "input", "output")] if isinstance(record, dict) else []
-        text = "\n\n".join(p.strip() for p in parts if isinstance(p, str) and p.strip())
-        if not text:
-            stats["skipped_no_text"] += 1
-            continue
-        yield text
 
 
 def read_lines(path, stats):
@@ -398,7 +396,7 @@ def read_lines(path, stats):
         raise DataError(f"input {path} does not exist")
     with open(path, "rb") as f:
         for raw in f:
-            line = _decode(raw, stats).strip()
+            line = decode_utf8(raw, stats).strip()
             if line:
                 yield line
 
@@ -427,7 +425,7 @@ def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, down
             continue
         url = source.startswith(("http://", "https://"))
         if url:
-            dest = os.path.join(download_dir or tempfile.gettempdir(), os.path.basename(source.split("?")[0]))
+            dest = download_path(source, download_dir or tempfile.gettempdir())
             if rank == 0:
                 download(source, dest, sha256=sha256 or known_sha256(source))
             if distributed:
@@ -440,11 +438,31 @@ def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, down
                 if distributed:
                     dist.barrier()  # every rank has finished reading it
                 if rank == 0:
-                    os.remove(source)
+                    remove_download(source)
 
 
 # -----------------------------------------------------------------------------
 # tokenizing and writing the bins
+
+def smallest_keys(entries, max_bytes):
+    """Bottom-k sampling in one pass, holding only the sample: of (key, index, size, payload) entries, those with
+    the smallest keys whose sizes fit in max_bytes together (at least one; 0 = all), in index order."""
+    kept, size = [], 0  # a max-heap on the key: (-key, index, size, payload)
+    for key, index, n, payload in entries:
+        heapq.heappush(kept, (-key, index, n, payload))
+        size += n
+        while max_bytes and size > max_bytes and len(kept) > 1:
+            size -= heapq.heappop(kept)[2]
+    return sorted(((-key, index, n, payload) for key, index, n, payload in kept), key=lambda entry: entry[1])
+
+
+def sample_key(seed, index):
+    return stable_hash(seed, "tokenizer sample", index)
+
+
+def utf8_size(text):
+    return len(text.encode("utf-8", "surrogatepass"))
+
 
 def train_split_texts(docs, val_fraction, seed, max_bytes=0):
     """
@@ -458,20 +476,16 @@ def train_split_texts(docs, val_fraction, seed, max_bytes=0):
     if not head:
         raise DataError("the input has no documents; check the path, or the text_field of your .jsonl")
     if len(head) == 1:  # one document: write_dataset splits it by position
-        text = head[0][: len(head[0]) - int(len(head[0]) * val_fraction)]
-        return [text.encode("utf-8", "surrogatepass")[:max_bytes].decode("utf-8", "ignore") if max_bytes else text]
-    kept, size = [], 0  # with max_bytes, a max-heap on the key: (-key, index, text)
-    for index, text in enumerate(itertools.chain(head, docs)):
-        if in_val_split(index, val_fraction, seed):
-            continue
-        if not max_bytes:
-            kept.append((0, index, text))
-            continue
-        heapq.heappush(kept, (-stable_hash(seed, "tokenizer sample", index), index, text))
-        size += len(text.encode("utf-8", "surrogatepass"))
-        while size > max_bytes and len(kept) > 1:
-            size -= len(heapq.heappop(kept)[2].encode("utf-8", "surrogatepass"))
-    return [text for _, _, text in sorted(kept, key=lambda entry: entry[1])]
+        return [train_part(head[0], val_fraction, max_bytes)]
+    entries = ((sample_key(seed, index), index, utf8_size(text), text) for index, text in enumerate(itertools.chain(head, docs))
+               if not in_val_split(index, val_fraction, seed))
+    return [text for _, _, _, text in smallest_keys(entries, max_bytes)]
+
+
+def train_part(text, val_fraction, max_bytes=0):
+    """The part of a one-document corpus that goes to train (its first 1 - val_fraction), cut to max_bytes."""
+    text = text[: len(text) - int(len(text) * val_fraction)]
+    return text.encode("utf-8", "surrogatepass")[:max_bytes].decode("utf-8", "ignore") if max_bytes else text
 
 
 def write_dataset(docs, tok, data_dir, val_fraction=0.1, seed=1337, max_tokens=0, batch_docs=256):
@@ -536,19 +550,6 @@ def write_dataset(docs, tok, data_dir, val_fraction=0.1, seed=1337, max_tokens=0
     return writer.counts()
 
 
-# -----------------------------------------------------------------------------
-# rank 0: global dedup decisions, the kept documents in input order, tokenizer, bins, report
-
-def staged_records(paths):
-    """The staged documents of every rank, merged back into input order."""
-    files = [open(p, encoding="utf-8") for p in paths]
-    try:
-        yield from heapq.merge(*(map(json.loads, f) for f in files), key=lambda record: record["i"])
-    finally:
-        for f in files:
-            f.close()
-
-
 def tokenizer_source(cfg):
     """The prepared dataset whose tokenizer `--tokenizer=` names (a folder under data_root, or a path),
     or None when it names a kind to build."""
@@ -582,69 +583,162 @@ def fit_tokenizer(cfg, texts):
     return build_tokenizer(cfg.tokenizer)
 
 
-def write_removed(path, removed_paths, drop):
-    """removed.jsonl.gz: every removed document's index, reason and filter values, in input order."""
-    dups = ({"doc": doc, "reason": reason, "values": {"duplicate_of": kept}} for doc, (reason, kept) in sorted(drop.items()))
-    with contextlib.ExitStack() as files, atomic_gzip_text(path) as out:
-        ranks = [map(json.loads, files.enter_context(open(p, encoding="utf-8"))) for p in removed_paths]
-        for record in heapq.merge(*ranks, dups, key=lambda r: r["doc"]):
-            out.write(json.dumps(record) + "\n")
+# -----------------------------------------------------------------------------
+# a curated corpus across ranks. Pass 1 (curate.curate_shard): every rank curates its shards and stages the
+# survivors. Then the duplicates are decided from keys partitioned over the ranks (dedup.py), the tokenizer is
+# fitted once, and in pass 2 every rank writes its own shards; rank 0 renames them into place, writes meta.json
+# last, and the report. Shards are cut by input position, so N ranks write byte-for-byte what one writes.
+
+def split_plan(cfg, staged, drops):
+    """How the kept documents are split, agreed by every rank: by in_val_split of their index; a corpus that
+    keeps one document splits it by position; when no kept document falls in val, the last one moves there
+    (write_dataset's rules, taken over the whole corpus)."""
+    kept = np.setdiff1d(np.array(staged, dtype=np.int64), drops["doc"])
+    n_val = sum(in_val_split(i, cfg.val_fraction, cfg.seed) for i in kept.tolist())
+    ranks = all_gather((len(kept), n_val, int(kept[-1]) if len(kept) else -1))
+    total, val = sum(r[0] for r in ranks), sum(r[1] for r in ranks)
+    return SimpleNamespace(kept=total, one_doc=total == 1, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                           to_val=max(r[2] for r in ranks) if val == 0 and cfg.val_fraction > 0 and total > 1 else None)
 
 
-def write_corpus(cfg, data_dir, source, world, shards, stats, started):
-    """After pass 1, on rank 0: decide duplicates for the whole corpus from every rank's hashes, then stream
-    the kept documents in input order to count PII and write clean.jsonl.gz, to fit the tokenizer, and to
-    write the bins. Writes meta.json, removed.jsonl.gz and the report."""
-    tally, drop, clusters = decide_duplicates(shards)
-    staged = [os.path.join(data_dir, f".staged-{r}.jsonl") for r in range(world)]
+def fit_tokenizer_on_ranks(cfg, kept_texts, plan, rank):
+    """fit_tokenizer over every rank's kept documents (`kept_texts()`: a fresh iterator of this rank's (index,
+    text)), fitted once: char takes the union of every rank's characters; bpe trains on rank 0 on the very sample
+    one process takes (the train documents with the smallest hash keys, see train_split_texts), whose texts come
+    from their ranks (at most tokenizer_train_bytes in all), and every rank builds it from rank 0's merges."""
+    source = tokenizer_source(cfg)
+    if source:
+        return load_tokenizer(source)
+    if cfg.tokenizer == "char":
+        chars = set()
+        for _, text in kept_texts():
+            chars.update(text)
+        return build_tokenizer("char", "".join(sorted(set().union(*all_gather(chars)))))
+    if cfg.tokenizer != "bpe":
+        return build_tokenizer(cfg.tokenizer)
+    max_bytes = cfg.tokenizer_train_bytes
+    if plan.one_doc:
+        entries = ((0, i, 0, train_part(text, cfg.val_fraction, max_bytes)) for i, text in kept_texts())
+    else:
+        entries = ((sample_key(cfg.seed, i), i, utf8_size(text), text) for i, text in kept_texts()
+                   if not in_val_split(i, cfg.val_fraction, cfg.seed) and i != plan.to_val)
+    mine = smallest_keys(entries, max_bytes)  # this rank's part of the sample is among its own smallest keys
+    everyone = gather([(key, i, n, None) for key, i, n, _ in mine])
+    chosen = set(broadcast([i for _, i, _, _ in smallest_keys(sum(everyone, []), max_bytes)] if rank == 0 else None))
+    texts = gather([(i, text) for _, i, _, text in mine if i in chosen])
+    spec = None
+    if rank == 0:
+        spec = build_tokenizer("bpe", [text for _, text in sorted(sum(texts, []))], vocab_size=cfg.vocab_size,
+                               min_frequency=cfg.min_frequency).spec()
+    return tokenizer_from_spec(broadcast(spec))
 
-    def kept_texts():
-        return (record["text"] for record in staged_records(staged) if record["i"] not in drop)
 
-    shown, cluster_text = {c[0] for c in clusters[:5]}, {}
-    with atomic_gzip_text(os.path.join(data_dir, "clean.jsonl.gz")) if cfg.keep_text else contextlib.nullcontext() as clean:
-        for record in staged_records(staged):
-            if record["i"] in shown:
-                cluster_text[record["i"]] = record["text"][:SNIPPET]
-            if tally.count_staged(record, drop) and clean:
-                clean.write(json.dumps({"doc": record["i"], "lang": record["lang"], "text": record["text"]}, ensure_ascii=False) + "\n")
+def write_tokens(writer, tok, batch, plan):
+    """Tokenize a batch of kept (index, text) and append each document, ended by <|endoftext|>, to its split."""
+    for (index, _), ids in zip(batch, tok.encode_batch([text for _, text in batch])):
+        ids.append(tok.special_ids[EOT])
+        if plan.one_doc:
+            n_val = int(len(ids) * plan.val_fraction)
+            writer.write("train", ids[: len(ids) - n_val])
+            writer.write("val", ids[len(ids) - n_val:])
+            writer.docs.update(train=1, val=1)
+            continue
+        split = "val" if index == plan.to_val or in_val_split(index, plan.val_fraction, plan.seed) else "train"
+        writer.write(split, ids)
+        writer.docs[split] += 1
+
+
+@contextlib.contextmanager
+def gzip_member(path):
+    """A gzip file without name or time, so the same lines give the same bytes: the shards' parts of
+    removed.jsonl.gz and clean.jsonl.gz, concatenated later (a gzip file may hold several members)."""
+    with open(path, "wb") as raw, gzip.GzipFile("", "wb", compresslevel=6, fileobj=raw, mtime=0) as packed:
+        with io.TextIOWrapper(packed, encoding="utf-8") as text:
+            yield text
+
+
+def write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id, rank, world, cpu_start, batch_docs=256):
+    """
+    Pass 2 on every rank, shard by shard: the staged survivors of pass 1 less the duplicates are tallied
+    (Tally.count_staged) and tokenized into train-NNNNN.bin / val-NNNNN.bin under temporary names, and every
+    removal of the shard goes to its part of removed.jsonl.gz (the kept text to clean.jsonl.gz with keep_text).
+    `shown`: documents whose text opens a cluster in the report. Returns {(source, k): {split: entry}}; the
+    tally gets this rank's peak memory and its CPU seconds since `cpu_start`.
+    """
+    tally, written = shard.tally, {}
+    clock = time.perf_counter()
+    with open(shard.removed_path, encoding="utf-8") as removed_in:
+        staged = Cursor(staged_records(shard.staged_path, drops), lambda item: item[0]["i"])
+        removals = Cursor(map(json.loads, removed_in), lambda record: record["doc"])
+        for i, (u, k, _, owner) in enumerate(shard.shards):
+            if owner != rank:
+                continue
+            following = shard.shards[i + 1] if i + 1 < len(shard.shards) else None
+            end = following[2] if following and following[0] == u else (u + 1) * DOC_BASE
+            label = f"{u:05d}-{k:05d}"  # renumbered in input order when rank 0 commits
+            writer = BinWriter(data_dir, tok.vocab_size, shard=label, run_id=run_id) if tok else None  # None: nothing kept
+            dups, batch, size = [], [], 0
+            try:
+                with contextlib.ExitStack() as files:
+                    clean = cfg.keep_text and files.enter_context(gzip_member(os.path.join(scratch, f"clean-{label}.jsonl.gz")))
+                    for record, duplicate in staged.upto(end):
+                        if record["i"] in shown:
+                            tally.cluster_text[record["i"]] = record["text"][:SNIPPET]
+                        if not tally.count_staged(record, duplicate):
+                            dups.append({"doc": record["i"], "reason": duplicate[0], "values": {"duplicate_of": duplicate[1]}})
+                            continue
+                        if clean:
+                            clean.write(json.dumps({"doc": record["i"], "lang": record["lang"], "text": record["text"]},
+                                                   ensure_ascii=False) + "\n")
+                        batch.append((record["i"], record["text"]))
+                        size += len(record["text"].encode("utf-8"))
+                        if len(batch) >= batch_docs:
+                            write_tokens(writer, tok, batch, plan)
+                            batch = []
+                    if batch:
+                        write_tokens(writer, tok, batch, plan)
+                    with gzip_member(os.path.join(scratch, f"removed-{label}.jsonl.gz")) as out:
+                        for record in heapq.merge(removals.upto(end), dups, key=lambda r: r["doc"]):
+                            out.write(json.dumps(record) + "\n")
+            except BaseException:
+                if writer:
+                    writer.abort()
+                raise
+            written[u, k] = writer.close() if writer else {}
+            clock = tally.lap("tokenize", clock, size)
+    tally.peak_rss_mb[rank] = peak_rss_mb()
+    tally.cpu_seconds[rank] = round(time.process_time() - cpu_start, 2)
+    return written
+
+
+def commit_corpus(cfg, data_dir, scratch, source, world, by_source, everyone, clusters, tok, run_id, started):
+    """Rank 0, once every rank has written: rename the shards into place, then meta.json; removed.jsonl.gz (and
+    clean.jsonl.gz) from the shards' parts, in shard order; the report. Returns the meta.json dict."""
+    tally = functools.reduce(Tally.add, (t for t, _, _ in everyone), Tally())
+    written = {k: entries for _, shards, _ in everyone for k, entries in shards.items()}
+    # ranks that read their own sources counted their own input stats; ranks that read everything, the same
+    stats = sum((s for _, _, s in everyone), Counter()) if by_source else everyone[0][2]
     counts, meta = {}, None
     if tally.docs["kept"]:
-        clock = time.perf_counter()
-        tok = fit_tokenizer(cfg, kept_texts)
-        counts = write_dataset(kept_texts(), tok, data_dir, cfg.val_fraction, cfg.seed, cfg.max_tokens)
-        tally.lap("tokenize", clock, tally.bytes["kept"])
-        meta = write_meta(data_dir, tok, counts, source, stats)
-    tally.peak_rss_mb[0] = peak_rss_mb()
-    write_removed(os.path.join(data_dir, "removed.jsonl.gz"), [os.path.join(data_dir, f".removed-{r}.jsonl") for r in range(world)], drop)
-    write_report(data_dir, build_report(cfg, data_dir, source, world, tally, clusters, cluster_text, counts, stats, time.time() - started))
+        shards = list_shards(written, cfg.max_tokens, data_dir, run_id)
+        commit_shards(data_dir, shards, run_id)
+        counts = {"dtype": token_dtype(tok.vocab_size).name, "run_id": run_id,
+                  **{f"{split}_{what}": sum(e[what] for e in shards[split]) for split in ("train", "val") for what in ("tokens", "docs")}}
+        meta = write_meta(data_dir, tok, counts | {"shards": shards}, source, stats)
+        remove_stale_bins(data_dir, meta)
+        counts["shards"] = len(shards["train"])
+    labels = [f"{u:05d}-{k:05d}" for u, k in sorted(written)]
+    concatenate([os.path.join(scratch, f"removed-{label}.jsonl.gz") for label in labels], os.path.join(data_dir, "removed.jsonl.gz"))
+    if cfg.keep_text:
+        concatenate([os.path.join(scratch, f"clean-{label}.jsonl.gz") for label in labels], os.path.join(data_dir, "clean.jsonl.gz"))
+    write_report(data_dir, build_report(cfg, data_dir, source, world, tally, clusters, tally.cluster_text, counts, stats,
+                                        time.time() - started))
     if not tally.docs["read"]:
         raise DataError("the input has no documents; check the path, or the text_field of your .jsonl")
     if not tally.docs["kept"]:
         raise DataError(f"no document survived curation ({tally.docs['read']} read): see {os.path.join(data_dir, 'report.md')} "
                         f"for the reasons, then loosen --lang or switch a stage off")
     return meta
-
-
-# -----------------------------------------------------------------------------
-# ranks: torchrun starts one process per rank; Gloo carries hashes and tallies (never text) to rank 0
-
-def init_distributed():
-    """(rank, world size). Under torchrun (WORLD_SIZE > 1) joins a Gloo group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    # ranks wait for the slowest one at the gather; a day's timeout lets big, unevenly split corpora finish
-    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
-    return dist.get_rank(), dist.get_world_size()
-
-
-def gather_to_rank0(obj, rank, world):
-    if world == 1:
-        return [obj]
-    gathered = [None] * world if rank == 0 else None
-    dist.gather_object(obj, gathered, dst=0)
-    return gathered
 
 
 # -----------------------------------------------------------------------------
@@ -655,6 +749,10 @@ def check_config(cfg):
         raise DataError(f"char_rep_k={cfg.char_rep_k!r}: use code (ROOTS' code) or paper (the paper's App. C)")
     if cfg.minhash_bands < 1 or cfg.minhash_rows < 1:
         raise DataError(f"minhash_bands={cfg.minhash_bands}, minhash_rows={cfg.minhash_rows}: both must be >= 1 (default 14 x 8)")
+    if cfg.shard_mb <= 0 or cfg.dedup_memory_mb <= 0:
+        raise DataError(f"shard_mb={cfg.shard_mb}, dedup_memory_mb={cfg.dedup_memory_mb}: both must be > 0 (default 64 and 256)")
+    if not 0 <= cfg.val_fraction < 1:
+        raise DataError(f"val_fraction={cfg.val_fraction} must be at least 0 and below 1 (default 0.1)")
     perplexity_settings(cfg)
     if cfg.ppl_normalize and cfg.curate:
         raise DataError("ppl_normalize=True writes text for training a perplexity model: use it with --curate=False")
@@ -676,8 +774,13 @@ def prepare(cfg):
         raise DataError("nothing to read: give a recipe (e.g. `python prepare.py shakespeare_char`) or --input=PATH_OR_URL")
     check_config(cfg)
     name = cfg.name or os.path.splitext(os.path.basename(sources[0].rstrip("/")))[0].split(".")[0]
+    if name in ("", ".", "..") or os.path.basename(name) != name:  # outputs stay under data_root
+        raise DataError(f"name={name!r} must be a plain folder name: the outputs go to {cfg.data_root}/<name>/")
     data_dir = os.path.join(cfg.data_root, name)
-    os.makedirs(data_dir, exist_ok=True)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create {data_dir} ({e.strerror}); choose another --data_root") from None
     started = time.time()
     if not cfg.curate:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -707,39 +810,77 @@ def write_uncurated(cfg, sources, data_dir):
 
     tok = fit_tokenizer(cfg, lambda: documents(Counter(), True))
     counts = write_dataset(documents(stats, cfg.keep_downloads), tok, data_dir, cfg.val_fraction, cfg.seed, cfg.max_tokens)
-    return write_meta(data_dir, tok, counts, ",".join(sources), stats)
+    meta = write_meta(data_dir, tok, counts, ",".join(sources), stats)
+    remove_stale_bins(data_dir, meta)  # the shards of an earlier curated run
+    return meta
+
+
+@contextlib.contextmanager
+def disk_full_is_a_data_error(data_dir):
+    try:
+        yield
+    except OSError as e:  # staging, keys, spilled runs and shards can fill the disk
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        raise DataError(f"could not write in {data_dir} ({e.strerror}); free some disk space and rerun: "
+                        f"the previous outputs are untouched") from None
 
 
 def curate_and_write(cfg, sources, data_dir, started):
-    """Pass 1 on every rank over its share, then rank 0 decides and writes (write_corpus).
-    Returns the meta.json dict on rank 0, None elsewhere."""
+    """Pass 1 on every rank over its shards, the duplicates decided across ranks, the tokenizer fitted once, pass
+    2 on every rank writing its shards, then rank 0 commits them (see the section's comment). Returns the
+    meta.json dict on rank 0, None elsewhere."""
     rank, world = init_distributed()
-    scratch = [os.path.join(data_dir, f".{kind}-{r}.jsonl") for r in range(world) for kind in ("staged", "removed")]
-    finished = False
+    run_id, gathered, committed, cpu_start = broadcast(uuid.uuid4().hex[:12]), False, False, time.process_time()
+    scratch = os.path.join(data_dir, ".scratch")  # every rank's working files, on the shared output folder
+    os.makedirs(scratch, exist_ok=True)
     try:
         stats = Counter()
-        documents = read_sources(sources, stats, cfg.text_field, cfg.max_doc_mb << 20, os.path.join(data_dir, "downloads"),
-                                 cfg.sha256, cfg.keep_downloads)
-        try:
-            shard = curate_shard(documents, rank, world, cfg, os.path.join(data_dir, f".staged-{rank}.jsonl"),
-                                 os.path.join(data_dir, f".removed-{rank}.jsonl"))
-        except OSError as e:  # staging the documents can fill the disk
-            if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-                raise
-            raise DataError(f"could not write in {data_dir} ({e.strerror}); free some disk space and rerun: "
-                            f"the previous outputs are untouched") from None
-        shards = gather_to_rank0(shard, rank, world)  # tallies and hashes: no text crosses ranks
-        finished = rank != 0  # rank 0 reads the other ranks' staged files and removes them
+        by_source = world > 1 and len(sources) >= world and not any(s.startswith(("http://", "https://")) for s in sources)
+        documents = ((u, read_sources([source], stats, cfg.text_field, cfg.max_doc_mb << 20, os.path.join(data_dir, "downloads"),
+                                      cfg.sha256, cfg.keep_downloads) if not by_source or u % world == rank else None)
+                     for u, source in enumerate(sources))
+        with disk_full_is_a_data_error(data_dir):
+            shard = curate_shard(documents, rank, world, by_source, cfg, scratch)
+            clock = time.perf_counter()
+            owner = document_owner(shard.shards, world, by_source)
+            drops, clusters = decide_duplicates(shard.exact_path, shard.near_path, owner, rank, world, cfg.dedup_memory_mb, scratch)
+            plan = split_plan(cfg, shard.staged, drops)
+            shown = set(broadcast([cluster[0] for cluster in clusters[1]] if rank == 0 else None))
+            clock = shard.tally.lap("dedup_decision", clock)
+            tok = None
+            if plan.kept:
+                kept = lambda: ((r["i"], r["text"]) for r, dup in staged_records(shard.staged_path, drops) if not dup)  # noqa: E731
+                tok = fit_tokenizer_on_ranks(cfg, kept, plan, rank)
+                shard.tally.lap("tokenize", clock)
+            written = write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id, rank, world, cpu_start)
+        remove_working_files(scratch, rank)  # before the gather: afterwards only rank 0 touches the folder
+        everyone = gather((shard.tally, written, stats))  # tallies and shard lists: no text
+        gathered, committed = True, rank != 0  # every rank is done with the working folder
         if rank != 0:
             return None
-        return write_corpus(cfg, data_dir, ",".join(sources), world, shards, stats, started)
+        meta = commit_corpus(cfg, data_dir, scratch, ",".join(sources), world, by_source, everyone, clusters, tok, run_id, started)
+        committed = True
+        return meta
     finally:
-        if not finished:
-            for path in scratch if rank == 0 else scratch[2 * rank:2 * rank + 2]:
-                if os.path.exists(path):
-                    os.remove(path)
+        if not gathered:  # after the gather rank 0 removes the whole folder
+            remove_working_files(scratch, rank)
+        if not committed:  # a failed run leaves no temporary shards behind
+            for name in os.listdir(data_dir):
+                if name.endswith(f".tmp{run_id}"):
+                    with contextlib.suppress(FileNotFoundError):  # another failing rank removed it first
+                        os.remove(os.path.join(data_dir, name))
+        if rank == 0 and gathered:
+            shutil.rmtree(scratch)
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def remove_working_files(scratch, rank):
+    """This rank's files from pass 1 and the dedup exchange."""
+    for name in os.listdir(scratch):
+        if re.fullmatch(rf"(staged|removed|exact|near)-{rank}\.(jsonl|bin)|run-{rank}-.*", name):
+            os.remove(os.path.join(scratch, name))
 
 
 def prepare_recipe(name):

@@ -26,7 +26,8 @@ FILTER_TITLES = {"words": "number of words", "char_rep": "character n-gram repet
 
 
 def build_report(cfg, out_dir, source, world, tally, clusters, cluster_text, counts, stats, seconds):
-    """Everything the report shows, as plain JSON-able data."""
+    """Everything the report shows, as plain JSON-able data. clusters: (how many near-duplicate clusters, the
+    largest as [kept doc, removed docs...])."""
     res = roots_resources()
     stages, docs, size = [], tally.docs["read"], tally.bytes["read"]
     for stage in STAGES:  # documents and bytes in and out of each stage, derived from the removals and changes
@@ -65,11 +66,11 @@ def build_report(cfg, out_dir, source, world, tally, clusters, cluster_text, cou
         "languages": {l: {"docs": n, "kept": tally.docs["kept:" + l],
                           "min_score": params_for(res, l)["lang_id_min_cutoff"]} for l, n in tally.langs.most_common()},
         "duplicates": {"exact_removed": tally.docs["removed:exact_dup"], "near_removed": tally.docs["removed:near_dup"],
-                       "near_clusters": len(clusters),
+                       "near_clusters": clusters[0],
                        "largest_clusters": [{"size": len(c), "kept": c[0], "removed": c[1:11], "text": cluster_text.get(c[0], "")}
-                                            for c in clusters[:5]]},
+                                            for c in clusters[1][:5]]},
         "pii": {"spans": dict(tally.pii), "docs": tally.docs["pii_docs"]},
-        "peak_rss_mb": tally.peak_rss_mb,
+        "peak_rss_mb": tally.peak_rss_mb, "cpu_seconds": tally.cpu_seconds,
         "input_stats": dict(stats), "output": counts,
     }
 

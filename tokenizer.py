@@ -8,9 +8,10 @@ Tokenizers: text <-> token ids.
           corpus by `train_bpe`, then run by tiktoken's encoder, so it encodes as fast as GPT-2's
 
 Every kind carries the same special tokens, appended after its base vocabulary (GPT-2 already has
-<|endoftext|> = 50256). `load_tokenizer(data_dir)` rebuilds the right tokenizer from meta.json;
-`tokenizer_from_spec(spec)` rebuilds it from the spec stored in a checkpoint. `hf_tokenizer_files(tok, ...)`
-writes any of them in Hugging Face's format (tokenizer.json), with the same ids, for model.py's export.
+<|endoftext|> = 50256), and after them T5's 100 sentinels, which only an encoder-decoder embeds.
+`load_tokenizer(data_dir)` rebuilds the right tokenizer from meta.json; `tokenizer_from_spec(spec)`
+rebuilds it from the spec stored in a checkpoint. `hf_tokenizer_files(tok, ...)` writes any of them
+in Hugging Face's format (tokenizer.json), with the same ids, for model.py's export.
 
 Training follows minbpe (github.com/karpathy/minbpe): pure functions for the algorithm
 (`chunk_counts`, `merge`, `train_bpe`, `bpe_ranks`) and a thin object for the state. Unlike minbpe's
@@ -49,6 +50,13 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|
 GPT4_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 BERT_SPECIALS = SPECIAL_TOKENS[1:]  # inputs of an encoder; a causal model should never generate them
 _SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS) + ")")
+# T5's sentinels (Raffel et al. 2020, sec. 3.1.4; its vocabulary has 100 <extra_id_N>): span corruption
+# puts sentinel k where the k-th dropped span of the input was, and its target is each sentinel followed
+# by its span. Their ids come after every other token, from vocab_size on, and vocab_size does not count
+# them: no id of a prepared dataset, a checkpoint or GPT-2 moves, and only an encoder-decoder, whose
+# vocab_size is the tokenizer's plus len(SENTINELS), has embeddings for them.
+SENTINELS = [f"<extra_id_{i}>" for i in range(100)]
+_NAMED_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS + SENTINELS) + ")")
 
 
 class TokenizerError(NanorootsError):
@@ -229,8 +237,9 @@ class CharTokenizer:
         self.chars = "".join(chars)
         self.stoi = {c: i for i, c in enumerate(self.chars)}
         self.special_ids = {s: len(self.chars) + i for i, s in enumerate(SPECIAL_TOKENS)}
-        self.itos = dict(enumerate(self.chars)) | {i: s for s, i in self.special_ids.items()}
         self.vocab_size = len(self.chars) + len(SPECIAL_TOKENS)
+        self.sentinel_ids = {s: self.vocab_size + i for i, s in enumerate(SENTINELS)}
+        self.itos = dict(enumerate(self.chars)) | {i: s for s, i in (self.special_ids | self.sentinel_ids).items()}
 
     @classmethod
     def from_text(cls, text):
@@ -247,9 +256,9 @@ class CharTokenizer:
     def encode(self, text, allow_special=False):
         if not allow_special:
             return self._encode_plain(text)
-        ids = []
-        for piece in _SPECIAL_SPLIT.split(text):
-            ids += [self.special_ids[piece]] if piece in self.special_ids else self._encode_plain(piece)
+        ids, named = [], self.special_ids | self.sentinel_ids
+        for piece in _NAMED_SPLIT.split(text):
+            ids += [named[piece]] if piece in named else self._encode_plain(piece)
         return ids
 
     def encode_batch(self, texts):
@@ -276,11 +285,13 @@ class TiktokenTokenizer:
         else:
             self.special_ids = {s: base + i for i, s in enumerate(SPECIAL_TOKENS)}
         self.vocab_size = max(self.special_ids.values()) + 1
+        self.sentinel_ids = {s: self.vocab_size + i for i, s in enumerate(SENTINELS)}
         self.enc = tiktoken.Encoding(name=kind, pat_str=pattern, mergeable_ranks=ranks,
-                                     special_tokens=self.special_ids, explicit_n_vocab=self.vocab_size)
+                                     special_tokens=self.special_ids | self.sentinel_ids,
+                                     explicit_n_vocab=self.vocab_size + len(SENTINELS))
 
     def encode(self, text, allow_special=False):
-        allowed = set(SPECIAL_TOKENS) if allow_special else set()
+        allowed = set(SPECIAL_TOKENS + SENTINELS) if allow_special else set()
         return self.enc.encode(text, allowed_special=allowed, disallowed_special=())
 
     def encode_batch(self, texts):
@@ -310,7 +321,18 @@ def bpe_tokenizer(merges, pattern=GPT4_PATTERN):
 
 
 def tokenizer_from_spec(spec):
-    """Rebuild a tokenizer from `tok.spec()` (what meta.json and checkpoints store)."""
+    """Rebuild a tokenizer from `tok.spec()` (what meta.json and checkpoints store); a damaged spec is a
+    TokenizerError, not whatever the constructor trips over."""
+    if not isinstance(spec, dict):
+        raise TokenizerError(f"a tokenizer spec is a JSON object, got {type(spec).__name__}; prepare the data again")
+    try:
+        return _tokenizer_from_spec(spec)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise TokenizerError(f"the {spec.get('kind')} tokenizer spec is damaged ({type(e).__name__}: {e}); "
+                             f"prepare the data again") from None
+
+
+def _tokenizer_from_spec(spec):
     kind = spec.get("kind")
     if kind == "char":
         return CharTokenizer(spec["chars"])

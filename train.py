@@ -1,9 +1,11 @@
 """
-Pretraining: a GPT (objective='clm', next-token prediction) or a BERT-style encoder
-(objective='mlm', masked-token prediction) on a prepared dataset.
+Pretraining: a GPT (objective='clm', next-token prediction), a BERT-style encoder
+(objective='mlm', masked-token prediction) or a T5-style encoder-decoder (objective='span', span
+corruption) on a prepared dataset.
 
     python train.py                                   # config/shakespeare_char.py, ~2 minutes on a CPU
     python train.py config/mlm_shakespeare_char.py
+    python train.py config/span_shakespeare_char.py
     torchrun --standalone --nproc_per_node=8 train.py config/gpt2.py
     python train.py --init_from=resume --out_dir=out-shakespeare-char
 
@@ -11,15 +13,16 @@ One process or many: under torchrun every rank trains on its own batches and gra
 averaged by DDP (or the model is sharded with FSDP when fsdp=True). Checkpoints hold everything
 needed to continue exactly where a run stopped: weights, optimizer, loss scaler, RNG states and
 the data position. finetune.py reuses this file's system setup, model start and training loop
-(the Trainer class); sample.py its system setup.
+(the Trainer class); sample.py its system setup. rundir.py keeps the out_dir: its lock, log.jsonl, loss.png.
 """
 
 import contextlib
-import json
+import importlib.util
 import math
 import os
 import random
 import signal
+import sys
 import time
 from dataclasses import asdict
 from types import SimpleNamespace
@@ -27,16 +30,17 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_state_dict)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, NanorootsError, configure, script_main
-from dataset import atomic_write_text, check_bins, dataset_dir, read_bin, read_meta, stable_hash
-from model import GPT, GPTConfig, checkpoint_tokenizer, clean_state_dict, load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
+from dataset import check_bins, dataset_dir, read_bin, read_meta, stable_hash
+from model import GPTConfig, build_model, checkpoint_tokenizer, clean_state_dict, load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
+from optim import get_lr, make_optimizer, schedule_step
 from prepare import RECIPES, prepare_recipe
-from tokenizer import BERT_SPECIALS, EOT, load_tokenizer
+from rundir import append_log, lock_out_dir, plot_training, start_fresh, truncate_log
+from safety import SafeGeneration
+from spans import corrupt_spans, restore_spans, span_lengths
+from tokenizer import BERT_SPECIALS, EOT, SENTINELS, load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -49,9 +53,12 @@ DEFAULTS = dict(
     eval_only=False,              # evaluate the initial/loaded model and exit
     always_save_checkpoint=True,  # else only when val loss improves
     init_from="scratch",          # scratch | resume | gpt2[-medium|-large|-xl] | a checkpoint, out_dir or Hugging Face folder
+    overwrite=False,              # a new run may replace the checkpoints already in out_dir (else it refuses to start)
     keep_last=1,                  # numbered checkpoints to keep besides ckpt.pt
     sample_every=0,               # print a short sample every this many iters (0 = only at the end)
     sample_tokens=300,            # length of the samples printed during and after training
+    safe=False,                   # samples never hold ROOTS' flagged words, personal data redacted (safety.py)
+    safe_phone=False,             # with safe: redact phone numbers too
     plot_log_scale=False,         # loss.png with a log-scale loss axis
     wandb_log=False,              # also log to Weights & Biases (pip install wandb)
     wandb_project="nanoroots",
@@ -73,21 +80,29 @@ DEFAULTS = dict(
     norm_eps=1e-5,
     mlp="gelu",
     mlp_hidden=0,
+    qk_norm=False,                # RMS-normalise queries and keys per head (not exportable to Hugging Face)
     tie_embeddings=True,
     mlm_transform=False,
+    n_decoder_layer=0,            # span: the decoder's blocks (0 = n_layer, as in T5); the encoder has n_layer
     # objective
-    objective="clm",              # clm (GPT) | mlm (BERT-style masked LM)
-    mask_prob=0.15,               # mlm: share of tokens chosen for prediction (BERT); 80% [MASK], 10% random, 10% kept
+    objective="clm",              # clm (GPT) | mlm (BERT-style masked LM) | span (T5's span corruption, encoder-decoder)
+    mask_prob=0.15,               # mlm: share of tokens chosen for prediction (BERT); 80% [MASK], 10% random, 10% kept;
+                                  # span: share of tokens dropped in spans (T5: 15%)
+    mean_span=3.0,                # span: mean length of a dropped span (T5: 3)
     mlm_baselines="",             # mlm with eval_only: also score a CLM checkpoint (this out_dir) and the most
                                   # frequent token at the same masked positions
-    # AdamW optimizer
+    # optimizer: AdamW, or Muon for the Transformer blocks' matrices with AdamW for the rest
+    optimizer="adamw",            # adamw | muon
+    muon_lr=0.02,                 # muon: the matrices' peak learning rate (nanochat's matrix_lr); learning_rate is AdamW's
+    muon_momentum=0.95,           # muon: Nesterov momentum (Jordan et al. 2024; modded-nanogpt, nanochat)
     learning_rate=6e-4,
     max_iters=600000,
     weight_decay=1e-1,
     beta1=0.9,
     beta2=0.95,
     grad_clip=1.0,                # 0 = no clipping
-    # learning rate schedule: linear warmup, cosine decay to min_lr
+    # learning rate schedule: linear warmup, cosine decay to min_lr. With max_time > 0 it runs on whichever is
+    # further along, steps (of max_iters) or time (of max_time), so warmup and decay end when the budget does
     decay_lr=True,
     warmup_iters=2000,
     lr_decay_iters=600000,
@@ -100,7 +115,8 @@ DEFAULTS = dict(
     fsdp=False,                   # shard parameters, gradients and optimizer state with FSDP instead of DDP
     grad_checkpoint=False,        # recompute activations in backward: less memory, ~30% more compute
     seed=1337,
-    max_time=0.0,                 # seconds of training (evals included) before stopping cleanly; 0 = no limit
+    max_time=0.0,                 # seconds of training (evals included) before stopping cleanly; 0 = no limit.
+                                  # Time-capped runs differ across machines (and loads); step-capped runs reproduce
     nan_policy="stop",            # stop | skip: what a NaN/inf loss does
     patience=0,                   # stop when val loss has not improved for this many evals (0 = never)
     init_loss_scale=65536.0,      # float16: GradScaler's starting loss scale (halved at each overflow)
@@ -108,7 +124,8 @@ DEFAULTS = dict(
 )
 
 MODEL_KEYS = ["block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "dropout", "bias", "pos",
-              "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "mlm_transform"]
+              "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "qk_norm", "tie_embeddings", "mlm_transform",
+              "n_decoder_layer"]
 
 
 class TrainError(NanorootsError):
@@ -131,6 +148,7 @@ def setup_system(cfg):
     if cfg.device == "cuda" and s.distributed:
         cfg.device = f"cuda:{s.local_rank}"
     s.device, s.device_type = cfg.device, cfg.device.split(":")[0]
+    check_device(cfg.device)
     if s.device_type == "cuda":
         torch.cuda.set_device(s.device)
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for float32 matmuls: ~8x on Ampere+, 10-bit mantissa
@@ -153,7 +171,24 @@ def setup_system(cfg):
     return s
 
 
+def check_device(device):
+    """A device this machine has, or a one-line error (torch's own is a traceback deep inside set_device)."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise ConfigError(f"device={device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but this machine (or this PyTorch build) has no CUDA GPU; use --device=auto or cpu")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA GPUs")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device='mps' but Apple's Metal backend is not available here; use --device=auto or cpu")
+
+
 def teardown(system):
+    lock = getattr(system, "out_dir_lock", None)
+    if lock is not None:  # closing the file releases the lock
+        lock.close()
+        system.out_dir_lock = None
     if system.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -176,9 +211,10 @@ def wrap_model(model, cfg, system):
             raise ConfigError("fsdp=True needs several processes: launch with torchrun --nproc_per_node=N")
         if cfg.dtype == "float16":
             raise ConfigError("fsdp=True with float16 needs a sharded loss scaler; use dtype=bfloat16")
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # see dcp_state_dict
         half = {"bfloat16": torch.bfloat16}.get(cfg.dtype)
         mp = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32) if half else MixedPrecisionPolicy()
-        for block in model.transformer.h:
+        for block in [*model.transformer.h, *(model.decoder.h if hasattr(model, "decoder") else [])]:
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
         return torch.compile(model) if cfg.compile else model
@@ -198,10 +234,19 @@ def gradient_sync(model, sync):
     return contextlib.nullcontext()
 
 
+def dcp_state_dict():
+    """torch.distributed.checkpoint's state-dict functions, imported when first used: with FSDP they pull
+    in DTensor, a third of this file's import time (measured with python -X importtime), which sample.py
+    and bench.py, importing this file, do not need."""
+    import torch.distributed.checkpoint.state_dict as dcp_sd
+    return dcp_sd
+
+
 def full_state(model, optimizer, system):
     """Unsharded model and optimizer state dicts (collective under FSDP; every rank must call)."""
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=system.distributed)
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=opts)
+    dcp_sd = dcp_state_dict()
+    opts = dcp_sd.StateDictOptions(full_state_dict=True, cpu_offload=system.distributed)
+    model_sd, optim_sd = dcp_sd.get_state_dict(model, getattr(optimizer, "optimizers", optimizer), options=opts)
     return clean_state_dict(model_sd), optim_sd
 
 
@@ -210,8 +255,9 @@ def unsharded(raw_model, system):
     gathered full state dict (collective; the copy is only complete on rank 0)."""
     if not hasattr(raw_model, "set_requires_gradient_sync"):
         return raw_model
-    state = get_model_state_dict(raw_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    plain = GPT(GPTConfig.from_dict(asdict(raw_model.config)))
+    dcp_sd = dcp_state_dict()
+    state = dcp_sd.get_model_state_dict(raw_model, options=dcp_sd.StateDictOptions(full_state_dict=True, cpu_offload=True))
+    plain = build_model(GPTConfig.from_dict(asdict(raw_model.config)))
     if system.master:
         plain.load_state_dict(clean_state_dict(state))
     return plain.to(system.device)
@@ -219,8 +265,9 @@ def unsharded(raw_model, system):
 
 def load_full_state(model, optimizer, model_sd, optim_sd):
     """Load unsharded state dicts into a (possibly sharded) model and its optimizer."""
-    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
-                   options=StateDictOptions(full_state_dict=True))
+    dcp_sd = dcp_state_dict()
+    dcp_sd.set_state_dict(model, getattr(optimizer, "optimizers", optimizer), model_state_dict=model_sd,
+                          optim_state_dict=optim_sd, options=dcp_sd.StateDictOptions(full_state_dict=True))
 
 
 def rng_state():
@@ -303,12 +350,16 @@ def make_batch_fn(cfg, data_dir, meta, tok, system, split="train"):
     """batch(index) -> (x, y) on the device for micro-batch number `index` of `split`."""
     special = set(tok.special_ids.values())
     n_normal = min(special)  # ordinary tokens come first, the specials are appended after them
+    span = span_lengths(cfg.block_size, cfg.mask_prob, cfg.mean_span) if cfg.objective == "span" else None
 
     def batch(index, split=split, kind="train"):
         g = batch_generator(cfg.seed, kind, split, index)
         data = read_bin(data_dir, split, meta)
         if cfg.objective == "clm":
             return to_device(get_batch(data, cfg.batch_size, cfg.block_size, g), system)
+        if cfg.objective == "span":  # (input, decoder input, target)
+            x, _ = get_batch(data, cfg.batch_size, span.window, g, shift=False)
+            return to_device(corrupt_spans(x, span, list(tok.sentinel_ids.values()), tok.special_ids[EOT], g), system)
         x, _ = get_batch(data, cfg.batch_size, cfg.block_size, g, shift=False)
         return to_device(mask_tokens(x, special, n_normal, tok.special_ids["[MASK]"], cfg.mask_prob, g), system)
 
@@ -316,33 +367,38 @@ def make_batch_fn(cfg, data_dir, meta, tok, system, split="train"):
 
 
 def lm_loss(model, batch, autocast):
-    x, y = batch
-    with autocast:
-        _, loss = model(x, y)
+    with autocast:  # (x, y), or for span (input, decoder input, target)
+        _, loss = model(*batch)
     return loss
 
 
 @torch.no_grad()
-def evaluate_lm(model, batch_fn, cfg, system):
-    """Mean loss (and masked-token accuracy for mlm) on eval_iters fixed batches per split, averaged
-    over the ranks, which each evaluate their own share."""
+def evaluate_lm(model, batch_fn, cfg, system, n_normal=0):
+    """Mean loss (and masked-token accuracy for mlm; for span, the accuracy on the spans' own tokens, ids
+    below n_normal, not the sentinels) on eval_iters fixed batches per split, averaged over the ranks,
+    which each evaluate their own share."""
     model.eval()
     out = {}
     for split in ("train", "val"):
         losses, correct, total = [], 0, 0
         for k in range(cfg.eval_iters):
-            x, y = batch_fn(k * system.world_size + system.rank, split=split, kind="eval")
+            batch = batch_fn(k * system.world_size + system.rank, split=split, kind="eval")
+            y = batch[-1]
             with system.autocast:
-                logits, loss = model(x, y)
+                logits, loss = model(*batch)
             losses.append(loss.item())
             if cfg.objective == "mlm":
                 target = y[y != -100]
                 correct += (logits.argmax(-1) == target).sum().item()
                 total += target.numel()
+            elif cfg.objective == "span":
+                in_span = y < n_normal
+                correct += (logits.argmax(-1)[in_span] == y[in_span]).sum().item()
+                total += in_span.sum().item()
         mean_loss, acc = all_reduce_mean([sum(losses) / len(losses), correct / max(total, 1)], system)
         out[f"{split}_loss"] = mean_loss
-        if cfg.objective == "mlm":
-            out[f"{split}_mlm_acc"] = acc
+        if cfg.objective in ("mlm", "span"):
+            out[f"{split}_{cfg.objective}_acc"] = acc
     out["val_ppl"] = math.exp(min(out["val_loss"], 50))  # for mlm this is the pseudo-perplexity
     model.train()
     return out
@@ -384,24 +440,30 @@ def mlm_baselines(model, batch_fn, cfg, data_dir, meta, system):
 # -----------------------------------------------------------------------------
 # the model and the run's state: a new model, a pretrained one, or the run being resumed
 
-def new_model(cfg, vocab_size, causal=True, **overrides):
-    """A freshly initialised model with the run's architecture keys (MODEL_KEYS)."""
+def new_model(cfg, vocab_size, causal=True, seq2seq=False, **overrides):
+    """A freshly initialised model with the run's architecture keys (MODEL_KEYS): a GPT (`causal`), an
+    encoder, or with seq2seq an encoder-decoder, whose vocabulary adds the sentinels after vocab_size."""
     args = {k: getattr(cfg, k) for k in MODEL_KEYS} | {"vocab_size": vocab_size, "causal": causal} | overrides
-    return GPT(GPTConfig.from_dict(args))
+    if seq2seq:
+        args |= {"causal": False, "n_decoder_layer": args["n_decoder_layer"] or args["n_layer"],
+                 "vocab_size": vocab_size + len(SENTINELS)}
+    return build_model(GPTConfig.from_dict(args))
 
 
-def start_model(cfg, tok=None, causal=True):
+def start_model(cfg, tok=None, causal=True, checkpoint=None, seq2seq=False):
     """
     (model, tokenizer, checkpoint or None) for cfg.init_from: a new model (scratch, `causal` or an encoder),
     the run in out_dir (resume), or whatever model.load_pretrained reads (a checkpoint, an out_dir, a Hugging
     Face folder, a GPT-2 name). A pretrained model keeps its architecture; this run sets its dropout (as
     nanoGPT does when it starts from GPT-2), and a smaller block_size crops its context. `tok` is the data's
-    tokenizer, checked against the checkpoint's; without it, the checkpoint's own is used.
+    tokenizer, checked against the checkpoint's; without it, the checkpoint's own is used. `checkpoint`:
+    the one resume_config already loaded. seq2seq: the model is, or must be, an encoder-decoder.
     """
     if cfg.init_from == "scratch":
-        return new_model(cfg, tok.vocab_size, causal), tok, None
+        return new_model(cfg, tok.vocab_size, causal, seq2seq), tok, None
     resume = cfg.init_from == "resume"
-    checkpoint = load_checkpoint(cfg.out_dir) if resume else load_pretrained(cfg.init_from)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(cfg.out_dir) if resume else load_pretrained(cfg.init_from)
     spec = checkpoint.get("tokenizer")
     if tok is not None and spec is not None and spec != tok.spec():
         raise ConfigError(f"dataset {cfg.dataset} uses a {tok.kind} tokenizer with {tok.vocab_size} tokens, which does not "
@@ -413,16 +475,57 @@ def start_model(cfg, tok=None, causal=True):
     if not resume:
         checkpoint["model_args"] = {**checkpoint["model_args"], "dropout": cfg.dropout}
     model = model_from_checkpoint(checkpoint)
-    if 0 < cfg.block_size < model.config.block_size:
+    if seq2seq != bool(model.config.n_decoder_layer):
+        raise ConfigError(f"{cfg.init_from} is an encoder-decoder, which trains with objective=span or task=seq2seq only"
+                          if model.config.n_decoder_layer else f"{cfg.init_from} is not an encoder-decoder, which objective=span "
+                          f"and task=seq2seq need: start from one (train.py --objective=span makes one) or from scratch")
+    if 0 < cfg.block_size < model.config.block_size and not resume:
         model.crop_block_size(cfg.block_size)
     elif cfg.block_size > model.config.block_size:
         raise ConfigError(f"block_size={cfg.block_size} is larger than the checkpoint's {model.config.block_size}")
     return model, tok, checkpoint
 
 
+# the settings of this machine and this invocation, which a resumed run does not take from its checkpoint
+MACHINE_KEYS = ("out_dir", "init_from", "overwrite", "eval_only", "device", "dtype", "backend", "compile", "threads")
+
+
+def resume_config(cfg, explicit, system):
+    """
+    init_from=resume continues the run in out_dir with the settings it was started with: every key comes from
+    the checkpoint's config except this machine's (MACHINE_KEYS) and those the command line sets (`explicit`,
+    from configure), which apply; both kinds of difference are printed. The weights fix the architecture, so a
+    model key set to another value than the checkpoint's is refused. Returns the checkpoint (loaded once).
+    """
+    checkpoint = load_checkpoint(cfg.out_dir)
+    saved = checkpoint.get("config") or {}
+    model_args = checkpoint.get("model_args") or {}
+    taken, changed = [], []
+    for key, value in saved.items():
+        if not hasattr(cfg, key) or key in MACHINE_KEYS or value == getattr(cfg, key):
+            continue
+        if key not in explicit:
+            taken.append(f"{key}={value!r}")
+            setattr(cfg, key, value)
+        elif key in MODEL_KEYS and key in model_args and getattr(cfg, key) != model_args[key]:
+            raise ConfigError(f"{key}={getattr(cfg, key)!r} but the run in {cfg.out_dir} has {key}={model_args[key]!r}: "
+                              f"a resumed run keeps its architecture; drop --{key}, or start a new run in another out_dir")
+        else:
+            changed.append(f"{key} {value!r} -> {getattr(cfg, key)!r}")
+    if system.master and taken:
+        print(f"resume: settings from the checkpoint's config (not this command's defaults): {', '.join(taken)}")
+    if system.master and changed:
+        print(f"resume: changed on the command line: {', '.join(changed)}")
+    return checkpoint
+
+
 def resume_state(checkpoint, raw_model, optimizer, scaler, cfg, system, model_state=None):
     """Continue a run exactly: load weights (model_state, else the checkpoint's), optimizer, loss
     scaler and RNG states; forget log lines after the checkpoint. Returns the training loop's state."""
+    saved = checkpoint.get("config", {}).get("optimizer", "adamw")
+    if saved != cfg.optimizer:
+        raise TrainError(f"the checkpoint in {cfg.out_dir} was trained with optimizer={saved}, this run asks for "
+                         f"{cfg.optimizer}: resume with --optimizer={saved} (its state does not carry over)")
     load_full_state(raw_model, optimizer, model_state or checkpoint["model"], checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
     state = {"iter_num": checkpoint["iter_num"], "best_val_loss": checkpoint["best_val_loss"], **checkpoint.get("counters", {})}
@@ -442,87 +545,18 @@ def start_run(cfg, system, raw_model, checkpoint=None, model_state=None):
     """What the training loop works on: the model to call (compiled, DDP or FSDP), the optimizer, the loss
     scaler and the loop's state. With a checkpoint (init_from=resume), all of them continue where it left
     off; model_state are the weights to load when they are not the checkpoint's own (finetune.py)."""
+    if system.master:  # before anything is written to out_dir
+        system.out_dir_lock = lock_out_dir(cfg.out_dir)
+        if checkpoint is None and not cfg.eval_only:
+            start_fresh(cfg)
     model = wrap_model(raw_model, cfg, system)
-    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), system.device_type)
+    optimizer = make_optimizer(cfg, raw_model, system.device_type)
     scaler = torch.amp.GradScaler(system.device_type, init_scale=cfg.init_loss_scale, enabled=system.dtype == "float16")
     state = {"iter_num": 0, "best_val_loss": float("inf")}
     if checkpoint is not None:
         state = resume_state(checkpoint, raw_model, optimizer, scaler, cfg, system, model_state)
     state["start_iter"] = state["iter_num"]
     return SimpleNamespace(model=model, raw_model=raw_model, optimizer=optimizer, scaler=scaler, state=state)
-
-
-# -----------------------------------------------------------------------------
-# learning rate schedule
-
-def get_lr(it, cfg):
-    """Linear warmup (non-zero from step 0), then cosine decay to min_lr at lr_decay_iters."""
-    if not cfg.decay_lr:
-        return cfg.learning_rate
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-    if it > cfg.lr_decay_iters:
-        return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
-
-
-# -----------------------------------------------------------------------------
-# logs and plots
-
-def append_log(out_dir, record):
-    with open(os.path.join(out_dir, "log.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def truncate_log(out_dir, iter_num):
-    """On resume: forget log lines a crashed run wrote after its last checkpoint."""
-    path = os.path.join(out_dir, "log.jsonl")
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        keep = [line for line in f if line.strip() and json.loads(line).get("iter", 0) < iter_num]
-    atomic_write_text(path, "".join(keep))
-
-
-def plot_training(out_dir, log_scale=False):
-    """loss.png from log.jsonl: loss vs step and vs tokens, learning rate on a second axis, and
-    accuracy curves when the log has them. Drawn only at eval time."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    with open(os.path.join(out_dir, "log.jsonl"), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    steps = [r for r in records if "loss" in r]
-    evals = [r for r in records if "val_loss" in r]
-    acc_keys = sorted({k for r in evals for k in r if k.startswith("val_") and k.endswith(("acc", "f1"))})
-    fig, axes = plt.subplots(1, 3 if acc_keys else 2, figsize=(15 if acc_keys else 11, 4))
-    for ax, x in zip(axes, ("iter", "tokens")):
-        ax.plot([r[x] for r in steps if x in r], [r["loss"] for r in steps if x in r], lw=0.8, alpha=0.6, label="train (step)")
-        ax.plot([r[x] for r in evals if x in r], [r["train_loss"] for r in evals if x in r], "o-", label="train (eval)")
-        ax.plot([r[x] for r in evals if x in r], [r["val_loss"] for r in evals if x in r], "o-", label="val")
-        ax.set_xlabel("step" if x == "iter" else "tokens")
-        ax.set_ylabel("loss")
-        if log_scale:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper right")
-        lr_ax = ax.twinx()
-        lr_ax.plot([r[x] for r in steps if x in r], [r["lr"] for r in steps if x in r], color="gray", lw=0.8, ls="--")
-        lr_ax.set_ylabel("learning rate", color="gray")
-    if acc_keys:
-        for key in acc_keys:
-            axes[2].plot([r["iter"] for r in evals if key in r], [r[key] for r in evals if key in r], "o-", label=key)
-        axes[2].set_xlabel("step")
-        axes[2].set_ylabel("accuracy / F1")
-        axes[2].grid(alpha=0.3)
-        axes[2].legend()
-    fig.suptitle(os.path.basename(os.path.abspath(out_dir)))
-    fig.tight_layout()
-    tmp = os.path.join(out_dir, "loss.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, os.path.join(out_dir, "loss.png"))
 
 
 # -----------------------------------------------------------------------------
@@ -534,22 +568,19 @@ class Trainer:
     always), log to log.jsonl and loss.png. `run` is start_run's (model, raw_model, optimizer, scaler,
     state: iter_num, best_val_loss and counters that survive resumes). `task` supplies the objective:
     batch(index) -> the micro-batch with that global index; loss(model, batch) -> scalar; evaluate(model)
-    -> metrics with 'val_loss'; checkpoint_extra() -> entries added to checkpoints (they may replace
-    'model': finetune.py stores a classifier's body, or LoRA merged, as a plain GPT); sample(model) or
-    None; tokens_per_micro_batch; optionally `select`, the metric (lower is better) that decides which
-    checkpoint is kept and when patience runs out (default 'val_loss'; finetune.py's classifiers: 'val_error'),
-    and start_is_candidate=False to choose only among evaluations after the run's first step.
-    An optimizer group may carry lr_scale (its learning rate relative to the schedule's) and unfreeze_iter
-    (its learning rate is 0 before that step: finetune.py's gradual unfreezing).
+    -> metrics with 'val_loss'; checkpoint_extra() -> entries added to checkpoints (they may replace 'model':
+    finetune.py stores a classifier's body, or LoRA merged, as a plain GPT); sample(model) or None;
+    tokens_per_micro_batch; optionally `select` (the metric, lower is better, that picks the checkpoint and runs
+    patience; classifiers: 'val_error') and start_is_candidate=False (choose only after the first step). A group's
+    lr_scale scales the lr; before its unfreeze_iter the lr is 0. `clock` gives the seconds max_time counts.
     """
 
-    def __init__(self, cfg, system, run, task):
-        self.cfg, self.system, self.run, self.task = cfg, system, run, task
+    def __init__(self, cfg, system, run, task, clock=time.time):
+        self.cfg, self.system, self.run, self.task, self.clock = cfg, system, run, task, clock
         self.accum = cfg.gradient_accumulation_steps // system.world_size
         self.tokens_per_iter = task.tokens_per_micro_batch * self.accum * system.world_size
         self.params = [p for p in run.model.parameters() if p.requires_grad]
-        self.metrics, self.stop_signal = {}, None
-        self.select = getattr(task, "select", "val_loss")
+        self.metrics, self.stop_signal, self.progress, self.select = {}, None, 0.0, getattr(task, "select", "val_loss")
 
     def fit(self):
         """The loop. Returns the last eval's metrics."""
@@ -559,20 +590,23 @@ class Trainer:
         if cfg.wandb_log and self.system.master:
             import wandb  # optional: pip install wandb
             wandb.init(project=cfg.wandb_project, name=os.path.basename(cfg.out_dir), config=vars(cfg))
-        self.t_start, self.elapsed0 = time.time(), state.get("train_time", 0.0)
-        self.t_last, self.it_last = time.time(), state["iter_num"]  # throughput excludes evaluation
-        previous = signal.signal(signal.SIGINT, self.on_signal)
+        self.t_start, self.elapsed0 = self.clock(), state.get("train_time", 0.0)
+        self.t_last, self.it_last = self.clock(), state["iter_num"]  # throughput excludes evaluation
+        # SIGTERM is what Slurm, Kubernetes and torchrun send before they kill: it stops the run as Ctrl-C does
+        previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while True:
-                it = state["iter_num"]
-                lr = get_lr(it, cfg)
+                it, elapsed = state["iter_num"], self.elapsed()
+                step = schedule_step(it, elapsed, cfg)
+                self.progress = min(step / max(1, cfg.max_iters), 1.0)
+                lr = get_lr(step, cfg)
                 for group in self.run.optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0) * (it >= group.get("unfreeze_iter", 0))
-                last = it >= cfg.max_iters or (cfg.max_time and self.elapsed() >= cfg.max_time)
+                last = it >= cfg.max_iters or (cfg.max_time and elapsed >= cfg.max_time)
                 if it % cfg.eval_interval == 0 or last or cfg.eval_only:
                     if self.evaluate_and_checkpoint(it, lr, last):
                         break
-                    self.t_last, self.it_last = time.time(), it
+                    self.t_last, self.it_last = self.clock(), it
                 if self.task.sample and cfg.sample_every and it % cfg.sample_every == 0 and it > 0:
                     self.task.sample(self.run.raw_model)  # on every rank: an FSDP model is gathered collectively first
                 loss, grad_norm, stop_votes = self.optimizer_step(it)
@@ -584,30 +618,36 @@ class Trainer:
         except KeyboardInterrupt:
             state["train_time"] = self.elapsed()
             path = self.save()
+            signum = self.stop_signal or signal.SIGINT
             if self.system.master:
-                print(f"\ninterrupted at step {state['iter_num']}: checkpoint saved to {path}; "
-                      f"continue with --init_from=resume --out_dir={cfg.out_dir}", flush=True)
-            raise SystemExit(130) from None
+                print(f"\ninterrupted at step {state['iter_num']} ({signal.Signals(signum).name}): checkpoint saved to "
+                      f"{path}; continue with --init_from=resume --out_dir={cfg.out_dir}", flush=True)
+            raise SystemExit(128 + signum) from None  # 130 after Ctrl-C, 143 after SIGTERM: the shell's convention
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         return self.metrics
 
     def elapsed(self):
         """Seconds of training in this run and the runs it resumes."""
-        return self.elapsed0 + time.time() - self.t_start
+        return self.elapsed0 + self.clock() - self.t_start
 
-    def on_signal(self, signum, frame):  # finish the current step, save, exit; a second Ctrl-C is immediate
+    def on_signal(self, signum, frame):
+        """The first signal finishes the current step, saves and exits; a second one exits at once, without
+        saving (a step cut in the middle is not a state to resume from)."""
+        if self.stop_signal is not None:
+            print(f"\nsecond {signal.Signals(signum).name}: stopping at once, without saving", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)
         self.stop_signal = signum
-        signal.signal(signum, signal.default_int_handler)
 
     def evaluate_and_checkpoint(self, it, lr, last):
         """Evaluate, log, checkpoint when due; True when the run ends here (last step, eval_only, patience)."""
         cfg, state, master = self.cfg, self.run.state, self.system.master
         self.metrics = metrics = self.task.evaluate(self.run.model)
         state["train_time"] = self.elapsed()
-        record = {"iter": it, **metrics, "lr": lr, "tokens": it * self.tokens_per_iter, "time": round(state["train_time"], 2)}
-        # a task may leave its starting point out of the choice (finetune.py: an untrained head is no classifier)
-        candidate = it > state.get("start_iter", 0) or getattr(self.task, "start_is_candidate", True)
+        record = {"iter": it, **metrics, "lr": lr, "progress": round(self.progress, 4), "tokens": it * self.tokens_per_iter,
+                  "time": round(state["train_time"], 2)}
+        candidate = it > state.get("start_iter", 0) or getattr(self.task, "start_is_candidate", True)  # see the docstring
         improved = candidate and metrics[self.select] < state["best_val_loss"]  # best_val_loss: the best `select` value
         if master:
             print(f"step {it}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
@@ -683,10 +723,10 @@ class Trainer:
 
     def log_step(self, it, loss, lr, grad_norm):
         """One line per log_interval steps to stdout and log.jsonl: loss, lr, time per step, throughput, MFU."""
-        now = time.time()
-        dt = (now - self.t_last) / max(1, it + 1 - self.it_last)
+        now = self.clock()
+        dt = max(now - self.t_last, 1e-9) / max(1, it + 1 - self.it_last)
         mfu = self.run.raw_model.estimate_mfu(self.tokens_per_iter, dt, self.system.device, self.system.dtype, self.cfg.block_size)
-        append_log(self.cfg.out_dir, {"iter": it, "loss": loss, "lr": lr, "dt_ms": round(dt * 1000, 2),
+        append_log(self.cfg.out_dir, {"iter": it, "loss": loss, "lr": lr, "progress": round(self.progress, 4), "dt_ms": round(dt * 1000, 2),
                                       "tok_per_sec": round(self.tokens_per_iter / dt), "mfu": mfu, "grad_norm": grad_norm,
                                       "tokens": (it + 1) * self.tokens_per_iter, "time": round(self.elapsed(), 2)})
         print(f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f}ms, {self.tokens_per_iter / dt:,.0f} tok/s"
@@ -717,57 +757,72 @@ class Trainer:
 
 def check_config(cfg, system):
     problems = []
+    if cfg.wandb_log and importlib.util.find_spec("wandb") is None:
+        problems.append("wandb_log=True needs the wandb package: pip install wandb, or drop --wandb_log")
     for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval"):
         if getattr(cfg, key) < 1:
             problems.append(f"{key}={getattr(cfg, key)} must be at least 1")
     if cfg.gradient_accumulation_steps % system.world_size:
         problems.append(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} is global and must be divisible "
                         f"by the number of processes ({system.world_size})")
-    if cfg.objective not in ("clm", "mlm"):
-        problems.append(f"objective={cfg.objective!r} is not clm or mlm")
+    if cfg.objective not in ("clm", "mlm", "span"):
+        problems.append(f"objective={cfg.objective!r} is not clm, mlm or span")
+    if cfg.objective != "span" and cfg.n_decoder_layer:
+        problems.append(f"n_decoder_layer={cfg.n_decoder_layer} is for objective=span (an encoder-decoder); "
+                        f"clm and mlm have no decoder")
     if cfg.nan_policy not in ("stop", "skip"):
         problems.append(f"nan_policy={cfg.nan_policy!r} is not stop or skip")
     if not 0 < cfg.mask_prob < 1:
         problems.append(f"mask_prob={cfg.mask_prob} must be between 0 and 1")
+    if cfg.fsdp and cfg.optimizer == "muon":  # Newton-Schulz needs each matrix whole; FSDP holds a shard per rank
+        problems.append("optimizer=muon does not work with fsdp=True (FSDP shards the matrices Muon orthogonalises); "
+                        "use optimizer=adamw, or DDP (fsdp=False)")
     if problems:
         raise ConfigError("; ".join(problems))
+    if cfg.objective == "span" and getattr(cfg, "task", "lm") == "lm":  # finetune's seq2seq reads pairs, not spans
+        span_lengths(cfg.block_size, cfg.mask_prob, cfg.mean_span)  # a one-line error when the sizes do not work out
 
 
 @script_main
 def main(argv=None):
-    cfg = configure(DEFAULTS, argv, default_config=os.path.join(HERE, "config", "shakespeare_char.py"))
+    explicit = set()
+    cfg = configure(DEFAULTS, argv, default_config=os.path.join(HERE, "config", "shakespeare_char.py"), explicit=explicit)
     system = setup_system(cfg)
     try:
+        checkpoint = resume_config(cfg, explicit, system) if cfg.init_from == "resume" else None
         check_config(cfg, system)
         data_dir = find_dataset(cfg.dataset, system)
         meta = read_meta(data_dir)
-        check_bins(data_dir, meta, cfg.block_size)
+        span = span_lengths(cfg.block_size, cfg.mask_prob, cfg.mean_span) if cfg.objective == "span" else None
+        check_bins(data_dir, meta, span.window if span else cfg.block_size)
         tok = load_tokenizer(data_dir)
         seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP shards each rank's own copy)
-        model, tok, checkpoint = start_model(cfg, tok, causal=cfg.objective == "clm")
+        model, tok, checkpoint = start_model(cfg, tok, cfg.objective == "clm", checkpoint, seq2seq=span is not None)
         seed_everything(cfg.seed + system.rank)  # then each rank its own dropout randomness
         model.to(system.device)
         if system.master:
             print(f"{cfg.objective} model: {model.get_num_params() / 1e6:.2f}M parameters, "
-                  f"{model.config.n_layer} layers, vocab {tok.vocab_size} ({tok.kind}), device {system.device}, dtype {system.dtype}"
+                  f"{model.config.n_layer}{f'+{model.config.n_decoder_layer}' if span else ''} layers, "
+                  f"vocab {tok.vocab_size}{f' + {len(SENTINELS)} sentinels' if span else ''} ({tok.kind}), device {system.device}, dtype {system.dtype}"
                   + (f", {system.world_size} processes" if system.distributed else ""))
         run = start_run(cfg, system, model, checkpoint if cfg.init_from == "resume" else None)
         batch_fn = make_batch_fn(cfg, data_dir, meta, tok, system)
         task = SimpleNamespace(
             batch=batch_fn, loss=lambda m, batch: lm_loss(m, batch, system.autocast),
-            evaluate=lambda m: evaluate_lm(m, batch_fn, cfg, system),
+            evaluate=lambda m: evaluate_lm(m, batch_fn, cfg, system, min(tok.special_ids.values())),
             checkpoint_extra=lambda: {"tokenizer": tok.spec(), "dataset": cfg.dataset},
-            sample=(lambda m: print_sample(m, tok, cfg, system)) if cfg.objective == "clm" else None,
-            tokens_per_micro_batch=cfg.batch_size * cfg.block_size)
+            sample={"clm": lambda m: print_sample(m, tok, cfg, system),
+                    "span": lambda m: print_span_fill(m, tok, batch_fn, system)}.get(cfg.objective),
+            tokens_per_micro_batch=cfg.batch_size * (span.window if span else cfg.block_size))  # text tokens read
         Trainer(cfg, system, run, task).fit()
         if cfg.eval_only and cfg.mlm_baselines and system.master:
             scores = mlm_baselines(model, batch_fn, cfg, data_dir, meta, system)
             print(f"masked-token accuracy on {scores.pop('positions')} val positions: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if not cfg.eval_only:
-            if cfg.objective == "clm":
-                print_sample(model, tok, cfg, system)
-            else:
+            if cfg.objective == "mlm":
                 print_fill_mask(model, tok, cfg, data_dir, meta, system)
+            else:
+                task.sample(model)
     finally:
         teardown(system)
 
@@ -780,14 +835,24 @@ def print_sample(model, tok, cfg, system):
     if not system.master:
         return
     model.eval()
-    start = tok.encode("\n") if "\n" in getattr(tok, "chars", "\n") else [tok.special_ids[EOT]]  # char vocabularies
-    start = torch.tensor([start], device=system.device)
+    start = torch.tensor([sample_start(tok)], device=system.device)
+    safe = SafeGeneration(tok, "\n", cfg.sample_tokens, phone=cfg.safe_phone) if cfg.safe else None
     with system.autocast:
         out = model.generate(start, cfg.sample_tokens, temperature=0.8, top_k=200,
                              generator=torch.Generator(device=system.device).manual_seed(cfg.seed),
-                             suppress_tokens=[tok.special_ids[s] for s in BERT_SPECIALS])
+                             suppress_tokens=[tok.special_ids[s] for s in BERT_SPECIALS],
+                             logits_processor=safe and safe.filter)
     model.train()
-    print("-" * 40 + "\n" + tok.decode(out[0, 1:].tolist()) + "\n" + "-" * 40, flush=True)
+    text = tok.decode(out[0, 1:].tolist())
+    print("-" * 40 + "\n" + (safe.redact(text) if safe else text) + "\n" + "-" * 40, flush=True)
+    if safe:
+        print(safe.summary(), flush=True)
+
+
+def sample_start(tok):
+    """The prompt of an unprompted sample: a new line, or <|endoftext|> (a new document, as GPT-2 samples
+    unconditionally) for a character vocabulary that has no "\n"."""
+    return tok.encode("\n") if tok.kind != "char" or "\n" in tok.stoi else [tok.special_ids[EOT]]
 
 
 def print_fill_mask(model, tok, cfg, data_dir, meta, system):
@@ -804,6 +869,24 @@ def print_fill_mask(model, tok, cfg, data_dir, meta, system):
     model.eval()
     show_fill_mask(tok, *model.fill_mask(ids, tok.special_ids["[MASK]"], tok.special_ids.values(), top_k=3))
     model.train()
+
+
+@torch.no_grad()
+def print_span_fill(model, tok, batch_fn, system):
+    """An encoder-decoder's demo: a corrupted validation window, the spans it writes for the sentinels
+    (greedy), and the true ones."""
+    model = unsharded(model, system)
+    if not system.master:
+        return
+    src, decoder_idx, target = (t[:1] for t in batch_fn(0, split="val", kind="eval"))
+    model.eval()
+    with system.autocast:
+        out = model.generate(src, target.size(1), decoder_idx=decoder_idx[:, :1], temperature=0, stop_token=tok.special_ids[EOT])
+    model.train()
+    written = [t for t in out[0, 1:].tolist() if t != tok.special_ids[EOT]]
+    filled = restore_spans(src[0].tolist(), written, tok.sentinel_ids.values())
+    print("-" * 40 + f"\ninput:   {tok.decode(src[0].tolist())!r}\nwritten: {tok.decode(written)!r}\ntruth:   "
+          f"{tok.decode(target[0, :-1].tolist())!r}\nfilled:  {tok.decode(filled)!r}\n" + "-" * 40, flush=True)
 
 
 def show_fill_mask(tok, filled, steps, out=None):

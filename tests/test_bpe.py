@@ -18,7 +18,7 @@ import torch
 
 import prepare
 from configurator import configure
-from dataset import DataError, in_val_split
+from dataset import DataError, in_val_split, read_bin
 from conftest import ROOT
 from tokenizer import (EOT, GPT4_PATTERN, SPECIAL_TOKENS, TokenizerError, bpe_ranks, build_tokenizer, chunk_counts,
                        load_tokenizer, tokenizer_from_spec, train_bpe)
@@ -203,11 +203,13 @@ def test_bpe_after_curation_is_fitted_on_the_kept_train_documents(shared_data, t
                                        "--vocab_size=600", "--lang=en", "--keep_text=True"], verbose=False)
     meta = prepare.prepare(cfg)
     with gzip.open(tmp_path / "c4" / "clean.jsonl.gz", "rt", encoding="utf-8") as f:
-        kept = [json.loads(line)["text"] for line in f]
+        kept = [json.loads(line) for line in f]
     assert 0 < len(kept) < 300 and meta["train_docs"] + meta["val_docs"] == len(kept)  # curation removed some
     tok = load_tokenizer(tmp_path / "c4")
-    train = tok.decode(np.fromfile(tmp_path / "c4" / "train.bin", dtype=meta["dtype"])).split(EOT)[:-1]
-    assert tok.vocab_size == 600 and train == prepare.train_split_texts(kept, 0.1, 1337)
+    train = tok.decode(read_bin(str(tmp_path / "c4"), "train", meta)[:]).split(EOT)[:-1]
+    expected = [k["text"] for k in kept if not in_val_split(k["doc"], 0.1, 1337)]  # split by the input index
+    assert tok.vocab_size == 600 and train == expected
+    assert tok.spec() == build_tokenizer("bpe", expected, vocab_size=600, progress=False).spec()
 
 
 def test_json_arrays_give_one_document_per_record(tmp_path):

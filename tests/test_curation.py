@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 import torch
 
+import bench
 import curate as C
+import dedup
 import prepare as P
-from dataset import DataError
+from dataset import DataError, read_bin
 from conftest import ROOT, assert_real_png, needs_shared_data
 from model import GPT, GPTConfig
-from tokenizer import EOT, CharTokenizer
+from tokenizer import EOT, CharTokenizer, load_tokenizer
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "curation_docs.jsonl")
 CRAWL = os.path.join("web_crawl_sample", "CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz")
@@ -307,7 +309,7 @@ def test_near_duplicates_with_a_few_edited_words_cluster_and_unrelated_docs_do_n
     docs.append(" ".join(edited))  # 12: near-duplicate of 3
     docs.append(docs[7] + " and one more sentence at the end")  # 13: near-duplicate of 7
     _, bands = signatures(docs)
-    drop, clusters = C.find_duplicates((np.zeros(0, np.int64), np.zeros(0, np.int64)), (np.arange(len(docs)), bands))
+    drop, clusters = dedup.find_duplicates((np.zeros(0, np.int64), np.zeros(0, np.int64)), (np.arange(len(docs)), bands))
     assert drop == {12: ("near_dup", 3), 13: ("near_dup", 7)}
     assert clusters == [[3, 12], [7, 13]]
 
@@ -317,13 +319,13 @@ def test_exact_duplicates_ignore_whitespace_digits_and_ascii_punctuation_and_fir
     assert key("Hello, world! 2019") == key("Hello world 2020") == key("  Hello\n\nworld.")
     assert key("Hello world") != key("hello world") and key("Hello world") != key("Hello world。")
     docs, keys = np.array([5, 2, 9, 4]), np.array([key("x"), key("y"), key("x!"), key("y")])
-    drop, _ = C.find_duplicates((docs, keys), (np.zeros(0, np.int64), np.zeros((0, 14), np.int64)))
+    drop, _ = dedup.find_duplicates((docs, keys), (np.zeros(0, np.int64), np.zeros((0, 14), np.int64)))
     assert drop == {9: ("exact_dup", 5), 4: ("exact_dup", 2)}
 
 
 def test_union_find_joins_chains_and_keeps_the_lowest_index():
     bands = np.array([[1, 10], [2, 10], [2, 20], [3, 30]], dtype=np.int64)  # 8~4 share band 1, 4~6 share band 0
-    drop, clusters = C.find_duplicates((np.zeros(0, np.int64), np.zeros(0, np.int64)), (np.array([8, 4, 6, 1]), bands))
+    drop, clusters = dedup.find_duplicates((np.zeros(0, np.int64), np.zeros(0, np.int64)), (np.array([8, 4, 6, 1]), bands))
     assert drop == {8: ("near_dup", 4), 6: ("near_dup", 4)} and clusters == [[4, 6, 8]]
 
 
@@ -355,7 +357,7 @@ def test_pipeline_removes_each_reason_redacts_pii_and_writes_a_readable_report(e
     assert "PI:IP_ADDRESS" in kept[2]["text"] and "PI:USER" in kept[2]["text"]
     # the bins hold exactly the kept documents, each ended by <|endoftext|>
     tok = CharTokenizer(json.load(open(out / "tokenizer.json"))["chars"])
-    ids = np.concatenate([np.fromfile(out / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
+    ids = np.concatenate([read_bin(str(out), s, meta)[:] for s in ("train", "val")])
     texts = tok.decode(ids).split(EOT)[:-1]
     assert sorted(texts) == sorted(k["text"] for k in kept) and meta["train_docs"] + meta["val_docs"] == 4
 
@@ -402,6 +404,15 @@ def test_every_stage_can_be_switched_off(tmp_path):
     assert "walks@river.org" in kept[0]["text"]
     meta, out = run(tmp_path, input=FIXTURE, name="raw", curate=False)
     assert meta["train_docs"] + meta["val_docs"] == 12 and not (out / "report.md").exists()
+
+
+def test_max_tokens_keeps_whole_shards_up_to_the_one_that_reaches_it(tmp_path):
+    whole, out = run(tmp_path, input=FIXTURE, lang="en", shard_mb=0.0005, name="whole")  # ~1 document a shard
+    shards = sorted((e["file"][-9:-4], e["file"], e["tokens"]) for split in ("train", "val") for e in whole["shards"][split])
+    assert len({k for k, _, _ in shards}) == 3  # three shards kept something: 00000, 00003 (train), 00004 (val)
+    capped, _ = run(tmp_path, input=FIXTURE, lang="en", shard_mb=0.0005, name="capped", max_tokens=shards[0][2] + 1)
+    assert [e["file"] for split in ("train", "val") for e in capped["shards"][split]] == [f for _, f, _ in shards[:2]]
+    assert not [f for f in os.listdir(tmp_path / "data" / "capped") if ".tmp" in f or f.startswith("val")]
 
 
 def test_bad_curation_settings_are_one_line_errors(tmp_path):
@@ -483,17 +494,77 @@ def test_ppl_normalize_writes_the_training_text_of_a_scoring_model(tmp_path):
 
 # --- ranks ------------------------------------------------------------------------------------------------------
 
-def test_two_ranks_write_what_one_rank_writes(tmp_path):
-    args = [f"--input={FIXTURE}", "--lang=auto", f"--data_root={tmp_path}", "--keep_text=True"]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "prepare.py", "--name=one", *args], cwd=ROOT, check=True, capture_output=True, env=env)
+def shard_of_each_document(corpus, shard_mb):
+    """The shard each document of a .jsonl lands in: a new shard starts once shard_mb MB of input are in one."""
+    shards, filled = [], math.inf
+    with open(corpus, encoding="utf-8") as f:
+        for line in f:
+            if filled >= shard_mb * 1e6:
+                shards.append(len(shards) and shards[-1] + 1)
+                filled = 0
+            else:
+                shards.append(shards[-1])
+            filled += len(json.loads(line)["text"].encode("utf-8"))
+    return shards
+
+
+@needs_shared_data
+def test_four_ranks_write_what_one_rank_writes(tmp_path):
+    corpus = tmp_path / "crawl.jsonl"
+    planted = bench.crawl_like_corpus(str(corpus), 0.4, dup_rate=0.3)
+    # shards of 50 kB: 7 of them, 1-2 per rank; a tiny dedup memory makes every rank spill sorted runs and merge them
+    settings = dict(input=str(corpus), keep_text=True, tokenizer="bpe", vocab_size=300, shard_mb=0.05, dedup_memory_mb=0.001)
+    one, _ = run(tmp_path, name="one", **settings)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "prepare.py",
+                    "--name=four", f"--data_root={tmp_path / 'data'}", *(f"--{k}={v}" for k, v in settings.items())],
+                   cwd=ROOT, check=True, capture_output=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    out = tmp_path / "data"
+    four = json.load(open(out / "four" / "meta.json"))
+    assert len(one["shards"]["train"]) >= 6 and one.pop("run_id") != four.pop("run_id") and one == four
+    for name in os.listdir(out / "one"):  # shards, tokenizer, kept text, removals: byte for byte
+        if name not in ("meta.json", "report.json", "report.md", "plots"):
+            assert (out / "one" / name).read_bytes() == (out / "four" / name).read_bytes(), name
+    report = json.load(open(out / "four" / "report.json"))
+    assert report["ranks"] == 4 and report["removed"] == json.load(open(out / "one" / "report.json"))["removed"]
+    assert sorted(os.listdir(out / "four")) == sorted(os.listdir(out / "one"))  # no working files left
+    # the planted copies are caught, also where the copy and its original belong to different ranks
+    removed = {r["doc"]: r for r in read_jsonl_gz(out / "four" / "removed.jsonl.gz")}
+    shard = shard_of_each_document(corpus, 0.05)
+    judged = [(copy, original) for copy, original, _ in planted if original not in removed]
+    assert all(removed[copy]["reason"] in ("exact_dup", "near_dup") for copy, _ in judged)
+    assert sum(shard[copy] % 4 != shard[original] % 4 for copy, original in judged) >= 5
+    # the shards, read as one stream, hold each kept document once
+    tok = load_tokenizer(str(out / "four"))
+    texts = tok.decode(np.concatenate([read_bin(str(out / "four"), s, four)[:] for s in ("train", "val")])).split(EOT)[:-1]
+    assert sorted(texts) == sorted(k["text"] for k in read_jsonl_gz(out / "four" / "clean.jsonl.gz"))
+
+
+@needs_shared_data
+def test_ranks_that_read_their_own_input_files_write_what_one_rank_writes(tmp_path):
+    lines = []
+    bench.crawl_like_corpus(str(tmp_path / "crawl.jsonl"), 0.2, dup_rate=0.3, seed=1)
+    with open(tmp_path / "crawl.jsonl", encoding="utf-8") as f:
+        lines = f.readlines()
+    parts = [tmp_path / f"part-{p}.jsonl" for p in range(3)]  # 3 files for 2 ranks: each rank reads its own
+    for p, part in enumerate(parts):
+        part.write_text("".join(lines[p * len(lines) // 3:(p + 1) * len(lines) // 3]), encoding="utf-8")
+    settings = dict(input=",".join(map(str, parts)), keep_text=True, shard_mb=0.03, dedup_memory_mb=0.001)
+    one, _ = run(tmp_path, name="one", **settings)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "prepare.py",
-                    "--name=two", *args], cwd=ROOT, check=True, capture_output=True, env=env, timeout=240)
-    for file in ("train.bin", "val.bin", "meta.json", "tokenizer.json", "removed.jsonl.gz", "clean.jsonl.gz"):
-        assert (tmp_path / "one" / file).read_bytes() == (tmp_path / "two" / file).read_bytes(), file
-    one, two = (json.load(open(tmp_path / n / "report.json")) for n in ("one", "two"))
-    assert two["ranks"] == 2 and one["stages"] == two["stages"] and one["removed"] == two["removed"]
-    assert not [f for f in os.listdir(tmp_path / "two") if f.startswith(".")]  # staged files are cleaned up
+                    "--name=two", f"--data_root={tmp_path / 'data'}", *(f"--{k}={v}" for k, v in settings.items())],
+                   cwd=ROOT, check=True, capture_output=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    out = tmp_path / "data"
+    two = json.load(open(out / "two" / "meta.json"))
+    assert one.pop("run_id") != two.pop("run_id") and one == two
+    for name in os.listdir(out / "one"):
+        if name not in ("meta.json", "report.json", "report.md", "plots"):
+            assert (out / "one" / name).read_bytes() == (out / "two" / name).read_bytes(), name
+    removed = read_jsonl_gz(out / "two" / "removed.jsonl.gz")
+    dups = [r for r in removed if r["reason"] in ("exact_dup", "near_dup")]
+    # documents are numbered file * 10**12 + place; copies in a later file than their original were caught
+    assert any(r["doc"] // C.DOC_BASE != r["values"]["duplicate_of"] // C.DOC_BASE for r in dups)
+    report = json.load(open(out / "two" / "report.json"))
+    assert report["input_stats"] == json.load(open(out / "one" / "report.json"))["input_stats"]
 
 
 # --- real data (../shared/data) ------------------------------------------------------------------------------------
@@ -558,7 +629,7 @@ def test_data_juicer_duplicates_are_found(shared_data):
     hashed = [(d, C.shingle_hashes(t, unspaced=C.language_identifier()(t)[0] == "zh")) for d, t in enumerate(texts)]
     near_docs = np.array([d for d, h in hashed if len(h)])
     bands = np.array([C.band_hashes(C.minhash_signature(h, 112), 14, 8) for _, h in hashed if len(h)], dtype=np.int64)
-    drop, clusters = C.find_duplicates((docs, keys), (near_docs, bands))
+    drop, clusters = dedup.find_duplicates((docs, keys), (near_docs, bands))
     assert drop[11] == ("exact_dup", 6)  # the same sentence twice
     assert drop[8][1] in (7,) and drop[10][1] in (7, 9) and drop[13] == ("near_dup", 12)  # two edited words; zh
     assert not any(d in drop for d in (0, 1, 2, 3, 4, 5))  # short, distinct sentences

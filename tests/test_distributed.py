@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,8 +57,9 @@ def launch(nproc, *args, script="train.py", timeout=300):
 
 
 def losses(out_dir):
+    """(iter, loss) of each step line, in order."""
     with open(os.path.join(out_dir, "log.jsonl")) as f:
-        return {r["iter"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+        return [(r["iter"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
 
 
 def max_relative_difference(a, b):
@@ -65,17 +67,22 @@ def max_relative_difference(a, b):
 
 
 def test_ddp_equals_one_process_with_the_same_global_batch(tmp_path, shakespeare_char):
-    common = [*ARGS, f"--dataset={shakespeare_char}", "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=4"]
+    # AdamW: Muon's bfloat16 Newton-Schulz turns last-bit differences of the summed gradients (DDP sums in
+    # another order) into visible weight differences in the first, nearly low-rank updates (measured: losses
+    # equal to 1e-5, matrices apart by up to 15% after 6 steps), so only AdamW shows the exactness checked here
+    common = [*ARGS, f"--dataset={shakespeare_char}", "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=4",
+              "--optimizer=adamw"]
     launch(1, *common, f"--out_dir={tmp_path / 'one'}")
     out = launch(2, *common, f"--out_dir={tmp_path / 'ddp'}")
     assert "2 processes" in out
     one, ddp = (load_checkpoint(str(tmp_path / d))["model"] for d in ("one", "ddp"))
     assert max_relative_difference(ddp, one) < 1e-5  # DDP averages gradients exactly as accumulation does
-    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    assert dict(losses(tmp_path / "ddp")) == pytest.approx(dict(losses(tmp_path / "one")), rel=1e-5)
 
 
 def test_fsdp_checkpoint_loads_in_one_process(tmp_path, shakespeare_char):
-    common = [*ARGS, f"--dataset={shakespeare_char}", "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=2"]
+    common = [*ARGS, f"--dataset={shakespeare_char}", "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=2",
+              "--optimizer=adamw"]  # Muon needs whole matrices: train.py refuses it with FSDP
     launch(2, *common, "--fsdp=True", f"--out_dir={tmp_path / 'fsdp'}")
     launch(1, *common, f"--out_dir={tmp_path / 'one'}")
     assert max_relative_difference(load_checkpoint(str(tmp_path / "fsdp"))["model"],
@@ -88,14 +95,18 @@ def test_fsdp_checkpoint_loads_in_one_process(tmp_path, shakespeare_char):
     assert load_checkpoint(str(tmp_path / "one"))["iter_num"] == 8
 
 
-def test_resume_under_ddp_continues_at_the_right_step(tmp_path, shakespeare_char):
-    common = [*ARGS, f"--dataset={shakespeare_char}", "--eval_interval=4", "--gradient_accumulation_steps=2"]
+def test_resume_under_ddp_with_dropout_is_exact(tmp_path, shakespeare_char):
+    """With dropout each rank draws its own masks: the resumed ranks must each get their own RNG state back,
+    or the losses after step 4 part from the straight run's."""
+    common = [*ARGS, f"--dataset={shakespeare_char}", "--eval_interval=4", "--gradient_accumulation_steps=2", "--dropout=0.1"]
     launch(2, *common, "--max_iters=8", f"--out_dir={tmp_path / 'straight'}")
     launch(2, *common, "--max_iters=4", f"--out_dir={tmp_path / 'resumed'}")
     out = launch(2, *common, "--max_iters=8", "--init_from=resume", f"--out_dir={tmp_path / 'resumed'}")
     assert "resuming from" in out and "at step 4" in out
-    assert losses(tmp_path / "resumed") == pytest.approx(losses(tmp_path / "straight"), abs=1e-6)
-    assert sorted(losses(tmp_path / "resumed")) == list(range(8))
+    assert re.findall(r"^iter (\d+):", out, re.M) == ["4", "5", "6", "7"]
+    resumed, straight = losses(tmp_path / "resumed"), losses(tmp_path / "straight")
+    assert [i for i, _ in resumed] == list(range(8))
+    assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in straight], abs=1e-6)
 
 
 EVAL_ON_EACH_RANK = """

@@ -3,10 +3,13 @@ Reliability guarantees, checked with real processes and signals: exact resume af
 crash-safe writes, safe loading, numerical faults, bad input, Ctrl-C, determinism.
 """
 
+import errno
 import json
 import os
 import random
+import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +19,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from dataset import DataError, download
+from dataset import DataError, check_bins, download, read_meta
 from model import CheckpointError, load_checkpoint, save_checkpoint
 from test_train import TINY
 
@@ -45,9 +48,15 @@ def run_until(cmd, marker, sig):
     return proc.returncode, "".join(seen) + out, err
 
 
-def step_losses(out_dir):
+def step_log(out_dir):
+    """(iter, loss) of every step line of log.jsonl, in order: a list, so a step logged twice shows."""
     with open(os.path.join(out_dir, "log.jsonl")) as f:
-        return {r["iter"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+        return [(r["iter"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
+
+
+def steps_run(stdout):
+    """The steps a run itself trained, from its `iter N:` lines."""
+    return [int(n) for n in re.findall(r"^iter (\d+):", stdout, re.M)]
 
 
 # --- exact resume ---------------------------------------------------------------------------------
@@ -59,10 +68,15 @@ def test_sigkill_after_checkpoint_then_resume_is_exact(tmp_path, shakespeare_cha
     assert straight.returncode == 0, straight.stderr[-2000:]
     code, _, _ = run_until(train_cmd(shakespeare_char, tmp_path / "killed", *extra), "saved checkpoint", signal.SIGKILL)
     assert code == -signal.SIGKILL and load_checkpoint(str(tmp_path / "killed"))["iter_num"] == 8
+    with open(tmp_path / "killed" / "log.jsonl", "a") as log:  # what a run killed later leaves: steps after its
+        log.write("".join(json.dumps({"iter": i, "loss": 99.0}) + "\n" for i in (8, 9, 10)))  # checkpoint, and a
+        log.write('{"iter": 11, "lo')  # torn last line
     resumed = python(*train_cmd(shakespeare_char, tmp_path / "killed", *extra, "--init_from=resume")[1:])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = step_losses(tmp_path / "straight"), step_losses(tmp_path / "killed")
-    assert sorted(b) == list(range(16)) and b == pytest.approx(a, abs=1e-6)
+    assert steps_run(resumed.stdout) == list(range(8, 16))  # it continued at step 8, it did not start over
+    a, b = step_log(tmp_path / "straight"), step_log(tmp_path / "killed")
+    assert [i for i, _ in b] == list(range(16))  # every step once: the stale lines were dropped
+    assert [loss for _, loss in b] == pytest.approx([loss for _, loss in a], abs=1e-6)
     pa, pb = (load_checkpoint(str(tmp_path / d))["model"] for d in ("straight", "killed"))
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
 
@@ -70,7 +84,7 @@ def test_sigkill_after_checkpoint_then_resume_is_exact(tmp_path, shakespeare_cha
 def test_same_seed_same_loss_curve(tmp_path, shakespeare_char):
     for name in ("a", "b"):
         assert python(*train_cmd(shakespeare_char, tmp_path / name, "--max_iters=8", "--eval_interval=4", "--dropout=0.1")[1:]).returncode == 0
-    assert step_losses(tmp_path / "a") == step_losses(tmp_path / "b")
+    assert step_log(tmp_path / "a") == step_log(tmp_path / "b")
 
 
 # --- crash-safe writes ----------------------------------------------------------------------------
@@ -110,9 +124,10 @@ def test_keep_last_keeps_the_newest_and_resaving_an_iteration_drops_nothing_else
 def test_sigkill_during_prepare_leaves_old_or_new_files(tmp_path, shakespeare_char):
     """Each output is the old file or the new one, whole; a kill between the renames leaves a mix
     that train.py refuses in one line, since meta.json (renamed last) no longer matches the bins."""
-    def files(out):  # the bins' bytes and the token counts meta.json vouches for
-        meta = json.loads((out / "meta.json").read_text())
-        return {**{f: (out / f).read_bytes() for f in ("train.bin", "val.bin")}, "meta": (meta["train_tokens"], meta["val_tokens"])}
+    def files(out):  # the bins' bytes and the token counts meta.json vouches for (none while the bins are renamed)
+        meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else None
+        return {**{f: (out / f).read_bytes() for f in ("train.bin", "val.bin")},
+                "meta": meta and (meta["train_tokens"], meta["val_tokens"], meta["run_id"])}
 
     texts = {"old": "All the world's a stage, and all the men and women merely players.\n" * 200_000,
              "new": "Now is the winter of our discontent.\n" * 300_000}
@@ -155,6 +170,43 @@ def test_disk_full_while_writing_bins_is_a_clean_error(tmp_path):
     assert not [p for p in os.listdir(tmp_path / "full") if ".tmp" in p]
 
 
+def test_disk_full_after_the_bins_are_written_is_a_clean_error(tmp_path, monkeypatch):
+    """The bins fit, meta.json does not: one line, and train.py refuses the folder (no meta.json vouches for
+    the new bins) instead of reading them with the old one."""
+    import prepare
+    src = tmp_path / "text.txt"
+    src.write_text("to be or not to be " * 5_000)
+    args = [f"--input={src}", "--name=full", f"--data_root={tmp_path}", "--curate=False"]
+    prepare.main(args)
+    fsync = os.fsync
+
+    def meta_json_does_not_fit(fd):
+        if "meta.json" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", meta_json_does_not_fit)
+    src.write_text("all the world's a stage " * 5_000)
+    with pytest.raises(SystemExit, match=r"^prepare.py: could not write .*meta.json \(No space left on device\); free some disk space"):
+        prepare.main(args)
+    monkeypatch.undo()
+    assert "interrupted prepare.py run" in one_line_error(python(*train_cmd(tmp_path / "full", tmp_path / "o")[1:]))
+
+
+def test_bins_and_meta_of_different_runs_with_equal_counts_are_refused(tmp_path):
+    """Same length, same characters, other text: equal token counts. The run id in meta.json tells them apart."""
+    import prepare
+    for name, text in (("a", "abcd\n" * 40_000), ("b", "dcba\n" * 40_000)):
+        (tmp_path / f"{name}.txt").write_text(text)
+        prepare.main([f"--input={tmp_path / name}.txt", f"--name={name}", f"--data_root={tmp_path}", "--curate=False"])
+    meta = {n: read_meta(str(tmp_path / n)) for n in "ab"}
+    assert meta["a"]["train_tokens"] == meta["b"]["train_tokens"] and meta["a"]["run_id"] != meta["b"]["run_id"]
+    check_bins(str(tmp_path / "a"), meta["a"])
+    shutil.copy(tmp_path / "b" / "train.bin", tmp_path / "a" / "train.bin")
+    with pytest.raises(DataError, match="not the ones its meta.json was written with"):
+        check_bins(str(tmp_path / "a"), meta["a"])
+
+
 # --- safe loading ---------------------------------------------------------------------------------
 
 class Exploit:
@@ -190,13 +242,18 @@ def test_truncated_checkpoint_names_the_last_good_one(tmp_path, shakespeare_char
 
 # --- numerical faults -----------------------------------------------------------------------------
 
+# learning_rate=1e5 makes the loss NaN within a few steps with AdamW on every parameter; under Muon it
+# would reach only the embeddings, norms and head (the matrices take muon_lr)
+BLOW_UP = ["--optimizer=adamw"]
+
+
 def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, shakespeare_char):
     out = tmp_path / "out"
-    first = python(*train_cmd(shakespeare_char, out, "--max_iters=4", "--eval_interval=4")[1:])
+    first = python(*train_cmd(shakespeare_char, out, "--max_iters=4", "--eval_interval=4", *BLOW_UP)[1:])
     assert first.returncode == 0
     good = out.joinpath("ckpt.pt").read_bytes()
     run = python(*train_cmd(shakespeare_char, out, "--init_from=resume", "--max_iters=30", "--eval_interval=100",
-                            "--learning_rate=1e5", "--grad_clip=0", "--decay_lr=False")[1:])
+                            "--learning_rate=1e5", "--grad_clip=0", "--decay_lr=False", *BLOW_UP)[1:])
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "at step" in run.stderr and f"last good checkpoint is {out / 'ckpt.pt'}" in run.stderr
     assert out.joinpath("ckpt.pt").read_bytes() == good
@@ -204,7 +261,7 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, sh
 
 def test_nan_skip_counts_skipped_steps(tmp_path, shakespeare_char):
     run = python(*train_cmd(shakespeare_char, tmp_path, "--max_iters=12", "--eval_interval=100", "--learning_rate=1e5",
-                            "--grad_clip=0", "--decay_lr=False", "--nan_policy=skip")[1:])
+                            "--grad_clip=0", "--decay_lr=False", "--nan_policy=skip", *BLOW_UP)[1:])
     assert run.returncode == 0, run.stderr[-2000:]
     skipped = [json.loads(line) for line in open(tmp_path / "log.jsonl") if '"skipped"' in line]
     assert len(skipped) >= 1 and load_checkpoint(str(tmp_path))["counters"]["skipped_steps"] == len(skipped)
@@ -218,14 +275,74 @@ def test_fp16_overflow_is_handled_by_the_grad_scaler(tmp_path, shakespeare_char)
     assert load_checkpoint(str(tmp_path))["counters"]["fp16_overflows"] >= 1
 
 
-# --- Ctrl-C ---------------------------------------------------------------------------------------
+# --- Ctrl-C and SIGTERM ---------------------------------------------------------------------------
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, shakespeare_char):
-    code, out, err = run_until(train_cmd(shakespeare_char, tmp_path, "--max_iters=100000", "--eval_interval=100000"), "iter 3:", signal.SIGINT)
-    assert code == 130 and "Traceback" not in err
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, shakespeare_char, sig, status):
+    """SIGTERM is what Slurm and Kubernetes send before they kill a job: it must not lose the steps since the last eval."""
+    code, out, err = run_until(train_cmd(shakespeare_char, tmp_path, "--max_iters=100000", "--eval_interval=100000"), "iter 3:", sig)
+    assert code == status and "Traceback" not in err
     assert "interrupted at step" in out and "--init_from=resume" in out
     step = load_checkpoint(str(tmp_path))["iter_num"]
-    assert step >= 4 and f"interrupted at step {step}" in out
+    assert step >= 4 and f"interrupted at step {step} ({sig.name})" in out
+    resumed = python(*train_cmd(shakespeare_char, tmp_path, "--init_from=resume", f"--max_iters={step + 2}")[1:])
+    assert resumed.returncode == 0 and steps_run(resumed.stdout) == [step, step + 1]
+
+
+# --- runs that must not clobber each other ------------------------------------------------------
+
+def test_a_second_run_on_a_busy_out_dir_refuses(tmp_path, shakespeare_char):
+    first = subprocess.Popen(train_cmd(shakespeare_char, tmp_path, "--max_iters=100000", "--eval_interval=100000"), env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:
+            if "iter 1:" in line:
+                break
+        second = python(*train_cmd(shakespeare_char, tmp_path, "--max_iters=2", "--overwrite=True")[1:])
+        assert f"is in use by another run (pid {first.pid} on " in one_line_error(second)
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=300)
+    assert first.returncode == 130  # the first run never noticed, and saved its checkpoint as usual
+    assert python(*train_cmd(shakespeare_char, tmp_path, "--init_from=resume", "--max_iters=1")[1:]).returncode == 0  # lock gone
+
+
+def test_a_new_run_does_not_replace_a_checkpoint_unless_told(tmp_path, shakespeare_char):
+    assert python(*train_cmd(shakespeare_char, tmp_path, "--max_iters=6", "--eval_interval=3", "--keep_last=2")[1:]).returncode == 0
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    line = one_line_error(python(*train_cmd(shakespeare_char, tmp_path, "--max_iters=2", "--eval_interval=2")[1:]))
+    assert "already holds a checkpoint" in line and "--init_from=resume" in line and "--overwrite=True" in line
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+    run = python(*train_cmd(shakespeare_char, tmp_path, "--max_iters=2", "--eval_interval=2", "--overwrite=True")[1:])
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert load_checkpoint(str(tmp_path))["iter_num"] == 2 and not list(tmp_path.glob("ckpt-*.pt"))  # the old run's are gone
+    assert [i for i, _ in step_log(tmp_path)] == [0, 1]  # and so is its log
+
+
+def test_resume_continues_with_the_checkpoints_own_settings(tmp_path, shakespeare_char):
+    """Resumed with nothing but out_dir and a new max_iters, the run keeps its learning rate and batch size
+    instead of taking today's defaults (config/shakespeare_char.py: 1e-3 and 64)."""
+    first = python(*train_cmd(shakespeare_char, tmp_path, "--max_iters=4", "--eval_interval=4", "--batch_size=4",
+                              "--learning_rate=1e-4", "--decay_lr=False")[1:])
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = python("train.py", f"--out_dir={tmp_path}", "--init_from=resume", "--max_iters=6", "--threads=1")
+    assert run.returncode == 0, run.stderr[-2000:]
+    taken = next(line for line in run.stdout.splitlines() if line.startswith("resume: settings from the checkpoint"))
+    assert "learning_rate=0.0001" in taken and "batch_size=4" in taken and f"dataset='{shakespeare_char}'" in taken
+    assert "resume: changed on the command line: max_iters 4 -> 6" in run.stdout
+    assert steps_run(run.stdout) == [4, 5]
+    assert [r["lr"] for r in map(json.loads, open(tmp_path / "log.jsonl")) if "loss" in r] == [1e-4] * 6
+    ckpt = load_checkpoint(str(tmp_path))
+    assert ckpt["iter_num"] == 6 and ckpt["config"]["batch_size"] == 4
+    line = one_line_error(python("train.py", f"--out_dir={tmp_path}", "--init_from=resume", "--n_layer=3"))
+    assert "n_layer=3 but the run in" in line and "a resumed run keeps its architecture" in line
+
+
+def test_read_only_out_dir_is_a_one_line_error(shakespeare_char):
+    # sysfs refuses new files to everyone, root included: a folder no run can write in, on any Linux machine
+    line = one_line_error(python(*train_cmd(shakespeare_char, "/sys", "--max_iters=2")[1:]))
+    assert re.fullmatch(r"train.py: cannot write in out_dir=/sys \((Permission denied|Operation not permitted)\); "
+                        r"choose another --out_dir", line)
 
 
 # --- bad input --------------------------------------------------------------------------------------

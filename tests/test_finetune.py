@@ -3,11 +3,13 @@
 import json
 import os
 import random
+import re
 from collections import Counter
 
 import pytest
 import torch
 
+import corpora
 import finetune
 import prepare
 import sample
@@ -189,10 +191,13 @@ def test_classify_finetune_beats_chance_and_predicts(toy_setup, capsys, monkeypa
     lines = capsys.readouterr().out.strip().splitlines()[-2:]
     assert [line.split("\t")[0] for line in lines] == ["good", "bad"]
     assert all(float(line.split("\t")[1]) > 0.5 for line in lines)
+    run_finetune(f"--init_from={out}", "--predict=the film was so good, ask ann@example.com", "--safe=True")
+    lines = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert lines[0].endswith("\tthe film was so good, ask PI:EMAIL") and lines[1] == "safe: redacted 1 span (EMAIL 1)"
 
 
 @pytest.mark.parametrize("lora_rank", [0, 4])
-def test_finetune_resume_continues_exactly(toy_setup, lora_rank):
+def test_finetune_resume_continues_exactly(toy_setup, lora_rank, capsys):
     tmp_path, init, train_file, val_file = toy_setup
     common = [f"--init_from={init}", f"--dataset={train_file}", f"--val_dataset={val_file}", "--log_interval=1",
               "--eval_interval=100", "--lr_decay_iters=12", "--warmup_iters=2", "--dropout=0.2", "--lora_dropout=0.1",
@@ -200,12 +205,13 @@ def test_finetune_resume_continues_exactly(toy_setup, lora_rank):
     full, split = str(tmp_path / f"full{lora_rank}"), str(tmp_path / f"split{lora_rank}")
     run_finetune(*common, f"--out_dir={full}", "--max_iters=12")
     run_finetune(*common, f"--out_dir={split}", "--max_iters=6")
+    capsys.readouterr()
     run_finetune(*common, f"--out_dir={split}", "--max_iters=12", "--init_from=resume")
-    losses = lambda out: {r["iter"]: r["loss"] for r in read_log(out) if "loss" in r}  # noqa: E731
-    assert sorted(losses(full)) == list(range(12))
-    assert losses(split).keys() == losses(full).keys()
-    for it, loss in losses(full).items():
-        assert abs(losses(split)[it] - loss) < 1e-6, f"step {it}: {losses(split)[it]} != {loss}"
+    assert [int(n) for n in re.findall(r"^iter (\d+):", capsys.readouterr().out, re.M)] == list(range(6, 12))  # not a fresh start
+    losses = lambda out: [(r["iter"], r["loss"]) for r in read_log(out) if "loss" in r]  # noqa: E731  a list: no step twice
+    assert [i for i, _ in losses(full)] == [i for i, _ in losses(split)] == list(range(12))
+    for (it, loss), (_, other) in zip(losses(full), losses(split)):
+        assert abs(other - loss) < 1e-6, f"step {it}: {other} != {loss}"
 
 
 def test_sft_then_sample_with_the_same_template(tmp_path, capsys):
@@ -405,9 +411,9 @@ def test_instructions_source_skips_the_records_sft_holds_out(tmp_path):
     path.write_text(json.dumps(records))
     stats = Counter()
     docs = list(prepare.read_sources([f"instructions:{path}"], stats))
-    held = {i for i in range(200) for seed in prepare.SFT_HELD_OUT["seeds"]
-            if prepare.in_val_split(i, prepare.SFT_HELD_OUT["val_fraction"], seed)}
+    held = {i for i in range(200) for seed in corpora.SFT_HELD_OUT["seeds"]
+            if prepare.in_val_split(i, corpora.SFT_HELD_OUT["val_fraction"], seed)}
     assert 0 < len(held) < 60 and stats["sft_held_out_skipped"] == len(held)
     assert docs == [f"task {i}\n\nx\n\nanswer {i}" if i % 2 else f"task {i}\n\nanswer {i}" for i in range(200) if i not in held]
-    for seed in prepare.SFT_HELD_OUT["seeds"]:  # what sft holds out by default under each of those seeds is skipped
+    for seed in corpora.SFT_HELD_OUT["seeds"]:  # what sft holds out by default under each of those seeds is skipped
         assert {i for i in range(200) if prepare.in_val_split(i, finetune.DEFAULTS["val_fraction"], seed)} <= held

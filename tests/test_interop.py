@@ -367,6 +367,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         self.send_header("Content-Length", str(len(body) - start))
+        self.send_header("ETag", '"%s"' % hashlib.sha1(body).hexdigest())  # what lets a client resume safely
         self.end_headers()
         if self.path.endswith(".safetensors") and not start and hub.cut_first:
             hub.cut_first = False

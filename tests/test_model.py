@@ -1,12 +1,15 @@
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
 
-from model import GPT, GPTConfig, KVCache, sample_next, top_p_filter
+from configurator import ConfigError
+from model import GPT, GPTConfig, KVCache, model_from_checkpoint, sample_next, state_shapes, top_p_filter
 
 TINY = dict(block_size=32, vocab_size=70, n_layer=2, n_head=4, n_embd=32)
 LLAMA = dict(TINY, pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2, bias=False, tie_embeddings=False)
+QK_NORM = dict(TINY, qk_norm=True, bias=False)
 
 
 def tiny(**kw):
@@ -37,7 +40,7 @@ def test_initial_loss_is_near_uniform():
     assert abs(loss.item() - math.log(1000)) < 0.1  # small init: the model starts out guessing uniformly
 
 
-@pytest.mark.parametrize("kw", [{}, LLAMA], ids=["gpt2", "llama-gqa"])
+@pytest.mark.parametrize("kw", [{}, LLAMA, QK_NORM], ids=["gpt2", "llama-gqa", "qk-norm"])
 def test_kv_cache_greedy_equals_no_cache(kw):
     model = tiny(**kw)
     prompt = torch.randint(0, 70, (2, 5))
@@ -133,9 +136,13 @@ def test_attention_maps_rows_sum_to_one_and_are_causal():
 
 
 @pytest.mark.parametrize("kw,match", [(dict(n_embd=30), "divisible by n_head"), (dict(n_kv_head=3), "n_kv_head"),
-                                      (dict(n_head=16, pos="rope", n_embd=48), "even head size"), (dict(norm="batchnorm"), "norm")])
+                                      (dict(n_head=16, pos="rope", n_embd=48), "even head size"), (dict(norm="batchnorm"), "norm"),
+                                      (dict(n_head=0), "n_head=0 must be at least 1"), (dict(n_layer=-1), "n_layer=-1 must be at least 1"),
+                                      (dict(dropout=1.5), r"dropout=1.5 must be in \[0, 1\)"), (dict(pos="alibi"), "pos='alibi'"),
+                                      (dict(n_layer=1e6), "n_layer=1000000.0 must be int"), (dict(bias="yes"), "bias='yes' must be bool"),
+                                      (dict(pos="rope", block_size=10**11), "too long for RoPE tables")])
 def test_config_validation(kw, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         GPTConfig(**(TINY | kw))
 
 
@@ -151,6 +158,19 @@ def test_optimizer_decays_only_matrices():
     decay, no_decay = opt.param_groups
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) > 0
+
+
+def test_qk_norm_normalises_queries_and_keys_per_head():
+    model = tiny(**QK_NORM)
+    attn = model.transformer.h[0].attn
+    x = torch.randn(2, 8, 32)
+    q, k, v = attn.c_attn(x).split(32, dim=2)
+    q, k, v = (t.view(2, 8, 4, 8).transpose(1, 2) for t in (q, k, v))
+    q, k = (t / t.pow(2).mean(-1, keepdim=True).add(torch.finfo(t.dtype).eps).sqrt() for t in (q, k))
+    att = (q @ k.transpose(-2, -1) / math.sqrt(8)).masked_fill(torch.ones(8, 8).triu(1).bool(), float("-inf")).softmax(-1)
+    assert torch.allclose(attn(x), attn.c_proj((att @ v).transpose(1, 2).reshape(2, 8, 32)), atol=1e-5)
+    with pytest.raises(ValueError, match="qk_norm=True"):
+        model.export_hf("unused")  # no Hugging Face architecture computes it
 
 
 def test_mfu_is_none_on_cpu():
@@ -183,3 +203,26 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         loss.backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("kw", [{}, LLAMA], ids=["gpt2-tied", "llama-rope-untied"])
+def test_model_from_checkpoint_rebuilds_the_same_model(kw):
+    """The same logits, the head still tied to the embedding (or not), and the buffers checkpoints do not
+    hold (RoPE, the padding bias) rebuilt by make_buffers."""
+    model = tiny(**kw)
+    loaded = model_from_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config)})
+    idx = torch.randint(0, 70, (2, 16))
+    assert torch.equal(loaded(idx)[0], model(idx)[0])
+    assert (loaded.lm_head.weight is loaded.transformer.wte.weight) == model.config.tie_embeddings
+    assert all(not t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+
+
+@pytest.mark.parametrize("kw", [{}, dict(bias=False), LLAMA, dict(LLAMA, bias=True, tie_embeddings=True),
+                                dict(causal=False, mlm_transform=True), dict(norm="rmsnorm", bias=True, mlp_hidden=40)])
+def test_state_shapes_are_the_shapes_of_the_model(kw):
+    """The loaders check untrusted model_args with state_shapes, before anything is built: it must list
+    exactly the tensors the model has, with their shapes."""
+    config = GPTConfig(**(TINY | kw))
+    with torch.device("meta"):
+        built = {k: v.shape for k, v in GPT(config).state_dict().items()}
+    assert state_shapes(config) == built

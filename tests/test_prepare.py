@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import prepare
-from dataset import DataError, download, in_val_split
+from dataset import (BinWriter, DataError, check_bins, commit_shards, download, in_val_split, read_bin,
+                     remove_stale_bins)
 from prepare import read_path
 from tokenizer import load_tokenizer
 
@@ -192,3 +193,55 @@ def test_sharded_corpus_streams_shard_by_shard_up_to_max_tokens(tmp_path, file_s
 def test_c4_recipe_names_the_public_shards():
     urls = prepare.RECIPES["c4"]["input"]
     assert len(urls) == 1024 and urls[0].endswith("/en/c4-train.00000-of-01024.json.gz") and urls[0].startswith("https://")
+
+
+# --- the shard format (dataset.py) -------------------------------------------------------------------------
+
+def write_shards(data_dir, splits, vocab_size=70, run_id="r1"):
+    """Shards as prepare.py's ranks write them: {split: [token lists, one per shard]} -> meta.json's counts."""
+    os.makedirs(data_dir, exist_ok=True)
+    listed = {"train": [], "val": []}
+    for k in range(max(len(v) for v in splits.values())):
+        writer = BinWriter(str(data_dir), vocab_size, shard=k, run_id=run_id)
+        for split, pieces in splits.items():
+            if k < len(pieces):
+                writer.write(split, pieces[k])
+                writer.docs[split] += 1
+        for split, entry in writer.close().items():
+            listed[split].append(entry)
+    commit_shards(str(data_dir), listed, run_id)
+    return {"dtype": "uint16", "run_id": run_id, "shards": listed,
+            **{f"{s}_tokens": sum(e["tokens"] for e in listed[s]) for s in listed}}
+
+
+def test_shards_read_as_one_stream_and_check_against_meta(tmp_path):
+    rng = np.random.default_rng(0)
+    pieces = [rng.integers(0, 70, n).tolist() for n in (50, 0, 7, 1, 120)]  # an empty shard is not listed
+    meta = write_shards(tmp_path, {"train": pieces, "val": [list(range(40))]})
+    assert [e["file"] for e in meta["shards"]["train"]] == ["train-00000.bin", "train-00002.bin", "train-00003.bin",
+                                                            "train-00004.bin"]
+    stream, whole = read_bin(str(tmp_path), "train", meta), np.concatenate([np.array(p, dtype=np.int64) for p in pieces])
+    assert len(stream) == len(whole) == meta["train_tokens"]
+    for i, j in [(0, 178), (45, 60), (49, 58), (57, 58), (170, 178), (10, 10)]:  # across boundaries, inside, empty
+        assert stream[i:j].tolist() == whole[i:j].tolist()
+    assert stream[-1] == whole[-1] and np.array_equal(np.bincount(stream), np.bincount(whole))
+    check_bins(str(tmp_path), meta, block_size=30)
+    with pytest.raises(DataError, match="fewer than block_size"):
+        check_bins(str(tmp_path), meta, block_size=60)  # val has 40 tokens
+    (tmp_path / "train-00003.bin").rename(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match="train-00003.bin not found"):
+        check_bins(str(tmp_path), meta)
+    (tmp_path / "elsewhere").rename(tmp_path / "train-00003.bin")
+    # another run's shard of the same length in its place: meta.json's fingerprint tells them apart
+    (tmp_path / "train-00002.bin").write_bytes(np.arange(7, dtype=np.uint16).tobytes())
+    with pytest.raises(DataError, match="train-00002.bin is not the file meta.json lists"):
+        check_bins(str(tmp_path), meta)
+
+
+def test_a_new_run_removes_the_bins_its_meta_does_not_list(tmp_path):
+    run_prepare(tmp_path, "shakespeare_char", "--name=data")
+    meta = write_shards(tmp_path / "data", {"train": [[1, 2, 3]] * 3, "val": [[4, 5, 6]]})
+    (tmp_path / "data" / "train-00007.bin").write_bytes(b"\0\0")  # a shard of an earlier, longer corpus
+    remove_stale_bins(str(tmp_path / "data"), meta)
+    assert sorted(p.name for p in (tmp_path / "data").glob("*.bin")) == ["train-00000.bin", "train-00001.bin",
+                                                                        "train-00002.bin", "val-00000.bin"]

@@ -7,7 +7,7 @@ import sys
 
 from conftest import ROOT
 
-REPO_FILES = ["configurator.py", "dataset.py", "tokenizer.py", "model.py", "curate.py", "report.py", "prepare.py", "train.py", "sample.py", "config", "data/tinyshakespeare", "data/gpt2_bpe", "data/roots"]
+REPO_FILES = ["configurator.py", "dataset.py", "tokenizer.py", "spans.py", "model.py", "optim.py", "dedup.py", "curate.py", "safety.py", "report.py", "prepare.py", "rundir.py", "train.py", "sample.py", "config", "data/tinyshakespeare", "data/gpt2_bpe", "data/roots"]
 
 
 def test_quickstart_prepares_trains_and_samples(tmp_path):

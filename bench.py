@@ -15,9 +15,11 @@ growth and caches settle there). When two variants are compared, they are measur
 
 import gzip
 import json
+import math
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -30,12 +32,13 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+import finetune
 import prepare
 import sample
 import train
-from configurator import ConfigError, configure, script_main
+from configurator import ConfigError, NanorootsError, configure, script_main
 from curate import roots_resources
-from dataset import SHARED_DATA, DataError, dataset_dir, read_meta
+from dataset import SHARED_DATA, DataError, atomic_write_text, dataset_dir, in_val_split, read_meta
 from model import save_checkpoint
 from optim import make_optimizer
 from safety import SafeGeneration, flagged_word_masks, prompt_language
@@ -45,7 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 DEFAULTS = dict(train.DEFAULTS) | dict(
     sections="mlm,generate,nanogpt,sample",  # comma-separated: train, mlm (clm next to mlm), generate, nanogpt,
-                                    # sample, tokenizers, data, data_scale
+                                    # sample, tokenizers, data, data_scale, transfer
     vocab_size=0,                   # model vocabulary; 0 = the dataset's tokenizer, or GPT-2's 50257 without data
     bench_iters=10,                 # measured steps
     bench_warmup=3,                 # unmeasured steps first
@@ -58,6 +61,21 @@ DEFAULTS = dict(train.DEFAULTS) | dict(
     data_mb="50,200,800",           # data_scale: sizes of the crawl-like corpora, MB
     data_ranks="1,2",               # data_scale: numbers of ranks to curate each with
     data_shard_mb=8.0,              # data_scale: prepare.py's shard_mb (enough shards to share among the ranks)
+    # transfer: learning curves of finetune.py (README, "Transfer learning"); several CPU-hours
+    transfer_tasks="sst2,trec",     # built-in classification recipes (finetune.CLASSIFY_RECIPES)
+    transfer_sizes="100,300,1000,3000,all",  # labelled training examples per run (all = the whole train split)
+    transfer_seeds="1337,1338,1339",  # one run per seed: a different sample of examples, head and data order
+    # the starts, separated by ';': label, then the finetune.py arguments that differ from transfer_config
+    transfer_starts=("scratch: --init_from=scratch --tokenizer=english --causal=False --block_size=128 --pos=rope; "
+                     "CLM: --init_from=out-clm-english; MLM: --init_from=out-mlm-english"),
+    transfer_config="config/finetune_english.py",
+    transfer_args="",               # finetune.py arguments added to every run
+    transfer_step_scale=5.0,        # optimizer steps = scale * sqrt(examples): 50 for 100 (16 epochs), 416 for 6,920 (2)
+    transfer_evals=8,               # dev evaluations per run (after step 0); the best chooses the checkpoint
+    transfer_jobs=2,                # finetune.py processes at a time (each with threads=1 from transfer_config)
+    transfer_dir="out-transfer",    # runs, results.jsonl (one line per run; a rerun skips what is there), transfer.md
+    transfer_plot="docs/transfer.png",
+    transfer_table_only=False,      # run nothing: the table and plot of what results.jsonl holds of this grid
 )
 
 
@@ -421,6 +439,206 @@ def bench_data(cfg, system):
 
 
 # -----------------------------------------------------------------------------
+# transfer (python bench.py --sections=transfer): learning curves. finetune.py on SST-2 and TREC with N labelled
+# examples, from scratch and from each pretrained model, several seeds; a table of mean +- std dev and test accuracy
+# (test measured once per run, on the checkpoint dev accuracy chose) and docs/transfer.png. Runs are processes of
+# their own, transfer_jobs at a time, each timed in CPU seconds; results.jsonl makes an interrupted bench resumable.
+
+class TransferError(NanorootsError):
+    pass
+
+
+def training_examples(task):
+    """How many examples finetune.py trains on for a built-in recipe with train_examples=0."""
+    recipe = finetune.CLASSIFY_RECIPES[task]
+    pairs = list(finetune.read_examples(os.path.join(SHARED_DATA, recipe["train"]), Counter()))
+    known = [label in recipe["labels"] for _, label in pairs]
+    if "val" in recipe:
+        return sum(known)
+    fraction, seed = finetune.dev_split(recipe, None)
+    return sum(k and not in_val_split(i, fraction, seed) for i, k in enumerate(known))
+
+
+def transfer_runs(cfg):
+    """Every run: {key, task, start, n, seed, args}. Steps grow as sqrt(n): fewer examples need more epochs
+    to be learned, and each epoch of them costs less; warmup is a tenth, cosine to a tenth of the peak."""
+    starts = [part.partition(":") for part in cfg.transfer_starts.split(";") if part.strip()]
+    for task in cfg.transfer_tasks.split(","):
+        if task not in finetune.CLASSIFY_RECIPES:
+            raise ConfigError(f"transfer_tasks: {task!r} is not a built-in recipe ({', '.join(finetune.CLASSIFY_RECIPES)})")
+    totals = {task: training_examples(task) for task in cfg.transfer_tasks.split(",")}
+    runs = []
+    for size in cfg.transfer_sizes.split(","):  # the smallest N first: where pretraining should pay most
+        for task, total in totals.items():
+            n = total if size == "all" else min(int(size), total)
+            steps = max(1, round(cfg.transfer_step_scale * math.sqrt(n)))
+            schedule = [f"--train_examples={0 if size == 'all' else n}", f"--max_iters={steps}", f"--lr_decay_iters={steps}",
+                        f"--warmup_iters={steps // 10}", f"--eval_interval={max(1, steps // cfg.transfer_evals)}"]
+            for label, _, start_args in starts:
+                for seed in cfg.transfer_seeds.split(","):
+                    key = f"{task}_{label.strip()}_n{size}_s{seed}"
+                    args = [f"--dataset={task}", *schedule, *shlex.split(start_args), *shlex.split(cfg.transfer_args),
+                            f"--seed={seed}", f"--out_dir={os.path.join(cfg.transfer_dir, key)}"]
+                    runs.append(dict(key=key, task=task, start=label.strip(), size=size, n=n, seed=int(seed), args=args))
+    return runs
+
+
+def run_result(run, cpu_seconds):
+    """Dev accuracy of the checkpoint dev chose and its test accuracy, from the run's log.jsonl."""
+    with open(os.path.join(run["args"][-1].split("=", 1)[1], "log.jsonl"), encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    test = [r for r in records if "test_acc" in r]
+    if not test:
+        raise TransferError(f"{run['key']} has no test accuracy in its log.jsonl")
+    chosen = next(r for r in records if r.get("iter") == test[-1]["iter"] and "val_acc" in r)
+    return dict(run, dev_acc=chosen["val_acc"], test_acc=test[-1]["test_acc"], chosen_iter=test[-1]["iter"],
+                steps=max(r["iter"] for r in records if "val_acc" in r), cpu_s=round(cpu_seconds, 1))
+
+
+def launch_finetune(run, cfg):
+    out_dir = run["args"][-1].split("=", 1)[1]
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "stdout.txt"), "w") as log:
+        return subprocess.Popen([sys.executable, os.path.join(HERE, "finetune.py"), cfg.transfer_config, *run["args"]],
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_any(running):
+    """(pid, status, resource usage) of the first of the running processes to end."""
+    while True:
+        for pid in running:
+            ended, status, usage = os.wait4(pid, os.WNOHANG)
+            if ended:
+                return pid, status, usage
+        time.sleep(1)
+
+
+def run_transfer(cfg, runs, results_path):
+    """Run what results.jsonl lacks, transfer_jobs at a time; append each result as it finishes."""
+    done = set()
+    if os.path.exists(results_path):
+        with open(results_path, encoding="utf-8") as f:
+            done = {(r["key"], tuple(r["args"])) for r in map(json.loads, f) if r.get("dev_acc") is not None}
+    todo = [r for r in runs if (r["key"], tuple(r["args"])) not in done]
+    print(f"transfer: {len(runs)} runs, {len(runs) - len(todo)} already in {results_path}", flush=True)
+    running, failed = {}, []
+    while todo or running:
+        while todo and len(running) < cfg.transfer_jobs:
+            run = todo.pop(0)
+            process = launch_finetune(run, cfg)
+            running[process.pid] = (process, run)
+        pid, status, usage = wait_any(running)
+        process, run = running.pop(pid)
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, by os.wait4 (which also gives its CPU time)
+        if process.returncode != 0:
+            failed.append(run["key"])
+            print(f"transfer: {run['key']} failed; see {os.path.join(cfg.transfer_dir, run['key'], 'stdout.txt')}", flush=True)
+            continue
+        result = run_result(run, usage.ru_utime + usage.ru_stime)
+        for name in os.listdir(os.path.join(cfg.transfer_dir, run["key"])):  # the logs stay, the weights go
+            if name.startswith("ckpt"):
+                os.remove(os.path.join(cfg.transfer_dir, run["key"], name))
+        with open(results_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(result) + "\n")
+        print(f"transfer: {run['key']}: dev {result['dev_acc']:.4f} (step {result['chosen_iter']}), "
+              f"test {result['test_acc']:.4f}, {result['cpu_s']:.0f} CPU-s", flush=True)
+    return failed
+
+
+def summarize_transfer(results):
+    """One row per (task, start, size): mean and standard deviation (over seeds) of dev and test accuracy in %,
+    the number of seeds, and the mean CPU seconds per run."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r["task"], r["start"], r["size"]), []).append(r)
+    rows = []
+    for (task, start, size), rs in groups.items():
+        row = dict(task=task, start=start, size=size, n=rs[0]["n"], seeds=len(rs), cpu_s=statistics.mean(r["cpu_s"] for r in rs))
+        for split in ("dev", "test"):
+            values = [100 * r[f"{split}_acc"] for r in rs]
+            row[split] = statistics.mean(values)
+            row[f"{split}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def transfer_table(rows):
+    """Markdown: per task and N, each start's dev and test accuracy (mean +- std over seeds, or the one seed's
+    value, said so), then the CPU time per task and start."""
+    starts = list(dict.fromkeys(r["start"] for r in rows))
+    cell = {(r["task"], r["size"], r["start"]): r for r in rows}
+    lines = ["| task | N | " + " | ".join(f"{s} dev | {s} test" for s in starts) + " |",
+             "|---|---:|" + "---:|---:|" * len(starts)]
+    tasks, n_of = list(dict.fromkeys(r["task"] for r in rows)), {(r["task"], r["size"]): r["n"] for r in rows}
+    for task, size in sorted(n_of, key=lambda key: (tasks.index(key[0]), n_of[key])):  # by task, then N
+        n = n_of[(task, size)]
+        values = []
+        for s in starts:
+            r = cell.get((task, size, s))
+            values += [("" if not r else f"{r[k]:.1f} ± {r[k + '_std']:.1f}" if r["seeds"] > 1 else f"{r[k]:.1f} (1 seed)")
+                       for k in ("dev", "test")]
+        lines.append(f"| {task} | {n:,}{' (all)' if size == 'all' else ''} | " + " | ".join(values) + " |")
+    cpu = {}
+    for r in rows:
+        cpu[(r["task"], r["start"])] = cpu.get((r["task"], r["start"]), 0.0) + r["cpu_s"] * r["seeds"]
+    lines += ["", "| task | start | CPU-minutes, all sizes and seeds |", "|---|---|---:|"]
+    lines += [f"| {task} | {start} | {seconds / 60:.1f} |" for (task, start), seconds in cpu.items()]
+    lines.append(f"| all | all | {sum(cpu.values()) / 60:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_transfer(rows, path):
+    """Accuracy against N (log axis) per task, dev and test, one line per start with +- std error bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4 * len(tasks)), squeeze=False)
+    for ax_row, task in zip(axes, tasks):
+        for ax, split in zip(ax_row, ("dev", "test")):
+            starts = list(dict.fromkeys(r["start"] for r in rows))
+            for i, start in enumerate(starts):
+                line = sorted((r for r in rows if r["task"] == task and r["start"] == start), key=lambda r: r["n"])
+                shift = 1.04 ** (i - (len(starts) - 1) / 2)  # side by side at each N, so the error bars stay apart
+                ax.errorbar([r["n"] * shift for r in line], [r[split] for r in line], yerr=[r[f"{split}_std"] for r in line],
+                            marker="o", capsize=3, label=start)
+            ax.set_xscale("log")
+            sizes = [r["n"] for r in rows if r["task"] == task]
+            ax.set_xlim(min(sizes) / 1.5, max(sizes) * 1.5)  # a task measured at one N still gets a readable axis
+            ax.set_xlabel("labelled training examples")
+            ax.set_ylabel(f"{split} accuracy (%)")
+            ax.set_title(f"{task}: {split}")
+            ax.grid(alpha=0.3, which="both")
+            ax.legend()
+    fig.suptitle("finetuning accuracy against labelled examples: mean ± std over seeds", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def bench_transfer(cfg, system):
+    """Run the learning curves (what results.jsonl lacks), then write the table and the plot."""
+    runs = transfer_runs(cfg)
+    os.makedirs(cfg.transfer_dir, exist_ok=True)
+    results_path = os.path.join(cfg.transfer_dir, "results.jsonl")
+    failed = [] if cfg.transfer_table_only else run_transfer(cfg, runs, results_path)
+    wanted = {(r["key"], tuple(r["args"])) for r in runs}
+    with open(results_path, encoding="utf-8") as f:
+        results = [r for r in map(json.loads, f) if (r["key"], tuple(r["args"])) in wanted]
+    rows = summarize_transfer(results)
+    table = transfer_table(rows)
+    atomic_write_text(os.path.join(cfg.transfer_dir, "transfer.md"), table)
+    print(table)
+    if cfg.transfer_plot:
+        plot_transfer(rows, cfg.transfer_plot)
+        print(f"wrote {cfg.transfer_plot}")
+    if failed:
+        raise TransferError(f"{len(failed)} transfer runs failed ({', '.join(failed)}); see their stdout.txt, fix, rerun")
+    return [dict(benchmark=f"transfer {r['task']} N={r['n']} {r['start']}", metric=f"{split} acc %", value=r[split])
+            for r in rows for split in ("dev", "test")]
+
+
 # the data stage at scale (python bench.py --sections=data_scale): a crawl-like corpus of 50, 200, 800 MB built
 # from the crawl sample, curated by 1 and 2 ranks: MB/s against ranks, peak memory per rank against input size
 
@@ -538,7 +756,7 @@ def bench_data_scale(cfg, system):
 
 SECTIONS = {"train": bench_train, "generate": bench_generate, "mlm": bench_mlm, "nanogpt": bench_nanogpt, "sample": bench_sample,
             "tokenizers": lambda cfg, system: bench_tokenizers(), "data": bench_data,
-            "data_scale": bench_data_scale}
+            "data_scale": bench_data_scale, "transfer": bench_transfer}
 
 
 def print_table(rows, header):

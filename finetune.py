@@ -67,7 +67,10 @@ DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k not in PRETRAINING_ONLY
                                   # seq2seq: a .jsonl of {"input", "output"} or an Alpaca .json
     val_dataset="",               # classify/sft/seq2seq: the file to evaluate on ("" = the recipe's, or val_fraction of train)
     val_fraction=0.05,            # share of the training examples held out when there is no val_dataset
-    train_examples=0,             # classify/sft/seq2seq: train on only this many examples (a fixed random subset; 0 = all)
+    train_examples=0,             # classify/sft/seq2seq: train on only this many examples (0 = all): for classify a
+                                  # sample stratified by class; the same for the same seed, nested (the 100 are among the 300)
+    select="auto",                # the checkpoint kept (and scored on test) is the best by: acc | loss | auto (acc
+                                  # for classify, the metric reported; loss for lm, sft and seq2seq)
     pool="auto",                  # classify: first ([CLS]) | mean | last | auto (mean for an encoder, last if causal)
     predict="",                   # classify: sentences separated by |, or FILE:path (one per line); prints label + probability
                                   # (with safe=True, each sentence it prints back has its personal data redacted)
@@ -78,6 +81,12 @@ DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k not in PRETRAINING_ONLY
     lora_dropout=0.0,
     lora_targets="c_attn,c_proj,c_fc",  # Linear layers (by name) in every block that get adapters (cross-attention also has c_kv)
     freeze_layers=0,              # the simpler alternative: freeze the embeddings and the first N blocks
+    # ULMFiT's classifier recipe (Howard & Ruder 2018, sec. 3.2-3.3): layers nearer the input change more slowly
+    layer_lr_decay=1.0,           # classify: each layer's learning rate is this times the one above it (the head and
+                                  # final norm at 1; the embeddings count as one layer below the first block; ULMFiT: 1/2.6)
+    unfreeze_every=0,             # classify, > 0: gradual unfreezing: at first only the head (and final norm) train, and
+                                  # every this many steps the next layer down joins (0 = every layer trains from step 0)
+    head_dropout=-1.0,            # classify: dropout on the pooled vector before the head (-1 = the model's dropout)
     # optimizer and schedule: finetuning takes small steps
     gradient_accumulation_steps=1,
     batch_size=32,
@@ -98,9 +107,10 @@ DEFAULTS = {k: v for k, v in train.DEFAULTS.items() if k not in PRETRAINING_ONLY
 class Classifier(nn.Module):
     """A GPT body, one pooled vector per sequence, dropout, and a linear layer to the classes."""
 
-    def __init__(self, gpt, n_classes, pool, dropout):
+    def __init__(self, gpt, n_classes, pool, dropout, layer_lr_decay=1.0, unfreeze_every=0):
         super().__init__()
         self.gpt, self.config, self.pool = gpt, gpt.config, pool
+        self.layer_lr_decay, self.unfreeze_every = layer_lr_decay, unfreeze_every
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(gpt.config.n_embd, n_classes)
         nn.init.normal_(self.head.weight, std=0.02)
@@ -119,7 +129,10 @@ class Classifier(nn.Module):
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         return logits, loss
 
-    configure_optimizers = GPT.configure_optimizers  # the same AdamW groups over the trainable parameters
+    def configure_optimizers(self, *args, **kwargs):
+        """The GPT's optimizer over the trainable parameters, its groups split by layer (split_by_layer)."""
+        optimizer = GPT.configure_optimizers(self, *args, **kwargs)
+        return split_by_layer(optimizer, self, self.layer_lr_decay, self.unfreeze_every)
 
     def estimate_mfu(self, *args, **kwargs):
         return self.gpt.estimate_mfu(*args, **kwargs)
@@ -214,6 +227,39 @@ def full_model_state(checkpoint, raw_model):
     return {f"gpt.{k}": v for k, v in body.items()} | {f"head.{k}": v for k, v in checkpoint["classifier"].items()}
 
 
+def layer_depth(name, n_layer):
+    """How far below the output parameter `name` sits: 0 for the task head and the final norm; 1 for the
+    last block ... n_layer for the first (LoRA adapters count with their block); n_layer + 1 for the embeddings."""
+    parts = name.split(".")
+    if "h" in parts:  # [gpt.]transformer.h.<i>.…
+        return n_layer - int(parts[parts.index("h") + 1])
+    if "wte" in parts or "wpe" in parts:
+        return n_layer + 1
+    return 0
+
+
+def split_by_layer(optimizer, model, layer_lr_decay, unfreeze_every):
+    """
+    ULMFiT's discriminative finetuning and gradual unfreezing (Howard & Ruder 2018, sec. 3.2, 3.3), for any
+    optimizer: each of its parameter groups (decayed or not, Muon or AdamW) is split by layer_depth, and each
+    part gets lr_scale = its group's lr_scale * layer_lr_decay ** depth (ULMFiT: lr / 2.6 per layer down) and
+    unfreeze_iter = depth * unfreeze_every, the step before which train.Trainer gives it learning rate 0.
+    Done before the first step, so no optimizer state refers to the old groups.
+    """
+    if layer_lr_decay == 1 and not unfreeze_every:
+        return optimizer
+    depth = {id(p): layer_depth(name, model.config.n_layer) for name, p in model.named_parameters()}
+    groups = []
+    for group in optimizer.param_groups:
+        parts = {}
+        for p in group["params"]:
+            parts.setdefault(depth[id(p)], []).append(p)
+        groups += [group | {"params": params, "depth": d, "lr_scale": group.get("lr_scale", 1.0) * layer_lr_decay ** d,
+                            "unfreeze_iter": d * unfreeze_every} for d, params in sorted(parts.items())]
+    optimizer.param_groups[:] = groups
+    return optimizer
+
+
 def count_parameters(raw_model):
     """(trainable, total) parameters; a tied embedding is counted once."""
     params = list(raw_model.parameters())
@@ -226,7 +272,9 @@ def count_parameters(raw_model):
 CLASSIFY_RECIPES = {  # the labels in the files, in class-id order, and what to call them
     "sst2": dict(train="sst2/stsa.binary.train", val="sst2/stsa.binary.dev", test="sst2/stsa.binary.test",
                  labels=["0", "1"], names=["negative", "positive"]),
-    "trec": dict(train="trec/TREC.train", val="trec/TREC.test",  # no official dev split: the 500-question test set
+    # no official dev split: dev is a fixed 10% of TREC.train (545 questions, the same for every seed), so the
+    # checkpoint is chosen without looking at the 500 test questions, which are scored once at the end
+    "trec": dict(train="trec/TREC.train", test="trec/TREC.test", dev_fraction=0.1,
                  labels=["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"], names=["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]),
 }
 
@@ -286,6 +334,12 @@ def classification_inputs(tok, texts, block_size, causal, stats):
     return out
 
 
+def dev_split(recipe, cfg):
+    """(fraction, seed) that split the training examples into train and dev when there is no dev file: the
+    recipe's fixed dev_fraction under seed 0 (the same dev for every run), else val_fraction under the run's seed."""
+    return (recipe["dev_fraction"], 0) if recipe and "dev_fraction" in recipe else (cfg.val_fraction, cfg.seed)
+
+
 def load_classification(cfg, tok, causal):
     """Examples {"ids", "labels"} per split (train, val, and test where the recipe has one), the class
     names and the counts of what was skipped or repaired."""
@@ -310,7 +364,7 @@ def load_classification(cfg, tok, causal):
         raise DataError(f"{paths['train']} has examples of {len(present)} class{'es' if len(present) != 1 else ''} "
                         f"({', '.join(sorted(present))}); a classifier needs at least two")
     if "val" not in pairs:  # hold out val_fraction of train, chosen by a stable hash of each example's index
-        held = [in_val_split(i, cfg.val_fraction, cfg.seed) for i in range(len(pairs["train"]))]
+        held = [in_val_split(i, *dev_split(recipe, cfg)) for i in range(len(pairs["train"]))]
         pairs["val"] = [p for p, h in zip(pairs["train"], held) if h]
         pairs["train"] = [p for p, h in zip(pairs["train"], held) if not h]
     data = {"names": names, "stats": stats}
@@ -452,11 +506,40 @@ def batch_indices(index, batch_size, n, seed):
     return [epoch_order(n, seed, p // n)[p % n] for p in positions]
 
 
-def subset(split_data, n):
-    """n of the examples, the same ones whatever the seed (for learning curves with little labelled data)."""
-    if not 0 < n < len(split_data["ids"]):
+def stratified_order(labels, seed):
+    """
+    An order of the examples whose first n, for every n, are a sample stratified by class: the next example
+    always comes from the class furthest below its share of the whole set (ties to the lower class id), so
+    every class holds its share of any prefix to within one example. Within a class the order is a shuffle
+    that depends only on the seed and the class. The samples are therefore the same for the same seed,
+    differ between seeds, and nest: the first 100 are among the first 300.
+    """
+    classes = sorted(set(labels))
+    members = {c: [i for i, label in enumerate(labels) if label == c] for c in classes}
+    for c in classes:
+        shuffle = torch.randperm(len(members[c]), generator=train.batch_generator(seed, "subset", c)).tolist()
+        members[c] = [members[c][j] for j in shuffle]
+    share = {c: len(members[c]) / len(labels) for c in classes}
+    taken = dict.fromkeys(classes, 0)
+    order = []
+    for k in range(1, len(labels) + 1):
+        c = max((c for c in classes if taken[c] < len(members[c])), key=lambda c: (k * share[c] - taken[c], -c))
+        order.append(members[c][taken[c]])
+        taken[c] += 1
+    return order
+
+
+def subset(split_data, n, seed):
+    """n of the examples (all when n is 0 or at least their number), in their original order: stratified by
+    class for labelled data (stratified_order), a seeded random sample otherwise (sft)."""
+    count = len(split_data["ids"])
+    if not 0 < n < count:
         return split_data
-    keep = sorted(epoch_order(len(split_data["ids"]), 0, "subset")[:n])
+    if "labels" in split_data:
+        keep = stratified_order(split_data["labels"], seed)[:n]
+    else:
+        keep = torch.randperm(count, generator=train.batch_generator(seed, "subset")).tolist()[:n]
+    keep = sorted(keep)
     return {k: [v[i] for i in keep] for k, v in split_data.items()}
 
 
@@ -506,7 +589,9 @@ def evaluate_examples(model, data, cfg, system, n_classes=0, splits=("train", "v
     pad = data["pad_id"]
     for split in splits:
         n = len(data[split]["ids"])
-        order = epoch_order(n, cfg.seed, -1)[:cfg.eval_iters * cfg.batch_size] if split == "train" else list(range(n))
+        # val and test in order of length, so a batch pads little (the sums do not depend on the order)
+        order = epoch_order(n, cfg.seed, -1)[:cfg.eval_iters * cfg.batch_size] if split == "train" \
+            else sorted(range(n), key=lambda i: len(data[split]["ids"][i]))
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         loss_sum, count = 0.0, 0
         confusion = torch.zeros(max(n_classes, 1), max(n_classes, 1), dtype=torch.float64)  # (true, predicted)
@@ -528,6 +613,7 @@ def evaluate_examples(model, data, cfg, system, n_classes=0, splits=("train", "v
         if n_classes:
             confusion = torch.tensor(totals[2:], dtype=torch.float64).view(n_classes, n_classes)
             out[f"{split}_acc"] = (confusion.diag().sum() / confusion.sum().clamp(min=1)).item()
+            out[f"{split}_error"] = 1.0 - out[f"{split}_acc"]  # what select=acc minimises
             if n_classes > 2:
                 out[f"{split}_f1"] = macro_f1(confusion)
     if not n_classes and "val" in splits:
@@ -581,6 +667,14 @@ def check_config(cfg):
         problems.append("fsdp=True works for full lm/sft finetuning only; a classifier or LoRA trains with DDP")
     if cfg.predict and cfg.task != "classify":
         problems.append("predict is for task=classify")
+    if cfg.select not in ("auto", "acc", "loss"):
+        problems.append(f"select={cfg.select!r} is not one of auto, acc, loss")
+    if cfg.select == "acc" and cfg.task != "classify":
+        problems.append(f"select=acc needs task=classify ({cfg.task} has no accuracy); use select=loss")
+    if not 0 < cfg.layer_lr_decay <= 1 or cfg.unfreeze_every < 0:
+        problems.append(f"layer_lr_decay={cfg.layer_lr_decay} must be in (0, 1] and unfreeze_every={cfg.unfreeze_every} 0 or more")
+    if (cfg.layer_lr_decay != 1 or cfg.unfreeze_every) and cfg.task != "classify":
+        problems.append("layer_lr_decay and unfreeze_every are ULMFiT's classifier recipe: they need task=classify")
     if not 0 < cfg.val_fraction < 1:
         problems.append(f"val_fraction={cfg.val_fraction} must be between 0 and 1")
     if problems:
@@ -600,12 +694,13 @@ def make_task(cfg, gpt, tok, system):
         batch_fn = train.make_batch_fn(cfg, data_dir, meta, tok, system)
         return SimpleNamespace(batch=batch_fn, loss=lambda m, batch: train.lm_loss(m, batch, system.autocast),
                                evaluate=lambda m: train.evaluate_lm(m, batch_fn, cfg, system), test=None, names=[],
+                               select="val_loss",
                                tokens_per_micro_batch=cfg.batch_size * cfg.block_size)
     loaders = {"classify": lambda: load_classification(cfg, tok, gpt.config.causal), "sft": lambda: load_sft(cfg, tok),
                "seq2seq": lambda: load_seq2seq(cfg, tok)}
     data = loaders[cfg.task]()
     data["pad_id"] = pad_id = tok.special_ids["[PAD]"]
-    data["train"] = subset(data["train"], cfg.train_examples)
+    data["train"] = subset(data["train"], cfg.train_examples, cfg.seed)
     names = data.get("names", [])
     n_train = len(data["train"]["ids"])
     if system.master:
@@ -616,7 +711,9 @@ def make_task(cfg, gpt, tok, system):
         loss=lambda m, batch: task_loss(m, batch, cfg.task, system.autocast),
         evaluate=lambda m: evaluate_examples(m, data, cfg, system, len(names)),
         test=(lambda m: evaluate_examples(m, data, cfg, system, len(names), splits=("test",))) if "test" in data else None,
-        names=names, tokens_per_micro_batch=cfg.batch_size * round(sum(map(len, data["train"]["ids"])) / n_train))
+        names=names, select="val_error" if cfg.task == "classify" and cfg.select != "loss" else "val_loss",
+        start_is_candidate=cfg.task != "classify",  # the checkpoint is a trained classifier, not the random head of step 0
+        tokens_per_micro_batch=cfg.batch_size * round(sum(map(len, data["train"]["ids"])) / n_train))
 
 
 def build_task_model(cfg, gpt, names, source):
@@ -624,7 +721,8 @@ def build_task_model(cfg, gpt, names, source):
     raw = gpt
     if cfg.task == "classify":
         pool = cfg.pool if cfg.pool != "auto" else ("last" if gpt.config.causal else "mean")
-        raw = Classifier(gpt, len(names), pool, cfg.dropout)
+        dropout = cfg.dropout if cfg.head_dropout < 0 else cfg.head_dropout
+        raw = Classifier(gpt, len(names), pool, dropout, cfg.layer_lr_decay, cfg.unfreeze_every)
         if source is not None and source.get("classes") == names:
             raw.head.load_state_dict(source["classifier"])  # a classifier's checkpoint brings its head along
     if cfg.lora_rank:
@@ -689,7 +787,7 @@ def start_finetuning(cfg, system, checkpoint=None):
 
 
 def evaluate_test_split(cfg, system, run, task):
-    """The test split, once, on the checkpoint that val chose (the best val loss)."""
+    """The test split, once, on the checkpoint that val chose (by `select`: dev accuracy for a classifier)."""
     best = load_checkpoint(cfg.out_dir)
     run.raw_model.load_state_dict(full_model_state(best, run.raw_model))
     record = {"iter": best["iter_num"], **task.test(run.model)}
@@ -715,7 +813,7 @@ def main(argv=None):
         cpu0, t0 = time.process_time(), time.time()
         metrics = train.Trainer(cfg, system, run, task).fit()
         if system.master:
-            print(f"finished at step {run.state['iter_num']}, best val loss {run.state['best_val_loss']:.4f}; "
+            print(f"finished at step {run.state['iter_num']}, best {task.select} {run.state['best_val_loss']:.4f}; "
                   f"{time.time() - t0:.0f}s wall, {time.process_time() - cpu0:.0f}s CPU (this process); last eval: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if task.test and not cfg.eval_only and os.path.exists(checkpoint_path(cfg.out_dir)):

@@ -61,6 +61,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from configurator import configure, script_main
+from corpora import CRAWL_FILES, decode_utf8, english_input, read_instructions
 from curate import (DOC_BASE, SNIPPET, Tally, curate_shard, need, normalize_for_perplexity, peak_rss_mb,
                     perplexity_settings, remove_boilerplate, wanted_languages)
 from dedup import (Cursor, all_gather, broadcast, decide_duplicates, document_owner, gather, init_distributed,
@@ -172,6 +173,15 @@ RECIPES = {
                            f"{SHARED_DATA}/clean_text_sample/c4_demo.jsonl",
                            f"lines:{SHARED_DATA}/clean_text_sample/wiki_demo.txt"],
                     tokenizer="bpe", vocab_size=8192, name="reviews", curate=False),
+    # the English documents of the raw web-crawl sample, curated ROOTS-style (language, filters, dedup, PII);
+    # keep_text writes them to data/crawl_en/clean.jsonl.gz, which the `english` recipe reads
+    "crawl_en": dict(input=CRAWL_FILES, lang="en", keep_text=True, tokenizer="gpt2", name="crawl_en"),
+    # all the English training text in ../shared/data, for pretraining before finetune.py's SST-2, TREC and
+    # Alpaca tasks: their training text without labels (task-adaptive pretraining, Gururangan et al. 2020),
+    # C4, Wikipedia, Alpaca and the curated crawl. Dev and test text, and the Alpaca records that sft holds
+    # out, stay unseen. Not curated: ROOTS' word-count filter would drop the one-line sentences.
+    # Run `python prepare.py crawl_en` first.
+    "english": dict(input=english_input, tokenizer="bpe", vocab_size=2048, name="english", curate=False),
 }
 
 
@@ -193,17 +203,6 @@ def with_meta(text, record, text_field):
     """text as a Text holding every other field of its record, or plain text when there are none."""
     meta = {k: v for k, v in record.items() if k != text_field}
     return Text(text, meta) if meta else text
-
-
-def _decode(raw, stats):
-    """UTF-8 with invalid bytes replaced by U+FFFD, and counted."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        stats["invalid_utf8_docs"] += 1
-        stats["invalid_utf8_chars"] += text.count("\ufffd") - raw.count("\ufffd".encode())
-        return text
 
 
 SURROGATES = re.compile("[\ud800-\udfff]")
@@ -256,7 +255,7 @@ def read_jsonl(path, stats, text_field, max_doc_bytes):
             if not line.strip():
                 continue
             try:
-                record = json.loads(_decode(line, stats))
+                record = json.loads(decode_utf8(line, stats))
             except json.JSONDecodeError:
                 stats["skipped_bad_json"] += 1
                 continue
@@ -281,7 +280,7 @@ def read_json_array(path, stats, text_field, max_doc_bytes):
         raise DataError(f"{path} is over max_doc_mb as one JSON array; convert it to .jsonl (one record per line)")
     with open(path, "rb") as f:
         try:
-            records = json.loads(_decode(f.read(), stats))
+            records = json.loads(decode_utf8(f.read(), stats))
         except json.JSONDecodeError as e:
             raise DataError(f"{path} is not valid JSON ({e}); give a JSON array of records, or .jsonl") from None
     if not isinstance(records, list):
@@ -314,7 +313,7 @@ def read_warc(path, stats, max_doc_bytes):
             stats["skipped_too_long"] += 1
             continue
         charset = record.http_charset if record.record_type == warc.WarcRecordType.response else None
-        text = body.decode(charset, errors="replace") if charset and charset.lower() not in ("utf-8", "utf8") else _decode(body, stats)
+        text = body.decode(charset, errors="replace") if charset and charset.lower() not in ("utf-8", "utf8") else decode_utf8(body, stats)
         yield Text(text, {"id": record.record_id, "url": record.headers.get("WARC-Target-URI")})
 
 
@@ -330,7 +329,7 @@ def read_parquet(path, stats, text_field):
         for record in batch.to_pylist():
             text = record[text_field]
             if isinstance(text, bytes):
-                text = _decode(text, stats)
+                text = decode_utf8(text, stats)
             if not isinstance(text, str):
                 stats["skipped_no_text_field"] += 1
                 continue
@@ -405,7 +404,7 @@ def read_labelled_lines(path, stats):
         raise DataError(f"input {path} does not exist")
     with open(path, "rb") as f:
         for raw in f:
-            label, _, text = _decode(raw, stats).strip().partition(" ")
+            label, _, text = decode_utf8(raw, stats).strip().partition(" ")
             if not text.strip():
                 stats["skipped_no_text"] += bool(label)
                 continue
@@ -418,7 +417,7 @@ def read_lines(path, stats):
         raise DataError(f"input {path} does not exist")
     with open(path, "rb") as f:
         for raw in f:
-            line = _decode(raw, stats).strip()
+            line = decode_utf8(raw, stats).strip()
             if line:
                 yield line
 
@@ -430,7 +429,8 @@ def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, down
     read (so a corpus of many shards streams shard by shard) and, with keep_downloads=False,
     deleted once read. Under torchrun rank 0 downloads while the others wait at a barrier, then
     every rank reads the file (download_dir must be on a file system every rank sees).
-    `lines:PATH` reads one document per line; `labelled:PATH` one per `<label> <text>` line, label dropped.
+    `lines:PATH` reads one document per line; `labelled:PATH` one per `<label> <text>` line, label dropped;
+    `instructions:PATH` one per Alpaca record (read_instructions).
     """
     distributed = dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
@@ -440,6 +440,9 @@ def read_sources(sources, stats, text_field="text", max_doc_bytes=64 << 20, down
             continue
         if source.startswith("labelled:"):
             yield from (text for _, text in read_labelled_lines(source[len("labelled:"):], stats))
+            continue
+        if source.startswith("instructions:"):
+            yield from read_instructions(source[len("instructions:"):], stats)
             continue
         url = source.startswith(("http://", "https://"))
         if url:

@@ -568,10 +568,11 @@ class Trainer:
     always), log to log.jsonl and loss.png. `run` is start_run's (model, raw_model, optimizer, scaler,
     state: iter_num, best_val_loss and counters that survive resumes). `task` supplies the objective:
     batch(index) -> the micro-batch with that global index; loss(model, batch) -> scalar; evaluate(model)
-    -> metrics with 'val_loss'; checkpoint_extra() -> entries added to checkpoints (they may replace
-    'model': finetune.py stores a classifier's body, or LoRA merged, as a plain GPT); sample(model) or
-    None; tokens_per_micro_batch. `clock` gives the seconds that max_time and the schedule count (a test
-    passes a fake one).
+    -> metrics with 'val_loss'; checkpoint_extra() -> entries added to checkpoints (they may replace 'model':
+    finetune.py stores a classifier's body, or LoRA merged, as a plain GPT); sample(model) or None;
+    tokens_per_micro_batch; optionally `select` (the metric, lower is better, that picks the checkpoint and runs
+    patience; classifiers: 'val_error') and start_is_candidate=False (choose only after the first step). A group's
+    lr_scale scales the lr; before its unfreeze_iter the lr is 0. `clock` gives the seconds max_time counts.
     """
 
     def __init__(self, cfg, system, run, task, clock=time.time):
@@ -579,7 +580,7 @@ class Trainer:
         self.accum = cfg.gradient_accumulation_steps // system.world_size
         self.tokens_per_iter = task.tokens_per_micro_batch * self.accum * system.world_size
         self.params = [p for p in run.model.parameters() if p.requires_grad]
-        self.metrics, self.stop_signal, self.progress = {}, None, 0.0
+        self.metrics, self.stop_signal, self.progress, self.select = {}, None, 0.0, getattr(task, "select", "val_loss")
 
     def fit(self):
         """The loop. Returns the last eval's metrics."""
@@ -600,7 +601,7 @@ class Trainer:
                 self.progress = min(step / max(1, cfg.max_iters), 1.0)
                 lr = get_lr(step, cfg)
                 for group in self.run.optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
+                    group["lr"] = lr * group.get("lr_scale", 1.0) * (it >= group.get("unfreeze_iter", 0))
                 last = it >= cfg.max_iters or (cfg.max_time and elapsed >= cfg.max_time)
                 if it % cfg.eval_interval == 0 or last or cfg.eval_only:
                     if self.evaluate_and_checkpoint(it, lr, last):
@@ -646,7 +647,8 @@ class Trainer:
         state["train_time"] = self.elapsed()
         record = {"iter": it, **metrics, "lr": lr, "progress": round(self.progress, 4), "tokens": it * self.tokens_per_iter,
                   "time": round(state["train_time"], 2)}
-        improved = metrics["val_loss"] < state["best_val_loss"]
+        candidate = it > state.get("start_iter", 0) or getattr(self.task, "start_is_candidate", True)  # see the docstring
+        improved = candidate and metrics[self.select] < state["best_val_loss"]  # best_val_loss: the best `select` value
         if master:
             print(f"step {it}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
             append_log(cfg.out_dir, record)
@@ -655,9 +657,10 @@ class Trainer:
                 import wandb
                 wandb.log(record)
         if improved:
-            state["best_val_loss"] = metrics["val_loss"]
-        state["evals_since_best"] = 0 if improved else state.get("evals_since_best", 0) + 1
-        stalled = cfg.patience and state["evals_since_best"] >= cfg.patience
+            state["best_val_loss"] = metrics[self.select]
+        if candidate:
+            state["evals_since_best"] = 0 if improved else state.get("evals_since_best", 0) + 1
+        stalled = cfg.patience and state.get("evals_since_best", 0) >= cfg.patience
         if (improved or cfg.always_save_checkpoint) and it > state.get("start_iter", 0) and not cfg.eval_only:
             path = self.save()
             if master:
@@ -665,7 +668,7 @@ class Trainer:
         if master and last and cfg.max_time and it < cfg.max_iters:
             print(f"max_time={cfg.max_time:g}s reached at step {it}")
         if master and stalled and not last:
-            print(f"early stop at step {it}: val loss has not improved for {cfg.patience} evals "
+            print(f"early stop at step {it}: {self.select} has not improved for {cfg.patience} evals "
                   f"(best {state['best_val_loss']:.4f})")
         return bool(cfg.eval_only or last or stalled)
 

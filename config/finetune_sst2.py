@@ -3,7 +3,7 @@
 # the whole model finetuned, dev accuracy at every eval. About 2 CPU-minutes on one thread.
 #   python train.py config/mlm_pretrain_reviews.py && python finetune.py config/finetune_sst2.py
 # The transfer table in the README runs this file with overrides:
-#   --init_from=scratch --tokenizer=reviews --causal=False --block_size=128   (same architecture, no pretraining)
+#   --init_from=scratch --tokenizer=reviews --causal=False --block_size=128 --pos=rope   (same model, no pretraining)
 #   --init_from=out-clm-reviews                                               (CLM-pretrained: last-token pooling)
 #   --lora_rank=8 --learning_rate=3e-3 --min_lr=3e-4                          (adapters only)
 task = "classify"

@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
+import corpora
 import finetune
 import prepare
 import sample
@@ -183,7 +184,7 @@ def test_classify_finetune_beats_chance_and_predicts(toy_setup, capsys, monkeypa
     evals = [r for r in log if "val_acc" in r]
     assert evals[0]["val_acc"] < 0.7 and evals[-1]["val_acc"] >= 0.9  # 100 balanced-ish examples: chance is ~0.5
     assert "val_f1" not in evals[-1]  # macro-F1 is reported for more than two classes
-    best = min(evals, key=lambda r: r["val_loss"])
+    best = max(evals[1:], key=lambda r: (r["val_acc"], -r["iter"]))  # select=auto: the first eval with the best dev accuracy
     assert [(r["iter"], r["test_acc"] >= 0.9) for r in log if "test_acc" in r] == [(best["iter"], True)]
     capsys.readouterr()
     run_finetune(f"--init_from={out}", "--predict=the film was so good|the plot was bad")
@@ -285,9 +286,12 @@ def test_sst2_and_trec_recipes_read_the_shared_data(shared_data):
     assert sum(sst2["val"]["labels"]) == 444  # positives in dev (PROVENANCE.md)
     cfg.dataset = "trec"
     trec = finetune.load_classification(cfg, tok, causal=True)
-    assert len(trec["train"]["ids"]) == 5452 and len(trec["val"]["ids"]) == 500
+    assert len(trec["train"]["ids"]) + len(trec["val"]["ids"]) == 5452 and len(trec["test"]["ids"]) == 500
+    assert 480 < len(trec["val"]["ids"]) < 610  # dev: a fixed 10% of TREC.train, never the test questions
+    cfg.seed = 2
+    assert finetune.load_classification(cfg, tok, causal=True)["val"] == trec["val"]  # the same dev for every seed
     assert trec["stats"]["invalid_utf8_chars"] == 1  # the stray 0xF0 byte in TREC.train
-    assert Counter(trec["train"]["labels"])[trec["names"].index("DESC")] == 1162
+    assert Counter(trec["train"]["labels"] + trec["val"]["labels"])[trec["names"].index("DESC")] == 1162
 
 
 def test_macro_f1_averages_per_class_f1():
@@ -317,9 +321,99 @@ def test_ddp_lora_classifier_equals_one_process(toy_setup):
     assert [r["val_loss"] for r in evals["ddp"]] == pytest.approx([r["val_loss"] for r in evals["one"]], rel=1e-5)
 
 
-def test_train_examples_subset_is_fixed_and_keeps_pairs_together():
-    data = {"ids": [[i] for i in range(100)], "labels": [i % 2 for i in range(100)]}
-    small = finetune.subset(data, 10)
-    assert len(small["ids"]) == 10 and small == finetune.subset(data, 10)
-    assert all(label == ids[0] % 2 for ids, label in zip(small["ids"], small["labels"]))
-    assert finetune.subset(data, 0) is data and finetune.subset(data, 500) is data
+# --- ULMFiT's recipe pieces: stratified subsets, per-layer learning rates, gradual unfreezing -------------
+
+def test_train_examples_subset_is_stratified_seed_stable_and_nested():
+    labels = [0] * 700 + [1] * 250 + [2] * 50  # 70% / 25% / 5%
+    data = {"ids": [[i] for i in range(1000)], "labels": labels}
+    for n in (20, 100, 333):
+        counts = Counter(finetune.subset(data, n, seed=1)["labels"])
+        for c, share in ((0, 0.70), (1, 0.25), (2, 0.05)):
+            assert abs(counts[c] - share * n) <= 1, (n, counts)
+    small, large = finetune.subset(data, 100, seed=1), finetune.subset(data, 300, seed=1)
+    assert small == finetune.subset(data, 100, seed=1)                      # the same seed, the same examples
+    assert set(map(tuple, small["ids"])) <= set(map(tuple, large["ids"]))  # nested
+    assert small != finetune.subset(data, 100, seed=2)                      # another seed, another sample
+    assert all(label == labels[ids[0]] for ids, label in zip(large["ids"], large["labels"]))  # pairs stay together
+    assert finetune.subset(data, 0, seed=1) is data and finetune.subset(data, 5000, seed=1) is data
+    unlabelled = {"ids": [[i] for i in range(50)], "targets": [[i] for i in range(50)]}  # sft: a seeded sample
+    part = finetune.subset(unlabelled, 10, seed=3)
+    assert len(part["ids"]) == 10 and part == finetune.subset(unlabelled, 10, seed=3) and part["ids"] == part["targets"]
+
+
+def test_layer_lr_decay_scales_each_layer_down_from_the_head():
+    tok = CharTokenizer(ALPHABET)
+    clf = finetune.Classifier(tiny_gpt(False, tok.vocab_size, n_layer=3), n_classes=2, pool="mean", dropout=0.0,
+                              layer_lr_decay=0.5)
+    opt = clf.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    scale_of = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    named = dict(clf.named_parameters())
+    expected = {"head.weight": 1.0, "head.bias": 1.0, "gpt.transformer.ln_f.weight": 1.0,
+                "gpt.transformer.h.2.attn.c_attn.weight": 0.5, "gpt.transformer.h.2.ln_1.weight": 0.5,
+                "gpt.transformer.h.1.mlp.c_fc.weight": 0.25, "gpt.transformer.h.0.mlp.c_proj.weight": 0.125,
+                "gpt.transformer.wte.weight": 0.0625, "gpt.transformer.wpe.weight": 0.0625}
+    for name, scale in expected.items():
+        assert scale_of[id(named[name])] == pytest.approx(scale), name
+    assert sorted(scale_of) == sorted(id(p) for p in clf.parameters() if p.requires_grad)  # each trainable one, once
+    assert decay_of[id(named["head.weight"])] == 0.1 and decay_of[id(named["head.bias"])] == 0.0  # GPT's decay groups kept
+    # the scale is what Trainer applies: one step at lr 1e-3 moves a block-0 weight by lr * 0.125 (Adam's first step: lr * sign)
+    for g in opt.param_groups:
+        g["lr"] = 1e-3 * g["lr_scale"]
+        g["weight_decay"] = 0.0
+    before = named["gpt.transformer.h.0.mlp.c_fc.weight"].detach().clone()
+    clf(torch.randint(0, tok.vocab_size - 5, (4, 10)), labels=torch.tensor([0, 1, 0, 1]))[1].backward()
+    opt.step()
+    moved = (named["gpt.transformer.h.0.mlp.c_fc.weight"].detach() - before).abs()
+    assert moved.max().item() == pytest.approx(1e-3 * 0.125, rel=1e-3)
+    plain = finetune.Classifier(tiny_gpt(False, tok.vocab_size), 2, "mean", 0.0).configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    assert len(plain.param_groups) == 2  # without the recipe: GPT.configure_optimizers' groups, untouched
+
+
+def test_gradual_unfreezing_trains_one_more_layer_down_every_k_steps(toy_setup):
+    tmp_path, init, train_file, val_file = toy_setup
+    start = finetune.load_checkpoint(init)["model"]
+    changed = {}
+    for steps in (5, 7):  # 2 blocks: the head from step 0, block 1 from step 3, block 0 from 6, the embeddings from 9
+        out = str(tmp_path / f"unfreeze{steps}")
+        run_finetune(f"--init_from={init}", f"--dataset={train_file}", f"--val_dataset={val_file}", f"--out_dir={out}",
+                     "--unfreeze_every=3", f"--max_iters={steps}", "--lr_decay_iters=7", "--warmup_iters=0",
+                     "--eval_interval=100", "--batch_size=8", "--always_save_checkpoint=True", "--dropout=0.0",
+                     "--learning_rate=1e-2")
+        end = finetune.load_checkpoint(out)["model"]
+        changed[steps] = {k for k in start if not torch.equal(start[k], end[k])}
+    blocks = lambda keys, i: {k for k in keys if k.startswith(f"transformer.h.{i}.")}  # noqa: E731
+    assert blocks(changed[5], 1) and not blocks(changed[5], 0)
+    assert blocks(changed[7], 1) and blocks(changed[7], 0)
+    assert not {"transformer.wte.weight", "transformer.wpe.weight"} & changed[7]  # their turn is step 9
+    assert {"transformer.ln_f.weight"} <= changed[5]  # the final norm trains with the head from step 0
+
+
+def test_classifier_checkpoint_is_chosen_by_dev_accuracy(toy_setup):
+    tmp_path, init, train_file, val_file = toy_setup
+    out = str(tmp_path / "select")
+    run_finetune(f"--init_from={init}", f"--dataset={train_file}", f"--val_dataset={val_file}", f"--out_dir={out}",
+                 "--learning_rate=3e-3", "--max_iters=60", "--lr_decay_iters=60", "--warmup_iters=5",
+                 "--eval_interval=10", "--batch_size=16", "--dropout=0.0")
+    evals = [r for r in read_log(out) if "val_acc" in r]
+    best = max(evals[1:], key=lambda r: (r["val_acc"], -r["iter"]))  # the first eval with the best accuracy
+    assert finetune.load_checkpoint(out)["iter_num"] == best["iter"]
+    assert all(r["val_error"] == pytest.approx(1 - r["val_acc"]) for r in evals)
+    with pytest.raises(SystemExit, match="select=acc needs task=classify"):
+        run_finetune(f"--init_from={init}", "--task=sft", "--select=acc")
+    with pytest.raises(SystemExit, match="need task=classify"):
+        run_finetune(f"--init_from={init}", "--task=sft", "--unfreeze_every=5")
+
+
+def test_instructions_source_skips_the_records_sft_holds_out(tmp_path):
+    records = [{"instruction": f"task {i}", "input": "x" if i % 2 else "", "output": f"answer {i}"} for i in range(200)]
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps(records))
+    stats = Counter()
+    docs = list(prepare.read_sources([f"instructions:{path}"], stats))
+    held = {i for i in range(200) for seed in corpora.SFT_HELD_OUT["seeds"]
+            if prepare.in_val_split(i, corpora.SFT_HELD_OUT["val_fraction"], seed)}
+    assert 0 < len(held) < 60 and stats["sft_held_out_skipped"] == len(held)
+    assert docs == [f"task {i}\n\nx\n\nanswer {i}" if i % 2 else f"task {i}\n\nanswer {i}" for i in range(200) if i not in held]
+    for seed in corpora.SFT_HELD_OUT["seeds"]:  # what sft holds out by default under each of those seeds is skipped
+        assert {i for i in range(200) if prepare.in_val_split(i, finetune.DEFAULTS["val_fraction"], seed)} <= held

@@ -34,6 +34,7 @@ import torch
 
 import finetune
 import prepare
+import readers
 import sample
 import train
 from configurator import ConfigError, NanorootsError, configure, script_main
@@ -328,7 +329,7 @@ def tokenizer_corpora():
     for name in sorted(os.listdir(os.path.join(shared, "chinese_poetry"))):
         if name.startswith("poet.tang."):
             with open(os.path.join(shared, "chinese_poetry", name), encoding="utf-8") as f:
-                poems += [prepare.poem_text(p) for p in json.load(f)]
+                poems += [readers.poem_text(p) for p in json.load(f)]
     docs["Tang poems"] = ("zh", poems)
     with open(os.path.join(shared, "chinese_web_sample", "cmrc2018_dev.json"), encoding="utf-8") as f:
         docs["zh Wikipedia"] = ("zh", [p["context"] for d in json.load(f)["data"] for p in d["paragraphs"]])

@@ -874,7 +874,7 @@ def curate_shard(sources, rank, world, by_source, cfg, scratch):
                     if near and result["bands"] is not None:
                         near.add_bands(doc, result["bands"])
                     out.staged.append(doc)
-                    meta = getattr(text, "meta", None)  # the input record's other fields (prepare.Text)
+                    meta = getattr(text, "meta", None)  # the input record's other fields (readers.Text)
                     staged.write(json.dumps({"i": doc, "lang": result["lang"], "text": result["text"], "bytes": result["size"],
                                              "pii": result["pii"], **({"meta": meta} if meta else {})},
                                             ensure_ascii=False, default=str) + "\n")

@@ -45,7 +45,7 @@ import train
 from configurator import ConfigError, configure, file_or_text, script_main
 from dataset import SHARED_DATA, DataError, check_bins, in_val_split, read_meta
 from model import GPT, checkpoint_path, load_checkpoint
-from prepare import read_labelled_lines
+from readers import read_labelled_lines
 from safety import describe_redactions, pii_kinds, redact
 from tokenizer import EOT, build_tokenizer, encode_known, format_prompt, load_tokenizer
 

@@ -17,6 +17,7 @@ import tiktoken_ext.openai_public
 import torch
 
 import prepare
+import readers
 from configurator import configure
 from dataset import DataError, in_val_split, read_bin
 from conftest import ROOT
@@ -218,12 +219,12 @@ def test_json_arrays_give_one_document_per_record(tmp_path):
     path = tmp_path / "records.json"
     path.write_text(json.dumps(records), encoding="utf-8")  # json escapes the surrogate as \\ud800
     stats = Counter()
-    assert list(prepare.read_path(str(path), stats)) == ["plain", "春曉\n孟浩然\n春眠不覺曉，處處聞啼鳥。",
+    assert list(readers.read_path(str(path), stats)) == ["plain", "春曉\n孟浩然\n春眠不覺曉，處處聞啼鳥。",
                                                          "lone \ufffd surrogate"]
     assert stats == {"skipped_no_text_field": 2, "lone_surrogates": 1}
     path.write_text('{"text": "an object, not an array"}', encoding="utf-8")
     with pytest.raises(DataError, match="not an array"):
-        list(prepare.read_path(str(path), Counter()))
+        list(readers.read_path(str(path), Counter()))
 
 
 def prepare_tang_poems(tmp_path, *args):

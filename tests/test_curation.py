@@ -20,6 +20,7 @@ import bench
 import curate as C
 import dedup
 import prepare as P
+import readers as R
 from dataset import DataError, read_bin
 from conftest import ROOT, assert_real_png, needs_shared_data
 from model import GPT, GPTConfig
@@ -701,7 +702,7 @@ def test_warc_responses_become_documents_whose_main_text_is_kept(tmp_path):
     path = tmp_path / "crawl.warc.gz"
     path.write_bytes(b"".join(records))
     stats = __import__("collections").Counter()
-    docs = list(P.read_path(str(path), stats))
+    docs = list(R.read_path(str(path), stats))
     assert len(docs) == 3 and stats["skipped_warc_not_html"] == 1
     assert C.is_html(docs[0]) and "café crème" in docs[1] and docs[2] == "Plain text from a WET file, one more document."
 
@@ -724,10 +725,10 @@ def test_parquet_is_streamed_from_the_chosen_column(tmp_path):
     pq.write_table(pa.table({"id": list(range(2500)), "content": texts[:-1] + [None]}), tmp_path / "c4.parquet",
                    row_group_size=1000)
     stats = __import__("collections").Counter()
-    assert list(P.read_path(str(tmp_path / "c4.parquet"), stats, text_field="content")) == texts[:-1]
+    assert list(R.read_path(str(tmp_path / "c4.parquet"), stats, text_field="content")) == texts[:-1]
     assert stats["skipped_no_text_field"] == 1
     with pytest.raises(DataError, match="has no column 'text'; its columns are id, content: choose one with --text_field"):
-        list(P.read_path(str(tmp_path / "c4.parquet"), stats))
+        list(R.read_path(str(tmp_path / "c4.parquet"), stats))
 
 
 def test_a_missing_reader_package_is_one_line_naming_it(tmp_path, monkeypatch):
@@ -736,4 +737,4 @@ def test_a_missing_reader_package_is_one_line_naming_it(tmp_path, monkeypatch):
     for module, name, package in (("pyarrow.parquet", "x.parquet", "pyarrow"), ("fastwarc.warc", "x.warc", "fastwarc")):
         monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
         with pytest.raises(DataError, match=f"needs the {package} package: pip install {package}$"):
-            list(P.read_path(str(tmp_path / name), {}))
+            list(R.read_path(str(tmp_path / name), {}))

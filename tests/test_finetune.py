@@ -12,6 +12,7 @@ import torch
 import corpora
 import finetune
 import prepare
+import readers
 import sample
 import tokenizer
 from model import GPT, GPTConfig, model_from_checkpoint, save_checkpoint
@@ -262,7 +263,7 @@ def test_labelled_lines_and_the_reviews_recipe_drop_labels(tmp_path):
     path = tmp_path / "labelled.txt"
     path.write_bytes(b"1 a fine film\n0 not good \xf0 at all\n1\n")
     stats = Counter()
-    assert list(prepare.read_labelled_lines(str(path), stats)) == [("1", "a fine film"), ("0", "not good \ufffd at all")]
+    assert list(readers.read_labelled_lines(str(path), stats)) == [("1", "a fine film"), ("0", "not good \ufffd at all")]
     assert stats["invalid_utf8_chars"] == 1 and stats["skipped_no_text"] == 1
     assert list(prepare.read_sources([f"labelled:{path}"], Counter())) == ["a fine film", "not good \ufffd at all"]
     assert any(source.startswith("labelled:") for source in prepare.RECIPES["reviews"]["input"])

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 import prepare
+import readers
 from dataset import (BinWriter, DataError, check_bins, commit_shards, download, in_val_split, read_bin,
                      remove_stale_bins)
-from prepare import read_path
+from readers import read_path
 from tokenizer import load_tokenizer
 
 from conftest import ROOT
@@ -107,7 +108,7 @@ def test_huge_single_line_is_read_in_bounded_pieces(tmp_path):
     src = tmp_path / "one_line.txt"
     src.write_text("x" * 5000)
     stats = Counter()
-    docs = list(prepare.read_text_file(str(src), stats, max_doc_bytes=1024))
+    docs = list(readers.read_text_file(str(src), stats, max_doc_bytes=1024))
     assert "".join(docs) == "x" * 5000 and max(map(len, docs)) <= 1024 and stats["large_file_pieces"] == len(docs)
 
 

@@ -26,7 +26,8 @@ import sys
 import torch
 
 from configurator import ConfigError, configure, file_or_text, script_main
-from model import checkpoint_tokenizer, load_pretrained, model_from_checkpoint
+from hf import load_pretrained
+from model import checkpoint_tokenizer, model_from_checkpoint
 from safety import SafeGeneration
 from tokenizer import BERT_SPECIALS, EOT, TEMPLATES, format_prompt
 from spans import restore_spans

@@ -11,7 +11,7 @@ Every kind carries the same special tokens, appended after its base vocabulary (
 <|endoftext|> = 50256), and after them T5's 100 sentinels, which only an encoder-decoder embeds.
 `load_tokenizer(data_dir)` rebuilds the right tokenizer from meta.json; `tokenizer_from_spec(spec)`
 rebuilds it from the spec stored in a checkpoint. `hf_tokenizer_files(tok, ...)` writes any of them
-in Hugging Face's format (tokenizer.json), with the same ids, for model.py's export.
+in Hugging Face's format (tokenizer.json), with the same ids, for hf.py's export.
 
 Training follows minbpe (github.com/karpathy/minbpe): pure functions for the algorithm
 (`chunk_counts`, `merge`, `train_bpe`, `bpe_ranks`) and a thin object for the state. Unlike minbpe's

@@ -12,8 +12,7 @@ corruption) on a prepared dataset.
 One process or many: under torchrun every rank trains on its own batches and gradients are
 averaged by DDP (or the model is sharded with FSDP when fsdp=True). Checkpoints hold everything
 needed to continue exactly where a run stopped: weights, optimizer, loss scaler, RNG states and
-the data position. finetune.py reuses this file's system setup, model start and training loop
-(the Trainer class); sample.py its system setup. rundir.py keeps the out_dir: its lock, log.jsonl, loss.png.
+the data position. finetune.py reuses the system setup, model start and loop (Trainer); sample.py the setup.
 """
 
 import contextlib
@@ -34,7 +33,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, NanorootsError, configure, script_main
 from dataset import check_bins, dataset_dir, read_bin, read_meta, stable_hash
-from model import GPTConfig, build_model, checkpoint_tokenizer, clean_state_dict, load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
+from hf import load_pretrained
+from model import GPTConfig, build_model, checkpoint_tokenizer, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
 from optim import get_lr, make_optimizer, schedule_step
 from prepare import RECIPES, prepare_recipe
 from rundir import append_log, lock_out_dir, plot_training, start_fresh, truncate_log
@@ -453,7 +453,7 @@ def new_model(cfg, vocab_size, causal=True, seq2seq=False, **overrides):
 def start_model(cfg, tok=None, causal=True, checkpoint=None, seq2seq=False):
     """
     (model, tokenizer, checkpoint or None) for cfg.init_from: a new model (scratch, `causal` or an encoder),
-    the run in out_dir (resume), or whatever model.load_pretrained reads (a checkpoint, an out_dir, a Hugging
+    the run in out_dir (resume), or whatever hf.load_pretrained reads (a checkpoint, an out_dir, a Hugging
     Face folder, a GPT-2 name). A pretrained model keeps its architecture; this run sets its dropout (as
     nanoGPT does when it starts from GPT-2), and a smaller block_size crops its context. `tok` is the data's
     tokenizer, checked against the checkpoint's; without it, the checkpoint's own is used. `checkpoint`:

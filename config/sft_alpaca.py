@@ -4,8 +4,8 @@
 #   python sample.py --out_dir=out-sft-alpaca --template=alpaca --start="Give three tips for staying healthy."
 # The data are 999 GPT-4-written records (CC BY-NC 4.0; see ../shared/data/instruction_tuning/PROVENANCE.md).
 # The small reviews GPT has a 128-token context and little knowledge: this run shows the mechanics
-# (truncation is counted and reported); init_from=gpt2 gives answers worth reading once model.py
-# imports Hugging Face weights.
+# (truncation is counted and reported); init_from=gpt2 (GPT-2's weights, read by hf.py)
+# gives answers worth reading.
 task = "sft"
 dataset = "../shared/data/instruction_tuning/alpaca_en_demo.json"
 template = "alpaca"

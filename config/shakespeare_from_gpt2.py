@@ -3,7 +3,7 @@
 # ~/.cache/nanoroots; init_from also takes gpt2-medium/-large/-xl or a Hugging Face folder.
 #   python train.py config/shakespeare_from_gpt2.py
 #   python sample.py --out_dir=out-shakespeare-from-gpt2 --start="ROMEO:"
-#   python model.py --init_from=out-shakespeare-from-gpt2 --export_hf=hf-shakespeare-from-gpt2
+#   python hf.py --init_from=out-shakespeare-from-gpt2 --export_hf=hf-shakespeare-from-gpt2
 # A GPU does this in about a minute; a 2-core CPU needs one to two minutes per step (try --max_iters=5).
 init_from = "gpt2"
 out_dir = "out-shakespeare-from-gpt2"

@@ -1,4 +1,4 @@
-"""Exports that transformers runs as they are: `python model.py --init_from=<out_dir> --export_hf=<folder>`
+"""Exports that transformers runs as they are: `python hf.py --init_from=<out_dir> --export_hf=<folder>`
 writes the model, its tokenizer and its generation settings, and transformers' AutoTokenizer and
 pipelines give what nanoroots gives, for each tokenizer kind (char, gpt2, our trained BPE) and for
 the masked-LM encoder. The models are tiny: GPTs with random weights (the same function gives the
@@ -7,13 +7,13 @@ same greedy text whatever the weights), an encoder trained for a few steps.
 
 import json
 import os
-import runpy
 import sys
 from dataclasses import asdict
 
 import pytest
 import torch
 
+import hf
 import sample
 from conftest import ROOT
 from model import GPT, GPTConfig, load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -28,8 +28,7 @@ KINDS = ("char", "gpt2", "bpe")
 
 def export(out_dir, folder, monkeypatch, capsys):
     """The command a user runs; returns what it printed."""
-    monkeypatch.setattr(sys, "argv", ["model.py", f"--init_from={out_dir}", f"--export_hf={folder}"])
-    runpy.run_path(os.path.join(ROOT, "model.py"), run_name="__main__")
+    hf.main([f"--init_from={out_dir}", f"--export_hf={folder}"])
     return capsys.readouterr().out
 
 
@@ -196,7 +195,7 @@ def test_fill_mask_pipeline_ranks_our_candidates(runs, head, tmp_path, monkeypat
 @pytest.mark.parametrize("head", ["plain", "mlm_transform"])
 def test_encoder_logits_match_megatron_bert(runs, head, tmp_path, monkeypatch, capsys):
     """With mlm_transform the function is the same; without it, the head MegatronBERT forces on us
-    computes ln_f with eps = 0 (model.HEAD_SCALE), which we check to float32 rounding, then its distance from ours."""
+    computes ln_f with eps = 0 (hf.HEAD_SCALE), which we check to float32 rounding, then its distance from ours."""
     out_dir = runs["mlm"][1] if head == "plain" else encoder_with_transform(runs, tmp_path)
     export(out_dir, tmp_path / "hf", monkeypatch, capsys)
     ours = model_from_checkpoint(load_checkpoint(out_dir)).eval()

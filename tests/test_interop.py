@@ -10,22 +10,20 @@ import http.server
 import json
 import os
 import re
-import runpy
-import sys
 import threading
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-import model as model_module
+import hf as hf_module
 import prepare
 import sample
 import train
 from configurator import configure
 from conftest import ROOT
-from model import (GPT, CheckpointError, GPTConfig, hf_layout, load_pretrained, model_from_checkpoint, read_hf_folder,
-                   save_checkpoint)
+from hf import export_hf, from_pretrained, hf_layout, load_pretrained, read_hf_folder
+from model import GPT, CheckpointError, GPTConfig, model_from_checkpoint, save_checkpoint
 from tokenizer import gpt2_tokenizer
 
 try:
@@ -104,7 +102,7 @@ def test_gpt2_import_maps_every_tensor(tmp_path, prefix):
 
 def test_gpt2_import_computes_gpt2(tmp_path):
     tensors = gpt2_tensors()
-    model = GPT.from_pretrained(write_gpt2_folder(tmp_path, tensors)).eval()
+    model = from_pretrained(write_gpt2_folder(tmp_path, tensors)).eval()
     idx = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours = model(idx)[0]
@@ -203,7 +201,7 @@ def random_model(seed=0, **overrides):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_export_then_import_gives_identical_logits(tmp_path, name):
     model = random_model(**CONFIGS[name])
-    model.export_hf(tmp_path, tokenizer={"kind": "char", "chars": "".join(chr(32 + i) for i in range(85))})
+    export_hf(model, tmp_path, tokenizer={"kind": "char", "chars": "".join(chr(32 + i) for i in range(85))})
     ckpt = load_pretrained(str(tmp_path))
     back = model_from_checkpoint(ckpt).eval()
     assert ckpt["model_args"] == {k: getattr(model.config, k) for k in ckpt["model_args"]} | {"mlp_hidden": model.config.hidden_size}
@@ -215,17 +213,17 @@ def test_export_then_import_gives_identical_logits(tmp_path, name):
 
 def test_export_refuses_what_no_layout_holds(tmp_path):
     with pytest.raises(ValueError, match="no Hugging Face layout holds this model"):
-        random_model(pos="rope").export_hf(tmp_path)  # rope with layernorm and gelu: neither GPT-2 nor LLaMA
+        export_hf(random_model(pos="rope"), tmp_path)  # rope with layernorm and gelu: neither GPT-2 nor LLaMA
     with pytest.raises(ValueError, match="n_kv_head=2"):
-        random_model(n_kv_head=2).export_hf(tmp_path)  # GPT-2 has no grouped-query attention
+        export_hf(random_model(n_kv_head=2), tmp_path)  # GPT-2 has no grouped-query attention
     with pytest.raises(ValueError, match="causal=False, pos=rope"):
-        random_model(**CONFIGS["llama_gqa"], causal=False).export_hf(tmp_path)  # MegatronBERT's blocks are GPT-2's
+        export_hf(random_model(**CONFIGS["llama_gqa"], causal=False), tmp_path)  # MegatronBERT's blocks are GPT-2's
 
 
 def test_checkpoint_folder_wins_over_its_export(tmp_path):
     """An out_dir that holds ckpt.pt and an HF export loads the checkpoint (resume needs it)."""
     model = random_model()
-    model.export_hf(tmp_path)
+    export_hf(model, tmp_path)
     save_checkpoint({"model": model.state_dict(), "model_args": {"vocab_size": 90}, "iter_num": 7}, str(tmp_path))
     assert load_pretrained(str(tmp_path))["iter_num"] == 7
 
@@ -247,7 +245,7 @@ def test_gpt2_matches_transformers_both_ways(tmp_path):
         for p in hf.parameters():
             p.normal_(0, 0.2)
     hf.save_pretrained(tmp_path / "hf")
-    ours = GPT.from_pretrained(str(tmp_path / "hf")).eval()
+    ours = from_pretrained(str(tmp_path / "hf")).eval()
     idx = torch.randint(0, 96, (2, 10))
     with torch.no_grad():
         torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=1e-4, rtol=1e-4)
@@ -255,7 +253,7 @@ def test_gpt2_matches_transformers_both_ways(tmp_path):
     assert torch.equal(greedy(ours, idx, 20), hf_tokens)
 
     exported = random_model(bias=False, tie_embeddings=False)  # zero biases and an untied head in GPT-2 layout
-    exported.export_hf(tmp_path / "export")
+    export_hf(exported, tmp_path / "export")
     loaded = GPT2LMHeadModel.from_pretrained(tmp_path / "export").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(idx % 90).logits, exported(idx % 90)[0], atol=1e-4, rtol=1e-4)
@@ -272,7 +270,7 @@ def test_llama_matches_transformers_both_ways(tmp_path):
         for p in hf.parameters():
             p.normal_(0, 0.2)
     hf.save_pretrained(tmp_path / "hf")
-    ours = GPT.from_pretrained(str(tmp_path / "hf")).eval()
+    ours = from_pretrained(str(tmp_path / "hf")).eval()
     assert (ours.config.n_kv_head, ours.config.rope_theta, ours.config.tie_embeddings) == (2, 500.0, False)
     idx = torch.randint(0, 96, (2, 10))
     with torch.no_grad():
@@ -282,7 +280,7 @@ def test_llama_matches_transformers_both_ways(tmp_path):
 
     for name in ("llama_gqa", "llama_bias_tied"):
         exported = random_model(**CONFIGS[name])
-        exported.export_hf(tmp_path / name)
+        export_hf(exported, tmp_path / name)
         loaded = LlamaForCausalLM.from_pretrained(tmp_path / name).eval()
         with torch.no_grad():
             torch.testing.assert_close(loaded(idx % 90).logits, exported(idx % 90)[0], atol=1e-4, rtol=1e-4)
@@ -302,7 +300,7 @@ def test_megatron_bert_matches_transformers_both_ways(tmp_path):
             if name != "cls.predictions.bias":  # the one tensor we have no place for: it must stay zero
                 p.normal_(0, 0.2)
     hf.save_pretrained(tmp_path / "hf")
-    ours = GPT.from_pretrained(str(tmp_path / "hf")).eval()
+    ours = from_pretrained(str(tmp_path / "hf")).eval()
     c = ours.config
     assert (c.causal, c.mlm_transform, c.mlp_hidden, c.tie_embeddings, c.bias) == (False, True, 48, True, True)
     idx = torch.randint(0, 96, (2, 10))
@@ -311,14 +309,14 @@ def test_megatron_bert_matches_transformers_both_ways(tmp_path):
 
     for name in ("encoder", "encoder_mlm_transform_untied"):
         exported = random_model(**CONFIGS[name])
-        exported.export_hf(tmp_path / name)
+        export_hf(exported, tmp_path / name)
         loaded = MegatronBertForMaskedLM.from_pretrained(tmp_path / name).eval()
         with torch.no_grad():
             torch.testing.assert_close(loaded(idx % 90).logits, exported(idx % 90)[0], atol=1e-4, rtol=1e-4)
 
 
 def test_encoder_export_with_a_changed_head_is_not_read_as_pass_through(tmp_path):
-    random_model(**CONFIGS["encoder"]).export_hf(tmp_path)
+    export_hf(random_model(**CONFIGS["encoder"]), tmp_path)
     path = os.path.join(tmp_path, "model.safetensors")
     from safetensors.torch import load_file
     tensors = load_file(path)
@@ -392,7 +390,7 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
     monkeypatch.setenv("NANOROOTS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("NANOROOTS_MIRROR", raising=False)
-    monkeypatch.setattr(model_module, "HUB_SHA256", {f"gpt2/{name}": hashlib.sha256(body).hexdigest()
+    monkeypatch.setattr(hf_module, "HUB_SHA256", {f"gpt2/{name}": hashlib.sha256(body).hexdigest()
                                                      for name, body in (("config.json", files["/gpt2/resolve/main/config.json"]),
                                                                         ("model.safetensors", files["/gpt2/resolve/main/model.safetensors"]))})
     yield server, tensors
@@ -402,7 +400,7 @@ def hub(tmp_path, monkeypatch):
 
 def test_gpt2_by_name_downloads_resumes_and_caches(hub, tmp_path):
     server, tensors = hub
-    model = GPT.from_pretrained("gpt2")
+    model = from_pretrained("gpt2")
     weights = tmp_path / "cache" / "hf" / "gpt2" / "model.safetensors"
     assert weights.is_file() and not os.path.exists(str(weights) + ".part")
     ranges = [r for path, r in server.requests if path.endswith(".safetensors")]
@@ -412,14 +410,14 @@ def test_gpt2_by_name_downloads_resumes_and_caches(hub, tmp_path):
     assert 0 < resumed_at <= size // 2  # it asked only for what the .part file lacked
     assert torch.equal(model.transformer.h[0].attn.c_attn.weight.detach(), tensors["h.0.attn.c_attn.weight"].t())
     n = len(server.requests)
-    GPT.from_pretrained("gpt2")
+    from_pretrained("gpt2")
     assert len(server.requests) == n  # served from the cache
 
 
 def test_gpt2_download_with_wrong_sha256_is_rejected(hub, tmp_path, monkeypatch):
-    monkeypatch.setitem(model_module.HUB_SHA256, "gpt2/model.safetensors", "0" * 64)
+    monkeypatch.setitem(hf_module.HUB_SHA256, "gpt2/model.safetensors", "0" * 64)
     with pytest.raises(CheckpointError, match="sha256 of .*model.safetensors is [0-9a-f]{64}, expected 0{64}"):
-        GPT.from_pretrained("gpt2")
+        from_pretrained("gpt2")
     folder = tmp_path / "cache" / "hf" / "gpt2"
     assert not (folder / "model.safetensors").exists() and not (folder / "model.safetensors.part").exists()
 
@@ -455,7 +453,7 @@ def test_finetune_from_hf_folder_then_export(tmp_path, capsys, monkeypatch):
     assert ckpt["iter_num"] == 4 and ckpt["tokenizer"] == {"kind": "gpt2"}
     assert ckpt["model_args"]["n_embd"] == 16 and ckpt["model_args"]["block_size"] == 32  # the folder's shape, cropped
     tuned = model_from_checkpoint(ckpt).eval()
-    start = GPT.from_pretrained(hf_dir)
+    start = from_pretrained(hf_dir)
     assert not torch.equal(tuned.transformer.h[0].attn.c_attn.weight, start.transformer.h[0].attn.c_attn.weight)
 
     capsys.readouterr()
@@ -463,13 +461,12 @@ def test_finetune_from_hf_folder_then_export(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert re.search(r"(^|\n)ROMEO:\S", printed)  # the prompt, then what the model wrote after it
 
-    export = tmp_path / "export"  # the command a user runs: python model.py --init_from=... --export_hf=...
-    monkeypatch.setattr(sys, "argv", ["model.py", f"--init_from={out}", f"--export_hf={export}"])
-    runpy.run_path(os.path.join(ROOT, "model.py"), run_name="__main__")
+    export = tmp_path / "export"  # the command a user runs: python hf.py --init_from=... --export_hf=...
+    hf_module.main([f"--init_from={out}", f"--export_hf={export}"])
     assert f"wrote {export} (gpt2 layout)" in capsys.readouterr().out
     config = json.loads((export / "config.json").read_text())
     assert config["model_type"] == "gpt2" and config["vocab_size"] == 50261 and config["eos_token_id"] == 50256
-    assert GPT.from_pretrained(str(export)).config.block_size == 32
+    assert from_pretrained(str(export)).config.block_size == 32
     if transformers is not None:
         loaded = transformers.GPT2LMHeadModel.from_pretrained(export).eval()
         idx = torch.randint(0, 50261, (1, 16))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from configurator import ConfigError
+from hf import export_hf
 from model import GPT, GPTConfig, KVCache, model_from_checkpoint, sample_next, state_shapes, top_p_filter
 
 TINY = dict(block_size=32, vocab_size=70, n_layer=2, n_head=4, n_embd=32)
@@ -170,7 +171,7 @@ def test_qk_norm_normalises_queries_and_keys_per_head():
     att = (q @ k.transpose(-2, -1) / math.sqrt(8)).masked_fill(torch.ones(8, 8).triu(1).bool(), float("-inf")).softmax(-1)
     assert torch.allclose(attn(x), attn.c_proj((att @ v).transpose(1, 2).reshape(2, 8, 32)), atol=1e-5)
     with pytest.raises(ValueError, match="qk_norm=True"):
-        model.export_hf("unused")  # no Hugging Face architecture computes it
+        export_hf(model, "unused")  # no Hugging Face architecture computes it
 
 
 def test_mfu_is_none_on_cpu():

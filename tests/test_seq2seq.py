@@ -13,6 +13,7 @@ import spans
 import train
 from configurator import ConfigError
 from conftest import assert_real_png
+from hf import export_hf
 from model import EncoderDecoder, GPTConfig, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint, state_shapes
 from test_train import TINY, read_log
 from tokenizer import CharTokenizer, EOT, SPECIAL_TOKENS, SENTINELS, build_tokenizer
@@ -172,7 +173,7 @@ def test_config_needs_a_bidirectional_encoder_and_export_refuses():
         GPTConfig(**(SMALL | dict(causal=True)))
     assert type(build_model(GPTConfig(**(SMALL | dict(n_decoder_layer=0))))).__name__ == "GPT"
     with pytest.raises(ValueError, match="encoder-decoder has no Hugging Face export"):
-        encdec().export_hf("unused")  # not its encoder alone as a MegatronBERT
+        export_hf(encdec(), "unused")  # not its encoder alone as a MegatronBERT
 
 
 # -----------------------------------------------------------------------------

@@ -24,7 +24,8 @@ import prepare
 import sample
 import train
 from conftest import ROOT
-from model import GPT, CheckpointError, GPTConfig, read_hf_folder, save_checkpoint
+from hf import read_hf_folder
+from model import GPT, CheckpointError, GPTConfig, save_checkpoint
 from test_interop import gpt2_tensors, write_gpt2_folder
 from test_train import TINY
 
@@ -33,7 +34,8 @@ from test_train import TINY
 LOAD_EACH = """
 import json, resource, sys, time
 from configurator import NanorootsError
-from model import load_pretrained, model_from_checkpoint
+from hf import load_pretrained
+from model import model_from_checkpoint
 results = {}
 for path in sys.argv[1:]:
     start = time.time()

@@ -570,12 +570,11 @@ class Trainer:
     batch(index) -> the micro-batch with that global index; loss(model, batch) -> scalar; evaluate(model)
     -> metrics with 'val_loss'; checkpoint_extra() -> entries added to checkpoints (they may replace 'model':
     finetune.py stores a classifier's body, or LoRA merged, as a plain GPT); sample(model) or None;
-    tokens_per_micro_batch; optionally `select` (the metric, lower is better, that picks the checkpoint and runs
-    patience; classifiers: 'val_error') and start_is_candidate=False (choose only after the first step). A group's
-    lr_scale scales the lr; before its unfreeze_iter the lr is 0. `clock` gives the seconds max_time counts.
+    tokens_per_micro_batch; optionally `select` (lower is better: picks checkpoints, runs patience; 'val_error' for
+    classifiers) and start_is_candidate=False (choose after the first step). lr_scale, unfreeze_iter: per group.
     """
 
-    def __init__(self, cfg, system, run, task, clock=time.time):
+    def __init__(self, cfg, system, run, task, clock=time.time):  # clock: the seconds max_time counts
         self.cfg, self.system, self.run, self.task, self.clock = cfg, system, run, task, clock
         self.accum = cfg.gradient_accumulation_steps // system.world_size
         self.tokens_per_iter = task.tokens_per_micro_batch * self.accum * system.world_size
@@ -595,8 +594,9 @@ class Trainer:
         # SIGTERM is what Slurm, Kubernetes and torchrun send before they kill: it stops the run as Ctrl-C does
         previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            elapsed = self.elapsed0  # then the ranks' mean after each step, so every rank decays and stops alike
             while True:
-                it, elapsed = state["iter_num"], self.elapsed()
+                it = state["iter_num"]
                 step = schedule_step(it, elapsed, cfg)
                 self.progress = min(step / max(1, cfg.max_iters), 1.0)
                 lr = get_lr(step, cfg)
@@ -609,7 +609,7 @@ class Trainer:
                     self.t_last, self.it_last = self.clock(), it
                 if self.task.sample and cfg.sample_every and it % cfg.sample_every == 0 and it > 0:
                     self.task.sample(self.run.raw_model)  # on every rank: an FSDP model is gathered collectively first
-                loss, grad_norm, stop_votes = self.optimizer_step(it)
+                loss, grad_norm, stop_votes, elapsed = self.optimizer_step(it)
                 state["iter_num"] = it + 1
                 if it % cfg.log_interval == 0 and self.system.master and loss is not None:
                     self.log_step(it, loss, lr, grad_norm)
@@ -675,7 +675,7 @@ class Trainer:
     def optimizer_step(self, it):
         """accum micro-steps, gradients synchronised on the last one, then one optimizer step. Returns the
         mean loss over the ranks (None if it was not finite and the step was skipped), the gradient norm,
-        and how many ranks were asked to stop."""
+        whether a rank was asked to stop, and the ranks' mean training time (one clock for the schedule)."""
         cfg, run, system = self.cfg, self.run, self.system
         total = torch.zeros((), device=system.device)
         for micro in range(self.accum):
@@ -687,14 +687,14 @@ class Trainer:
         run.scaler.unscale_(run.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         # every rank learns the mean loss and whether any rank was asked to stop
-        loss_value, stop_votes = all_reduce_mean([total.item(), float(self.stop_signal is not None)], system)
+        loss_value, stop_votes, elapsed = all_reduce_mean([total.item(), float(self.stop_signal is not None), self.elapsed()], system)
         finite = math.isfinite(loss_value) and (run.scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
         if finite:
             self.apply_step(it)
         else:
             self.skip_step(it, loss_value, grad_norm)
         run.optimizer.zero_grad(set_to_none=True)
-        return (loss_value if finite else None), float(grad_norm), stop_votes
+        return (loss_value if finite else None), float(grad_norm), stop_votes, elapsed
 
     def apply_step(self, it):
         """The optimizer step through the loss scaler, which skips it and halves the scale when float16

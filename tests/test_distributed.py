@@ -139,3 +139,38 @@ def test_accumulation_must_divide_among_ranks(tmp_path, shakespeare_char):
            *ARGS, f"--dataset={shakespeare_char}", f"--out_dir={tmp_path}", "--gradient_accumulation_steps=3"]
     run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and "must be divisible by the number of processes (2)" in run.stderr
+
+
+SKEWED_CLOCKS = """
+import functools, json, os, sys
+import train
+# rank 0's clock runs one second per micro-step, rank 1's 1.05 (a slower or busier machine): left to their own
+# clocks, the ranks would reach max_time at different steps (one stopping while the other waits in a collective)
+# and decay the learning rate differently
+rank, now = int(os.environ["RANK"]), [0.0]
+loss = train.lm_loss
+def timed_loss(*args):
+    now[0] += 1.0 + 0.05 * rank
+    return loss(*args)
+train.lm_loss = timed_loss
+lrs = []
+class Recorded(train.Trainer):
+    def apply_step(self, it):
+        lrs.append(self.run.optimizer.param_groups[0]["lr"])
+        return super().apply_step(it)
+train.Trainer = functools.partial(Recorded, clock=lambda: now[0])
+train.main(sys.argv[1:])
+with open(os.path.join(sys.argv[-1].split("=", 1)[1], f"lrs{rank}.json"), "w") as f:
+    json.dump(lrs, f)
+"""
+
+
+def test_a_time_budget_under_ddp_runs_on_one_clock(tmp_path, shakespeare_char):
+    script = tmp_path / "skewed_clocks.py"
+    script.write_text(SKEWED_CLOCKS)
+    launch(2, *[a for a in ARGS if a != "--max_time=0"], f"--dataset={shakespeare_char}", "--max_time=10.2",
+           "--max_iters=1000", "--eval_interval=4", "--gradient_accumulation_steps=2", f"--out_dir={tmp_path}",
+           script=str(script), timeout=120)
+    lrs0, lrs1 = (json.loads((tmp_path / f"lrs{r}.json").read_text()) for r in (0, 1))
+    assert lrs0 == lrs1 and 9 <= len(lrs0) <= 12  # both ranks took the same steps at the same learning rates
+    assert load_checkpoint(str(tmp_path))["iter_num"] == len(lrs0)

@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-import model as model_module
+import hf
 from dataset import DataError, download, download_path
 from prepare import read_sources
 from test_interop import gpt2_tensors, write_gpt2_folder
@@ -125,13 +125,13 @@ def test_cached_file_that_does_not_parse_is_fetched_again(tmp_path, file_server,
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("NANOROOTS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("NANOROOTS_MIRROR", raising=False)
-    model_module.load_pretrained("gpt2-medium")
+    hf.load_pretrained("gpt2-medium")
     config = tmp_path / "cache" / "hf" / "gpt2-medium" / "config.json"
     config.write_bytes(config.read_bytes()[:40])
     record = json.loads((tmp_path / "cache" / "hf" / "gpt2-medium" / "config.json.download.json").read_text())
     config.with_name("config.json.download.json").write_text(json.dumps(record | {"size": 40}))
     n = len(server.requests)
-    checkpoint = model_module.load_pretrained("gpt2-medium")
+    checkpoint = hf.load_pretrained("gpt2-medium")
     assert config.read_bytes() == files["/gpt2-medium/resolve/main/config.json"] and checkpoint["model_args"]["n_layer"] == 1
     assert [p for p, _ in server.requests[n:]] == ["/gpt2-medium/resolve/main/config.json"]  # the weights came from the cache
 

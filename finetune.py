@@ -818,6 +818,7 @@ def main(argv=None):
                   + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if task.test and not cfg.eval_only and os.path.exists(checkpoint_path(cfg.out_dir)):
             evaluate_test_split(cfg, system, run, task)
+        system.done = True
     finally:
         train.teardown(system)
 

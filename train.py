@@ -1,7 +1,6 @@
 """
-Pretraining: a GPT (objective='clm', next-token prediction), a BERT-style encoder
-(objective='mlm', masked-token prediction) or a T5-style encoder-decoder (objective='span', span
-corruption) on a prepared dataset.
+Pretraining on a prepared dataset: a GPT (objective='clm', next-token prediction), a BERT-style encoder
+(objective='mlm', masked tokens) or a T5-style encoder-decoder (objective='span', span corruption).
 
     python train.py                                   # config/shakespeare_char.py, ~2 minutes on a CPU
     python train.py config/mlm_shakespeare_char.py
@@ -9,10 +8,9 @@ corruption) on a prepared dataset.
     torchrun --standalone --nproc_per_node=8 train.py config/gpt2.py
     python train.py --init_from=resume --out_dir=out-shakespeare-char
 
-One process or many: under torchrun every rank trains on its own batches and gradients are
-averaged by DDP (or the model is sharded with FSDP when fsdp=True). Checkpoints hold everything
-needed to continue exactly where a run stopped: weights, optimizer, loss scaler, RNG states and
-the data position. finetune.py reuses the system setup, model start and loop (Trainer); sample.py the setup.
+Under torchrun every rank trains on its own batches and DDP averages the gradients (FSDP shards the model when
+fsdp=True). Checkpoints hold what an exact continuation needs: weights, optimizer, loss scaler, RNG states and the
+data position. finetune.py reuses the system setup, model start and loop (Trainer); sample.py the setup.
 """
 
 import contextlib
@@ -185,11 +183,12 @@ def check_device(device):
 
 
 def teardown(system):
-    lock = getattr(system, "out_dir_lock", None)
-    if lock is not None:  # closing the file releases the lock
-        lock.close()
+    if getattr(system, "out_dir_lock", None) is not None:  # closing the file releases the lock
+        system.out_dir_lock.close()
         system.out_dir_lock = None
     if system.distributed and dist.is_initialized():
+        if getattr(system, "done", False):  # ended well: shut down together (a rank in gloo's shutdown after
+            dist.barrier()                  # the other had gone hung 2-rank runs at exit, under load)
         dist.destroy_process_group()
 
 
@@ -823,6 +822,7 @@ def main(argv=None):
                 print_fill_mask(model, tok, cfg, data_dir, meta, system)
             else:
                 task.sample(model)
+        system.done = True
     finally:
         teardown(system)
 

@@ -8,34 +8,9 @@
 #   python finetune.py config/finetune_english.py --init_from=out-clm-english        # the GPT: last-token pooling
 #   python finetune.py config/finetune_english.py --init_from=scratch --tokenizer=english --causal=False \
 #       --block_size=128 --pos=rope                                                 # the same model, no pretraining
-task = "classify"
-dataset = "sst2"
+from config.finetune_sst2 import *  # noqa: F403 (the same recipe; what differs follows)
+
 init_from = "out-mlm-english"
 out_dir = "out-sst2-english"
-pool = "auto"                   # mean for an encoder, the last real token for a causal model
 select = "acc"                  # keep the checkpoint with the best dev accuracy, the metric reported
-
-eval_interval = 50
 eval_iters = 5                  # train batches evaluated; dev is evaluated whole
-log_interval = 25
-always_save_checkpoint = False
-
-# the architecture of the pretrained model (used by init_from=scratch; a checkpoint brings its own)
-n_layer = 4
-n_head = 4
-n_embd = 128
-bias = False
-
-batch_size = 32
-gradient_accumulation_steps = 1
-dropout = 0.1
-learning_rate = 1e-3
-max_iters = 500                 # ~2.3 epochs of SST-2 train
-lr_decay_iters = 500
-warmup_iters = 50
-min_lr = 1e-4
-weight_decay = 0.01
-
-device = "cpu"
-dtype = "float32"
-threads = 1

@@ -358,17 +358,20 @@ class GPT(nn.Module):
 
     # --- the network ------------------------------------------------------------------------------
 
+    def embed(self, idx, pos, stack, what="sequence"):
+        """Token embeddings (B, T, C) of idx (B, T) at positions pos..pos+T-1, with the learned positions of
+        `stack` (its wpe) added, or RoPE's tables for its attention: (x, rope or None)."""
+        T = idx.size(1)
+        if pos + T > self.config.block_size:
+            raise ValueError(f"{what} of {pos + T} tokens is longer than block_size={self.config.block_size}")
+        x = self.transformer.wte(idx)
+        if self.config.pos == "learned":
+            return x + stack.wpe.weight[pos:pos + T], None  # a slice of the table, no index tensor
+        return x, (self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T])
+
     def hidden_states(self, idx, padding_mask=None, caches=None, pos=0):
         """Final-norm hidden states (B, T, C) for token ids idx (B, T) at positions pos..pos+T-1."""
-        B, T = idx.size()
-        if pos + T > self.config.block_size:
-            raise ValueError(f"sequence of {pos + T} tokens is longer than block_size={self.config.block_size}")
-        x = self.transformer.wte(idx)  # (B, T, C)
-        rope = None
-        if self.config.pos == "learned":
-            x = x + self.transformer.wpe.weight[pos:pos + T]  # positions pos..pos+T-1: a slice, no index tensor
-        else:
-            rope = (self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T])
+        x, rope = self.embed(idx, pos, self.transformer)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             cache = caches[i] if caches is not None else None
@@ -623,15 +626,7 @@ class EncoderDecoder(GPT):
     def decoder_hidden_states(self, idx, memory, memory_mask=None, caches=None, pos=0):
         """The decoder's final-norm hidden states (B, T, C) for its input ids idx (B, T) at positions
         pos..pos+T-1, reading memory = encode(input), whose real tokens memory_mask (B, S) marks."""
-        B, T = idx.size()
-        if pos + T > self.config.block_size:
-            raise ValueError(f"output of {pos + T} tokens is longer than block_size={self.config.block_size}")
-        x = self.transformer.wte(idx)  # (B, T, C)
-        rope = None
-        if self.config.pos == "learned":
-            x = x + self.decoder.wpe(torch.arange(pos, pos + T, device=idx.device))
-        else:
-            rope = (self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T])
+        x, rope = self.embed(idx, pos, self.decoder, what="output")
         x = self.decoder.drop(x)
         for i, block in enumerate(self.decoder.h):
             if self.grad_checkpoint and self.training:

@@ -7,17 +7,7 @@ import json
 import os
 
 from dataset import SHARED_DATA, DataError, in_val_split
-
-
-def decode_utf8(raw, stats):
-    """UTF-8 with invalid bytes replaced by U+FFFD, and counted."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        stats["invalid_utf8_docs"] += 1
-        stats["invalid_utf8_chars"] += text.count("\ufffd") - raw.count("\ufffd".encode())
-        return text
+from readers import decode_utf8
 
 
 CRAWL_FILES = [os.path.join(SHARED_DATA, "web_crawl_sample", f) for f in (

@@ -12,9 +12,19 @@ import re
 import stat
 import zlib
 
-from corpora import decode_utf8
 from curate import need
 from dataset import DataError
+
+
+def decode_utf8(raw, stats):
+    """UTF-8 with invalid bytes replaced by U+FFFD, and counted."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        stats["invalid_utf8_docs"] += 1
+        stats["invalid_utf8_chars"] += text.count("\ufffd") - raw.count("\ufffd".encode())
+        return text
 
 
 class Text(str):

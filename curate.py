@@ -585,6 +585,7 @@ def redact_pii(text, kinds=PII_KINDS):
 REASON_STAGE = {"empty": "read", "html_empty": "html", "lang": "lang", **{f: "filters" for f in FILTERS},
                 "exact_dup": "exact_dedup", "near_dup": "near_dedup",
                 "template_empty": "templates", "substring_empty": "substrings"}
+EMPTIED = {"templates": "template_empty", "substrings": "substring_empty"}  # a boilerplate stage's removal reason
 # fixed histogram bins keep memory flat: ratios in [0, 1], counts and perplexities on a log scale
 HIST_EDGES = {f: np.linspace(0, 1, 51) for f in FILTERS} | {"words": np.logspace(0, 6, 61), "ppl": np.logspace(0, 6, 61)}
 SNIPPET = 300  # characters of each example shown in the report
@@ -673,7 +674,7 @@ class Tally:
         self.docs["kept"] -= 1
         self.docs["kept:" + record["lang"]] -= 1
         self.bytes["kept"] -= after
-        self.remove(stage[:-1] + "_empty", record["i"], record["lang"], after, {}, what, record.get("meta"))
+        self.remove(EMPTIED[stage], record["i"], record["lang"], after, {}, what, record.get("meta"))
         return False
 
     def count_document(self, doc, size, text, result, filters, removed):
@@ -809,13 +810,19 @@ def template_cuts(texts):
     return [text for text, _ in cuts], ["\n".join(lines) for _, lines in cuts]
 
 
+def substring_cuts(texts):
+    """Lee et al.'s exact-substring dedup over these texts: (texts without repeated spans, one span cut from each)."""
+    out, _, cut = remove_repeated_substrings(texts)
+    return out, cut
+
+
 def remove_boilerplate(records, cfg, tally):
     """Pass 2's corpus-level stages over one shard's kept documents (staged records, in index order): template
     lines, then repeated substrings (boilerplate.py). The shard is their scope: shards do not depend on the
     number of ranks, so neither does the output. Returns the records still kept and the removal lines of
     the documents left empty."""
     steps = [("templates", template_cuts)] if cfg.template_lines else []
-    steps += [("substrings", lambda texts: remove_repeated_substrings(texts)[::2])] if cfg.substring_dedup else []
+    steps += [("substrings", substring_cuts)] if cfg.substring_dedup else []
     removals = []
     for stage, step in steps:
         clock, size = time.perf_counter(), sum(len(r["text"].encode("utf-8")) for r in records)
@@ -825,7 +832,7 @@ def remove_boilerplate(records, cfg, tally):
             if tally.cut(stage, record, text, cut):
                 kept.append(record)
             else:
-                removals.append({"doc": record["i"], "reason": stage[:-1] + "_empty", "lang": record["lang"], "values": {},
+                removals.append({"doc": record["i"], "reason": EMPTIED[stage], "lang": record["lang"], "values": {},
                                  **({"meta": record["meta"]} if record.get("meta") else {})})
         records = kept
         tally.lap(stage, clock, size)

@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 
-from curate import (FILTERS, HIST_EDGES, REASON_STAGE, SOURCE_FIELDS, filter_bounds, params_for, perplexity_settings, redact_pii,
-                    roots_resources)
+from curate import (EMPTIED, FILTERS, HIST_EDGES, REASON_STAGE, SOURCE_FIELDS, filter_bounds, params_for,
+                    perplexity_settings, redact_pii, roots_resources)
 from dataset import atomic_write_text
 
 # the config keys (prepare.py's) that decide curation, recorded in the report
@@ -70,7 +70,7 @@ def build_report(cfg, out_dir, source, world, tally, clusters, cluster_text, cou
                        "largest_clusters": [{"size": len(c), "kept": c[0], "removed": c[1:11], "text": cluster_text.get(c[0], "")}
                                             for c in clusters[1][:5]]},
         "pii": {"spans": dict(tally.pii), "docs": tally.docs["pii_docs"]},
-        "boilerplate": {stage: {"bytes_cut": -tally.bytes["changed:" + stage], "docs_emptied": tally.docs[f"removed:{stage[:-1]}_empty"],
+        "boilerplate": {stage: {"bytes_cut": -tally.bytes["changed:" + stage], "docs_emptied": tally.docs["removed:" + EMPTIED[stage]],
                                 "examples": tally.cut_examples[stage]} for stage in ("templates", "substrings")},
         "peak_rss_mb": tally.peak_rss_mb, "cpu_seconds": tally.cpu_seconds,
         "input_stats": dict(stats), "output": counts,

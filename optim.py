@@ -64,7 +64,7 @@ def make_optimizer(cfg, raw_model, device_type):
     rest = [p for p in raw_model.parameters() if p.requires_grad and id(p) not in in_muon]
     adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                                {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
-                              lr=cfg.learning_rate, betas=betas, fused=device_type == "cuda")
+                              lr=cfg.learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
     muon = torch.optim.Muon([{"params": matrices, "lr_scale": cfg.muon_lr / cfg.learning_rate}], lr=cfg.muon_lr,
                             weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, nesterov=True)
     return Optimizers(adamw, muon)

@@ -30,6 +30,13 @@ def read_log(out_dir):
         return [json.loads(line) for line in f]
 
 
+def test_loss_png_is_drawn_once_at_the_end_of_a_short_run(tmp_path, shakespeare_char, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(train, "plot_training", lambda out_dir, log_scale: drawn.append(read_log(out_dir)[-1]["iter"]))
+    run(tmp_path, shakespeare_char, "--max_iters=40", "--eval_interval=10", "--sample_tokens=0")
+    assert drawn == [40]  # the evals at 0, 10, 20 and 30 come within PLOT_EVERY_S of the start
+
+
 def test_tiny_run_lowers_loss(tmp_path, shakespeare_char, capsys):
     log = run(tmp_path, shakespeare_char, "--max_iters=60", "--eval_interval=30")
     evals = [r for r in log if "val_loss" in r]

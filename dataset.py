@@ -29,8 +29,6 @@ import time
 from collections import Counter
 
 import numpy as np
-import requests
-import urllib3
 from tqdm import tqdm
 
 from configurator import NanorootsError
@@ -517,6 +515,7 @@ def _fetch_once(url, part, timeout, progress, desc, has_sha256):
     """One request: continue the .part (when its record allows) or start it again. Returns the record of a
     whole file; raises IncompleteDownload (or a requests/urllib3 error) when the transfer is cut short. A
     body without a length is proven whole by _confirm_end, or later by its sha256 when one is known."""
+    import requests  # downloads only: the rest of the project (sample.py, train.py on local data) skips its 0.05 s
     record = _read_record(part + ".json") or {}
     have = os.path.getsize(part) if os.path.exists(part) else 0
     validator = record.get("etag") or record.get("last_modified")
@@ -558,6 +557,7 @@ def _fetch_once(url, part, timeout, progress, desc, has_sha256):
 def _confirm_end(url, part, record, timeout):
     """A body without a length ends when the server closes the connection, which is also how a cut transfer
     ends. Ask for the bytes after it: 416 (none) confirms the end; anything else leaves the file unproven."""
+    import requests
     got, validator = os.path.getsize(part), record.get("etag") or record.get("last_modified")
     headers = {"Accept-Encoding": "identity", "Range": f"bytes={got}-"} | ({"If-Range": validator} if validator else {})
     with requests.get(url, stream=True, timeout=timeout, headers=headers) as r:
@@ -576,6 +576,8 @@ def _confirm_end(url, part, record, timeout):
 
 def _fetch(url, part, retries, timeout, progress, desc, has_sha256):
     """_fetch_once until a whole file arrives, with backoff between tries. Returns its record."""
+    import requests
+    import urllib3
     for attempt in range(retries + 1):
         try:
             return _fetch_once(url, part, timeout, progress, desc, has_sha256)

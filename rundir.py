@@ -83,9 +83,14 @@ def truncate_log(out_dir, iter_num):
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records if r.get("iter", 0) < iter_num))
 
 
+# train.py redraws loss.png at an eval at most this often, and always at the last one: drawing it costs ~0.8 s
+# (matplotlib), a tenth of a 300-step run of nanoGPT's baby config when done at every eval
+PLOT_EVERY_S = 60.0
+
+
 def plot_training(out_dir, log_scale=False):
     """loss.png from log.jsonl: loss vs step and vs tokens, learning rate on a second axis, and
-    accuracy curves when the log has them. Drawn only at eval time."""
+    accuracy curves when the log has them. Drawn only at eval time (see PLOT_EVERY_S)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

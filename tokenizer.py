@@ -28,8 +28,6 @@ import os
 import re
 from collections import Counter, defaultdict
 
-import regex  # the `regex` package tiktoken itself depends on: Python's `re` has no \p{L}
-import tiktoken
 from tqdm import tqdm
 
 from configurator import ConfigError, NanorootsError
@@ -103,7 +101,8 @@ def chunk_counts(texts, pattern=GPT4_PATTERN):
     distinct chunk once is what makes training scale: text repeats its words. Special-token strings
     are cut out first, so no merge can ever learn (a piece of) one.
     """
-    split = regex.compile(pattern)
+    import regex  # the `regex` package tiktoken depends on (Python's `re` has no \p{L}); imported here, like
+    split = regex.compile(pattern)  # tiktoken below, so that a character model's sample.py does not pay 0.1 s for it
     counts = Counter()
     for text in texts:
         for piece in _SPECIAL_SPLIT.split(text)[::2]:  # the specials sit at the odd positions
@@ -286,6 +285,7 @@ class TiktokenTokenizer:
             self.special_ids = {s: base + i for i, s in enumerate(SPECIAL_TOKENS)}
         self.vocab_size = max(self.special_ids.values()) + 1
         self.sentinel_ids = {s: self.vocab_size + i for i, s in enumerate(SENTINELS)}
+        import tiktoken  # only BPE vocabularies need it (see chunk_counts)
         self.enc = tiktoken.Encoding(name=kind, pat_str=pattern, mergeable_ranks=ranks,
                                      special_tokens=self.special_ids | self.sentinel_ids,
                                      explicit_n_vocab=self.vocab_size + len(SENTINELS))

@@ -35,16 +35,12 @@ from hf import load_pretrained
 from model import GPTConfig, build_model, checkpoint_tokenizer, clean_state_dict, load_checkpoint, model_from_checkpoint, save_checkpoint
 from optim import get_lr, make_optimizer, schedule_step
 from prepare import RECIPES, prepare_recipe
-from rundir import append_log, lock_out_dir, plot_training, start_fresh, truncate_log
+from rundir import PLOT_EVERY_S, append_log, lock_out_dir, plot_training, start_fresh, truncate_log
 from safety import SafeGeneration
 from spans import corrupt_spans, restore_spans, span_lengths
 from tokenizer import BERT_SPECIALS, EOT, SENTINELS, load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# loss.png is redrawn at an eval at most this often, and always at the last one: drawing it (matplotlib) costs
-# ~0.8 s, a tenth of a 300-step run of nanoGPT's baby config when done at every eval
-PLOT_EVERY_S = 60.0
-
 DEFAULTS = dict(
     # I/O
     out_dir="out",
@@ -408,17 +404,14 @@ def evaluate_lm(model, batch_fn, cfg, system, n_normal=0):
 
 @torch.no_grad()
 def mlm_baselines(model, batch_fn, cfg, data_dir, meta, system):
-    """
-    Masked-token accuracy of the encoder next to two baselines at the very same val positions:
-    always guessing the most frequent training token, and a causal LM that sees only the tokens to
-    the left of the mask (so position 0, which has no left context, is left out for all three).
-    """
+    """Masked-token accuracy of the encoder next to two baselines at the very same val positions: always guessing
+    the most frequent training token, and a causal LM that sees only the tokens to the left of the mask (so
+    position 0, which has no left context, is left out for all three)."""
     clm = load_checkpoint(cfg.mlm_baselines)
     clm_model = model_from_checkpoint(clm, system.device).eval()
     if clm_model.config.block_size < cfg.block_size or clm.get("tokenizer") != load_tokenizer(data_dir).spec():
         raise ConfigError(f"{cfg.mlm_baselines} must use this dataset's tokenizer and a block_size of at least {cfg.block_size}")
-    counts = np.bincount(read_bin(data_dir, "train", meta), minlength=meta["vocab_size"])
-    most_frequent = int(counts.argmax())
+    most_frequent = int(np.bincount(read_bin(data_dir, "train", meta), minlength=meta["vocab_size"]).argmax())
     model.eval()
     hits, total = np.zeros(3), 0
     for k in range(cfg.eval_iters):

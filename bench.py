@@ -600,9 +600,11 @@ def plot_transfer(rows, path):
             starts = list(dict.fromkeys(r["start"] for r in rows))
             for i, start in enumerate(starts):
                 line = sorted((r for r in rows if r["task"] == task and r["start"] == start), key=lambda r: r["n"])
+                if not line:  # a start run on some tasks only (LoRA on SST-2) stays out of the others' legends
+                    continue
                 shift = 1.04 ** (i - (len(starts) - 1) / 2)  # side by side at each N, so the error bars stay apart
                 ax.errorbar([r["n"] * shift for r in line], [r[split] for r in line], yerr=[r[f"{split}_std"] for r in line],
-                            marker="o", capsize=3, label=start)
+                            marker="o", capsize=3, label=start, color=f"C{i}")  # one colour per start in every panel
             ax.set_xscale("log")
             sizes = [r["n"] for r in rows if r["task"] == task]
             ax.set_xlim(min(sizes) / 1.5, max(sizes) * 1.5)  # a task measured at one N still gets a readable axis

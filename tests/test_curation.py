@@ -510,35 +510,45 @@ def shard_of_each_document(corpus, shard_mb):
     return shards
 
 
+def one_and_many_ranks(tmp_path, ranks, settings):
+    """prepare() in this process into data/one, then prepare.py under torchrun with `ranks` ranks into data/many;
+    asserts that the two wrote the same meta.json (but for the run id) and the same files byte for byte (shards,
+    tokenizer, kept text, removals; the reports differ in their timings). Returns both metas."""
+    one, _ = run(tmp_path, name="one", **settings)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", "prepare.py",
+                    "--name=many", f"--data_root={tmp_path / 'data'}", *(f"--{k}={v}" for k, v in settings.items())],
+                   cwd=ROOT, check=True, capture_output=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    out = tmp_path / "data"
+    many = json.load(open(out / "many" / "meta.json"))
+    assert one.pop("run_id") != many.pop("run_id") and one == many
+    for name in os.listdir(out / "one"):
+        if name not in ("meta.json", "report.json", "report.md", "plots"):
+            assert (out / "one" / name).read_bytes() == (out / "many" / name).read_bytes(), name
+    return one, many
+
+
 @needs_shared_data
 def test_four_ranks_write_what_one_rank_writes(tmp_path):
     corpus = tmp_path / "crawl.jsonl"
     planted = bench.crawl_like_corpus(str(corpus), 0.4, dup_rate=0.3)
     # shards of 50 kB: 7 of them, 1-2 per rank; a tiny dedup memory makes every rank spill sorted runs and merge them
     settings = dict(input=str(corpus), keep_text=True, tokenizer="bpe", vocab_size=300, shard_mb=0.05, dedup_memory_mb=0.001)
-    one, _ = run(tmp_path, name="one", **settings)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "prepare.py",
-                    "--name=four", f"--data_root={tmp_path / 'data'}", *(f"--{k}={v}" for k, v in settings.items())],
-                   cwd=ROOT, check=True, capture_output=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    one, four = one_and_many_ranks(tmp_path, 4, settings)
     out = tmp_path / "data"
-    four = json.load(open(out / "four" / "meta.json"))
-    assert len(one["shards"]["train"]) >= 6 and one.pop("run_id") != four.pop("run_id") and one == four
-    for name in os.listdir(out / "one"):  # shards, tokenizer, kept text, removals: byte for byte
-        if name not in ("meta.json", "report.json", "report.md", "plots"):
-            assert (out / "one" / name).read_bytes() == (out / "four" / name).read_bytes(), name
-    report = json.load(open(out / "four" / "report.json"))
+    assert len(one["shards"]["train"]) >= 6
+    report = json.load(open(out / "many" / "report.json"))
     assert report["ranks"] == 4 and report["removed"] == json.load(open(out / "one" / "report.json"))["removed"]
-    assert sorted(os.listdir(out / "four")) == sorted(os.listdir(out / "one"))  # no working files left
+    assert sorted(os.listdir(out / "many")) == sorted(os.listdir(out / "one"))  # no working files left
     # the planted copies are caught, also where the copy and its original belong to different ranks
-    removed = {r["doc"]: r for r in read_jsonl_gz(out / "four" / "removed.jsonl.gz")}
+    removed = {r["doc"]: r for r in read_jsonl_gz(out / "many" / "removed.jsonl.gz")}
     shard = shard_of_each_document(corpus, 0.05)
     judged = [(copy, original) for copy, original, _ in planted if original not in removed]
     assert all(removed[copy]["reason"] in ("exact_dup", "near_dup") for copy, _ in judged)
     assert sum(shard[copy] % 4 != shard[original] % 4 for copy, original in judged) >= 5
     # the shards, read as one stream, hold each kept document once
-    tok = load_tokenizer(str(out / "four"))
-    texts = tok.decode(np.concatenate([read_bin(str(out / "four"), s, four)[:] for s in ("train", "val")])).split(EOT)[:-1]
-    assert sorted(texts) == sorted(k["text"] for k in read_jsonl_gz(out / "four" / "clean.jsonl.gz"))
+    tok = load_tokenizer(str(out / "many"))
+    texts = tok.decode(np.concatenate([read_bin(str(out / "many"), s, four)[:] for s in ("train", "val")])).split(EOT)[:-1]
+    assert sorted(texts) == sorted(k["text"] for k in read_jsonl_gz(out / "many" / "clean.jsonl.gz"))
 
 
 @needs_shared_data
@@ -551,21 +561,13 @@ def test_ranks_that_read_their_own_input_files_write_what_one_rank_writes(tmp_pa
     for p, part in enumerate(parts):
         part.write_text("".join(lines[p * len(lines) // 3:(p + 1) * len(lines) // 3]), encoding="utf-8")
     settings = dict(input=",".join(map(str, parts)), keep_text=True, shard_mb=0.03, dedup_memory_mb=0.001)
-    one, _ = run(tmp_path, name="one", **settings)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "prepare.py",
-                    "--name=two", f"--data_root={tmp_path / 'data'}", *(f"--{k}={v}" for k, v in settings.items())],
-                   cwd=ROOT, check=True, capture_output=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    one_and_many_ranks(tmp_path, 2, settings)
     out = tmp_path / "data"
-    two = json.load(open(out / "two" / "meta.json"))
-    assert one.pop("run_id") != two.pop("run_id") and one == two
-    for name in os.listdir(out / "one"):
-        if name not in ("meta.json", "report.json", "report.md", "plots"):
-            assert (out / "one" / name).read_bytes() == (out / "two" / name).read_bytes(), name
-    removed = read_jsonl_gz(out / "two" / "removed.jsonl.gz")
+    removed = read_jsonl_gz(out / "many" / "removed.jsonl.gz")
     dups = [r for r in removed if r["reason"] in ("exact_dup", "near_dup")]
     # documents are numbered file * 10**12 + place; copies in a later file than their original were caught
     assert any(r["doc"] // C.DOC_BASE != r["values"]["duplicate_of"] // C.DOC_BASE for r in dups)
-    report = json.load(open(out / "two" / "report.json"))
+    report = json.load(open(out / "many" / "report.json"))
     assert report["input_stats"] == json.load(open(out / "one" / "report.json"))["input_stats"]
 
 

@@ -12,10 +12,7 @@ import hashlib
 
 import numpy as np
 
-try:
-    from pydivsufsort import longest_previous_factor
-except ImportError:
-    longest_previous_factor = None
+from dataset import need
 
 TEMPLATE_MIN_CHARS = 15  # dedup_template_soft: only lines of at least 15 characters (after strip) count...
 TEMPLATE_MIN_COUNT = 10  # ...and such a line occurring at least 10 times in the dataset is deleted everywhere
@@ -47,12 +44,11 @@ def repeated_spans_mask(texts, min_bytes=SUBSTRING_MIN_BYTES):
     """For texts in corpus order, a boolean array over the UTF-8 bytes of "\\xff".join(texts) + "\\xff": True where a
     byte lies in a span of >= min_bytes that occurred earlier (earlier document, or earlier in the same one).
     The longest previous factor of each position (from a suffix array, pydivsufsort) is that span's length."""
-    if longest_previous_factor is None:
-        raise ImportError("exact-substring dedup needs pydivsufsort: pip install pydivsufsort (or set substring_dedup=False)")
+    suffix_arrays = need("pydivsufsort", "pydivsufsort", "exact-substring dedup (substring_dedup=True)")
     data = np.frombuffer(SEPARATOR.join(t.encode("utf-8", "surrogatepass") for t in texts) + SEPARATOR, np.uint8).copy()
     if len(data) >= 2**31 - 1:
         raise ValueError(f"{len(data):,} bytes is past the suffix array's 2 GiB limit: lower substring_chunk_mb")
-    previous = longest_previous_factor(data).astype(np.int64)
+    previous = suffix_arrays.longest_previous_factor(data).astype(np.int64)
     # a match may not run past its document's end (a separator is identical in every document)
     ends = np.flatnonzero(data == SEPARATOR[0])
     doc_end = np.repeat(ends, np.diff(np.concatenate([[-1], ends])))

@@ -16,7 +16,6 @@ BigScience's, in data/roots/; ../shared/ROOTS_NOTES.md gives each definition wit
 
 import array
 import functools
-import importlib
 import ipaddress
 import json
 import math
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset import HERE, DataError
+from dataset import HERE, DataError, need
 from boilerplate import TEMPLATE_MIN_COUNT, remove_repeated_substrings, remove_template_lines, template_keys
 from dedup import DIGITS, DOC_BASE, KeyWriter, band_hashes, exact_dedup_key, minhash_signature, shingle_hashes
 from model import CheckpointError, checkpoint_tokenizer, load_checkpoint, model_from_checkpoint
@@ -71,17 +70,6 @@ def roots_resources(roots_dir=ROOTS_DIR):
 def params_for(res, lang):
     """ROOTS' thresholds for `lang`; "default" for languages it had no table for (filtering.py LoadParameters)."""
     return res.params.get(lang, res.params["default"])
-
-
-# -----------------------------------------------------------------------------
-# optional packages: imported where used, so a run that does not need one works without it
-
-def need(module, package, purpose):
-    """Import `module`, or a one-line error naming the PyPI `package` to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise DataError(f"{purpose} needs the {package} package: pip install {package}") from None
 
 
 # -----------------------------------------------------------------------------

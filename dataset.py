@@ -19,6 +19,7 @@ import contextlib
 import errno
 import gzip
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -40,6 +41,15 @@ SHARED_DATA = os.path.join(os.path.dirname(HERE), "shared", "data")  # the proje
 
 class DataError(NanorootsError):
     """Input or a data folder that cannot be used; the message says what to do."""
+
+
+def need(module, package, purpose):
+    """Import an optional `module` where it is used, so a run that does not need it works without it; or a
+    one-line error naming the PyPI `package` to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DataError(f"{purpose} needs the {package} package: pip install {package}") from None
 
 
 def stable_hash(*parts):

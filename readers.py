@@ -12,8 +12,7 @@ import re
 import stat
 import zlib
 
-from curate import need
-from dataset import DataError
+from dataset import DataError, need
 
 
 def decode_utf8(raw, stats):

@@ -351,10 +351,10 @@ class BinWriter:
                 "train_docs": self.docs["train"], "val_docs": self.docs["val"]}
 
     def commit(self):
+        self._sync()  # first, so that the old bins and their meta.json stay a usable dataset while this flushes
         meta = os.path.join(self.data_dir, "meta.json")
         if os.path.exists(meta):  # it vouched for the old bins: from here until the new one is written, none does
             os.remove(meta)
-        self._sync()
         for split in self.files:
             os.replace(self.tmp[split], os.path.join(self.data_dir, self.names[split]))
 

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from dataset import HERE, DataError, need
 from boilerplate import TEMPLATE_MIN_COUNT, remove_repeated_substrings, remove_template_lines, template_keys
 from dedup import DIGITS, DOC_BASE, KeyWriter, band_hashes, exact_dedup_key, minhash_signature, shingle_hashes
+from lang_id import ArrayLangid
 from model import CheckpointError, checkpoint_tokenizer, load_checkpoint, model_from_checkpoint
 from tokenizer import EOT, encode_known
 
@@ -104,9 +105,9 @@ class LanguageIdentifier:
             self.labels = frozenset(label.removeprefix("__label__") for label in self.fasttext.labels)
         else:
             langid = need("py3langid.langid", "py3langid", "language identification (lang_id=True)")
-            self.fasttext = None
-            self.langid = langid.LanguageIdentifier.from_model_file(langid.MODEL_FILE, norm_probs=True)
-            self.labels = frozenset(self.langid.labels)
+            identifier = langid.LanguageIdentifier.from_model_file(langid.MODEL_FILE, norm_probs=True)
+            self.fasttext, self.langid = None, ArrayLangid(identifier)  # py3langid's ranking, ~2.4x faster
+            self.labels = frozenset(identifier.labels)
 
     def __call__(self, text):
         text = text[:LANG_ID_CHARS].lower().replace("\n", " ")

@@ -22,6 +22,7 @@ import dedup
 import prepare as P
 import readers as R
 from dataset import DataError, read_bin
+from lang_id import ArrayLangid, trie_depth
 from conftest import ROOT, assert_real_png, needs_shared_data
 from model import GPT, GPTConfig
 from tokenizer import EOT, CharTokenizer, load_tokenizer
@@ -208,6 +209,25 @@ def test_lang_id_accuracy_on_the_labelled_set(res):
     assert sum(n for _, n in accuracy.values()) == 117
     assert sum(r for r, _ in accuracy.values()) >= 111  # measured 113
     assert accuracy["other"] == (19, 19) and accuracy["zh"] == (11, 11) and accuracy["en"] == (12, 12)
+
+
+def test_array_langid_ranks_every_text_exactly_as_py3langid():
+    langid = pytest.importorskip("py3langid.langid")
+    identifier = langid.LanguageIdentifier.from_model_file(langid.MODEL_FILE, norm_probs=True)
+    fast = ArrayLangid(identifier)
+    with open(LANGID_EVAL, encoding="utf-8") as f:
+        texts = [item["text"] for item in map(json.loads, f)]
+    rng = random.Random(0)  # short and odd texts too: shorter than the automaton's depth, no features, upper case
+    texts += ["", "a", "ab", "HELLO WORLD", "1234 5678 !!!", "\ud800 lone surrogate"]
+    texts += ["".join(chr(rng.randrange(32, 0x3100)) for _ in range(rng.randrange(1, 40))) for _ in range(200)]
+    for text in texts:
+        assert fast.rank(text) == identifier.rank(text), text[:80]
+
+
+def test_the_shipped_py3langid_automaton_has_the_depth_we_assume():
+    langid = pytest.importorskip("py3langid.langid")
+    fast = ArrayLangid(langid.LanguageIdentifier.from_model_file(langid.MODEL_FILE, norm_probs=True))
+    assert fast.depth == trie_depth(fast.nextmove, fast.rowbase) == 6
 
 
 def test_fasttext_models_are_read_and_their_labels_used(tmp_path, res):

@@ -63,14 +63,12 @@ SHINGLE = 5  # datatrove MinhashConfig n_grams
 WORD_CHAR = re.compile(r"\w")
 
 
-def shingle_words(text):
-    """datatrove's simplified words: lower case, digits -> 0, runs of word characters (Python's \\w), as array
-    operations on the code points (the same as re.findall(r"\\w+", DIGITS.sub("0", text.lower())))."""
+def simplified_code_points(text):
+    """datatrove's simplification as code points: lower case, digits -> 0; and which of them are word characters
+    (Python's \\w), so runs of those are the words of re.findall(r"\\w+", DIGITS.sub("0", text.lower()))."""
     cp = np.frombuffer(text.lower().encode("utf-32-le", "surrogatepass"), dtype=np.uint32).copy()
     cp[char_table(DIGITS)[cp]] = ord("0")
-    edges = np.flatnonzero(np.diff(np.concatenate(([False], char_table(WORD_CHAR)[cp], [False]))))
-    text = cp.tobytes().decode("utf-32-le", "surrogatepass")
-    return [text[a:b] for a, b in zip(edges[::2].tolist(), edges[1::2].tolist())]
+    return cp.astype(np.uint64), char_table(WORD_CHAR)[cp]
 
 
 def mix64(x):
@@ -82,24 +80,30 @@ def mix64(x):
     return x ^ (x >> np.uint64(31))
 
 
-WORD_IDS, WORD_IDS_MAX = {}, 1 << 16  # word -> its 64-bit hash, cached: web text repeats its words (Zipf)
+WORD_BASE = 0x100000001B3  # FNV-1's 64-bit prime: odd, so it has an inverse modulo 2^64
+WORD_BASE_INVERSE = pow(WORD_BASE, -1, 2**64)
+
+
+def word_hashes(cp, starts, ends):
+    """64-bit hash of each word cp[a:b]: mix64 of sum(cp[i] * WORD_BASE^(i-a)) mod 2^64, for all words at once from
+    the prefix sums of cp[i] * WORD_BASE^i (uint64 arithmetic wraps modulo 2^64, and WORD_BASE^-a undoes the offset)."""
+    powers = np.full(len(cp) + 1, WORD_BASE, dtype=np.uint64)
+    powers[0] = 1
+    inverses = np.full(len(cp) + 1, WORD_BASE_INVERSE, dtype=np.uint64)
+    inverses[0] = 1
+    prefix = np.concatenate(([np.uint64(0)], np.cumsum(cp * np.cumprod(powers)[:-1], dtype=np.uint64)))
+    return mix64((prefix[ends] - prefix[starts]) * np.cumprod(inverses)[starts])
 
 
 def shingle_hashes(text, unspaced=False):
     """Distinct 32-bit hashes of the word 5-grams (character 5-grams for languages written without spaces),
     after datatrove's simplification: lower case, digits -> 0, punctuation and symbols separate words."""
-    words = shingle_words(text)
+    cp, is_word = simplified_code_points(text)
     if unspaced:
-        units = np.frombuffer("".join(words).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        units = cp[is_word]
     else:
-        ids = list(map(WORD_IDS.get, words))
-        if None in ids:
-            if len(WORD_IDS) > WORD_IDS_MAX:  # bounded, so memory stays flat however many distinct words go by
-                WORD_IDS.clear()
-            for w in set(words).difference(WORD_IDS):
-                WORD_IDS[w] = int.from_bytes(hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest(), "little")
-            ids = list(map(WORD_IDS.__getitem__, words))
-        units = np.array(ids, dtype=np.uint64)
+        edges = np.flatnonzero(np.diff(np.concatenate(([False], is_word, [False]))))
+        units = word_hashes(cp, edges[::2], edges[1::2])
     m = len(units) - SHINGLE + 1
     if m <= 0:
         return np.zeros(0, dtype=np.uint64)

@@ -2,6 +2,7 @@
 literal formulations, PII tables, dedup, the report, perplexity, 2 ranks = 1 rank, and real data."""
 
 import dataclasses
+import functools
 import gzip
 import json
 import math
@@ -348,6 +349,21 @@ def test_union_find_joins_chains_and_keeps_the_lowest_index():
     bands = np.array([[1, 10], [2, 10], [2, 20], [3, 30]], dtype=np.int64)  # 8~4 share band 1, 4~6 share band 0
     drop, clusters = dedup.find_duplicates((np.zeros(0, np.int64), np.zeros(0, np.int64)), (np.array([8, 4, 6, 1]), bands))
     assert drop == {8: ("near_dup", 4), 6: ("near_dup", 4)} and clusters == [[4, 6, 8]]
+
+
+def test_shingle_hashes_are_the_word_5_grams_of_datatroves_simplified_words():
+    def reference(text):  # one word at a time, in Python integers
+        words = re.findall(r"\w+", re.sub(r"\d", "0", text.lower()))
+        units = dedup.mix64(np.array([sum(ord(c) * dedup.WORD_BASE ** i for i, c in enumerate(w)) % 2**64 for w in words],
+                                     dtype=np.uint64))
+        grams = [functools.reduce(lambda h, u: h * np.uint64(0x100000001B3) + u, units[i:i + 5], np.uint64(0))
+                 for i in range(len(units) - 4)]
+        return np.unique(dedup.mix64(np.array(grams, dtype=np.uint64)) >> np.uint64(32))
+
+    texts = random_docs(3, 40) + ["Ünïcode wörds 123, 45 and İstanbul (ǅ) x_y z w!", "a b c d", ""]
+    for text in texts:
+        assert np.array_equal(C.shingle_hashes(text), reference(text))
+    assert np.array_equal(C.shingle_hashes("One, two: THREE 4 five six"), C.shingle_hashes("one two three 7 five six"))
 
 
 def test_dedup_hashes_do_not_depend_on_the_process(tmp_path):

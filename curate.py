@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from dataset import HERE, DataError, need
 from boilerplate import TEMPLATE_MIN_COUNT, remove_repeated_substrings, remove_template_lines, template_keys
-from dedup import DIGITS, DOC_BASE, KeyWriter, band_hashes, exact_dedup_key, minhash_signature, shingle_hashes
+from dedup import (DIGITS, DOC_BASE, KeyWriter, band_hashes, exact_dedup_key, minhash_signature, shingle_hashes,
+                   word_hashes)
 from lang_id import ArrayLangid
 from model import CheckpointError, checkpoint_tokenizer, load_checkpoint, model_from_checkpoint
 from tokenizer import EOT, encode_known
@@ -63,9 +64,11 @@ def roots_resources(roots_dir=ROOTS_DIR):
     stopwords = {lang: frozenset(words) for lang, words in load("stopwords.json").items()}
     is_special = np.zeros(0x110000, dtype=bool)  # by code point, for counting with numpy
     is_special[[ord(c) for c in special]] = True
-    return SimpleNamespace(params=load("parameters_filtering.json"), stopwords=stopwords,
-                           flagged={lang: frozenset(words) for lang, words in load("flagged_words.json").items()},
-                           special=frozenset(special), is_special=is_special)
+    flagged = {lang: frozenset(words) for lang, words in load("flagged_words.json").items()}
+    return SimpleNamespace(params=load("parameters_filtering.json"), stopwords=stopwords, flagged=flagged,
+                           special=frozenset(special), is_special=is_special,
+                           stopword_keys={lang: np.sort(string_keys(sorted(ws))) for lang, ws in stopwords.items()},
+                           flagged_keys={lang: np.sort(string_keys(sorted(ws))) for lang, ws in flagged.items()})
 
 
 def params_for(res, lang):
@@ -277,6 +280,21 @@ def words_of(text, res, lower=False, chinese=False):
     return [text[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
 
 
+def string_keys(words):
+    """A 64-bit key per word (dedup.word_hashes of its code points): equal words, equal keys, and two different
+    words of a document share one with probability ~1e-17 per pair."""
+    lengths = np.array([len(w) for w in words], dtype=np.int64)
+    cp = np.frombuffer("".join(words).encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    return word_hashes(cp, np.cumsum(lengths) - lengths, np.cumsum(lengths))
+
+
+def lowered_word_keys(text, res):
+    """string_keys(words_of(text, res, lower=True)), without making the words."""
+    text = text.lower()
+    starts, ends = word_spans(text, res.is_special)
+    return word_hashes(np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64), starts, ends)
+
+
 def count_words(text, res, chinese=False):
     """len(words_of(text, res, chinese=chinese)), without making the words."""
     if chinese:
@@ -334,12 +352,17 @@ def char_repetition_ratio(text, n, k_rule="code"):
     return float(np.sort(counts)[::-1][:k].sum() / counts.sum())
 
 
-def word_repetition_ratio(words, n):
-    """Share of the word n-grams that occur more than once (ROOTS compute_word_repetition_ratio)."""
-    grams = Counter(zip(*(words[i:] for i in range(n))))
-    if not grams:
+def word_repetition_ratio(keys, n):
+    """Share of the word n-grams that occur more than once (ROOTS compute_word_repetition_ratio), from the words'
+    keys (string_keys): an n-gram is keyed by a polynomial of its words' keys."""
+    m = len(keys) - n + 1
+    if m <= 0:
         return 0.0
-    return sum(filter((1).__lt__, grams.values())) / (len(words) - n + 1)  # the counts over 1
+    grams = np.zeros(m, dtype=np.uint64)
+    for j in range(n):
+        grams = grams * np.uint64(0x100000001B3) + keys[j:j + m]
+    counts = np.unique(grams, return_counts=True)[1]
+    return int(counts[counts > 1].sum()) / m
 
 
 def special_characters_ratio(text, is_special):
@@ -347,12 +370,13 @@ def special_characters_ratio(text, is_special):
     return float(is_special[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)].mean()) if text else 0.0
 
 
-def word_list_ratio(words, candidates, word_set):
-    """Hits of `candidates` (words plus augmentation) in `word_set`, per word, clipped to 1 (ROOTS stopwords
-    and flagged-words ratios)."""
-    if not words:
+def word_list_ratio(keys, candidates, listed):
+    """Hits of `candidates` (the words plus augmentation) among the `listed` words, per word, clipped to 1 (ROOTS
+    stopwords and flagged-words ratios); all as string_keys, `listed` sorted."""
+    if not len(keys):
         return 0.0
-    return min(1.0, sum(map(word_set.__contains__, candidates)) / len(words))
+    found = listed[np.minimum(np.searchsorted(listed, candidates), len(listed) - 1)] == candidates
+    return min(1.0, int(found.sum()) / len(keys))
 
 
 FILTERS = ("words", "char_rep", "word_rep", "special", "closed_class", "flagged", "ppl")  # ROOTS' order
@@ -385,14 +409,17 @@ def quality_filters(text, lang, res, char_rep_k="code", short_circuit=True, perp
     """(first failing filter or None, {filter: value}) for a cleaned document in language `lang`."""
     p = params_for(res, lang)
     chinese = p["tokenization"]  # zh: ROOTS took SentencePiece words
+    by_string = chinese or p["cond_words_augmentation"]  # words from jieba, or word groups joined as strings
     lowered = functools.cache(lambda: words_of(text, res, lower=True, chinese=chinese))
+    keys = functools.cache(lambda: string_keys(lowered()) if by_string else lowered_word_keys(text, res))
+    candidates = functools.cache(lambda: string_keys(augment_words(lowered(), p)) if by_string else keys())
     measure = {
         "words": lambda: count_words(text, res, chinese=chinese),
         "char_rep": lambda: char_repetition_ratio(text, p["character_repetition_length"], char_rep_k),
-        "word_rep": lambda: word_repetition_ratio(lowered(), p["word_repetition_length"]),
+        "word_rep": lambda: word_repetition_ratio(keys(), p["word_repetition_length"]),
         "special": lambda: special_characters_ratio(text, res.is_special),
-        "closed_class": lambda: word_list_ratio(lowered(), augment_words(lowered(), p), res.stopwords[lang]),
-        "flagged": lambda: word_list_ratio(lowered(), augment_words(lowered(), p), res.flagged[lang]),
+        "closed_class": lambda: word_list_ratio(keys(), candidates(), res.stopword_keys[lang]),
+        "flagged": lambda: word_list_ratio(keys(), candidates(), res.flagged_keys[lang]),
         "ppl": lambda: perplexity(text),
     }
     failed, values = None, {}

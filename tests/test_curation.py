@@ -1,6 +1,7 @@
 """ROOTS-style curation in prepare.py: exact vectors from the ROOTS paper and code, equivalence with ROOTS'
 literal formulations, PII tables, dedup, the report, perplexity, 2 ranks = 1 rank, and real data."""
 
+import collections
 import dataclasses
 import functools
 import gzip
@@ -65,14 +66,15 @@ def test_char_ngram_counts_equal_a_counter_of_substrings():
     for n in (3, 10):
         for _ in range(50):
             text = "".join(rng.choice("ab cd中文😀\n") for _ in range(rng.randint(0, 60)))
-            expected = sorted(__import__("collections").Counter(text[i:i + n] for i in range(len(text) - n + 1)).values())
+            expected = sorted(collections.Counter(text[i:i + n] for i in range(len(text) - n + 1)).values())
             assert sorted(C.char_ngram_counts(text, n).tolist()) == expected
 
 
 def test_word_repetition_ratio_of_the_cat_sat_on_the_mat_is_one_half(res):
-    words = C.words_of("the cat sat on the mat the cat sat on the mat", res, lower=True)
-    assert C.word_repetition_ratio(words, 5) == 0.5  # 4 of the 8 word 5-grams occur twice
-    assert C.word_repetition_ratio(words[:4], 5) == 0.0
+    keys = C.lowered_word_keys("The cat sat on the mat, the cat sat on the MAT", res)
+    assert np.array_equal(keys, C.string_keys("the cat sat on the mat the cat sat on the mat".split()))
+    assert C.word_repetition_ratio(keys, 5) == 0.5  # 4 of the 8 word 5-grams occur twice
+    assert C.word_repetition_ratio(keys[:4], 5) == 0.0
 
 
 # --- ROOTS' literal formulations ----------------------------------------------------------------------------
@@ -98,6 +100,11 @@ def test_words_and_rejoin_equal_roots_split_strip_and_join(res):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 25)))
         for lower in (False, True):
             assert C.words_of(text, res, lower=lower) == roots_words(text, res.special, lower), repr(text)
+        words = roots_words(text, res.special, True)
+        assert np.array_equal(C.lowered_word_keys(text, res), C.string_keys(words))
+        grams = collections.Counter(zip(words, words[1:]))  # compute_word_repetition_ratio, spelled out
+        roots_ratio = sum(c for c in grams.values() if c > 1) / (len(words) - 1) if grams else 0.0
+        assert C.word_repetition_ratio(C.string_keys(words), 2) == roots_ratio
         assert C.rejoin(text) == roots_rejoin(text), repr(text)
 
 
@@ -137,8 +144,8 @@ def test_chinese_words_are_jieba_words_and_word_pairs_feed_closed_class_ratio(re
     assert words == ["我们", "在", "年", "去", "了", "北京"]  # digits -> 0, then special characters are stripped
     augmented = C.augment_words(words, zh)
     assert "我们在" in augmented and len(augmented) == 2 * len(words) - 1  # ROOTS' zh augmentation: word pairs
-    ratio = C.word_list_ratio(words, augmented, res.stopwords["zh"])
-    assert ratio == sum(w in res.stopwords["zh"] for w in augmented) / len(words)
+    ratio = C.word_list_ratio(C.string_keys(words), C.string_keys(augmented), res.stopword_keys["zh"])
+    assert ratio == sum(w in res.stopwords["zh"] for w in augmented) / len(words) > 0
 
 
 # an export-trade report (出口交易 holds 口交) and a breastfeeding article (哺乳交流 holds 乳交), written for nanoroots:

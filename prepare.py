@@ -476,7 +476,9 @@ def write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id,
                         else:
                             dups.append({"doc": record["i"], "reason": duplicate[0], "values": {"duplicate_of": duplicate[1]},
                                          **({"meta": record["meta"]} if record.get("meta") else {})})
+                    clock = tally.lap("tokenize", clock)  # pass 2 but the boilerplate stages, which time themselves
                     kept, emptied = remove_boilerplate(kept, cfg, tally)
+                    clock = time.perf_counter()
                     dups = sorted(dups + emptied, key=lambda r: r["doc"])
                     for record in kept:
                         if clean:

@@ -109,18 +109,18 @@ class LanguageIdentifier:
         else:
             langid = need("py3langid.langid", "py3langid", "language identification (lang_id=True)")
             identifier = langid.LanguageIdentifier.from_model_file(langid.MODEL_FILE, norm_probs=True)
-            self.fasttext, self.langid = None, ArrayLangid(identifier)  # py3langid's ranking, ~2.4x faster
+            self.fasttext, self.langid = None, ArrayLangid(identifier, LABEL_ALIASES)  # py3langid's ranking, faster
             self.labels = frozenset(identifier.labels)
 
     def __call__(self, text):
         text = text[:LANG_ID_CHARS].lower().replace("\n", " ")
         if self.fasttext is None:
-            ranked = self.langid.rank(text)
-        else:  # a list goes through fastText's multilinePredict, which returns plain lists (its single-text path
-            labels, probs = self.fasttext.predict([text], k=5)  # builds a numpy array with copy=False: numpy 2 refuses)
-            ranked = [(label.removeprefix("__label__"), p) for label, p in zip(labels[0], probs[0])]
+            return self.langid.best(text)
+        # a list goes through fastText's multilinePredict, which returns plain lists (its single-text path builds a
+        labels, probs = self.fasttext.predict([text], k=5)  # numpy array with copy=False: numpy 2 refuses)
         scores = Counter()
-        for label, p in ranked:
+        for label, p in zip(labels[0], probs[0]):
+            label = label.removeprefix("__label__")
             scores[LABEL_ALIASES.get(label, label)] += float(p)
         return max(scores.items(), key=lambda kv: kv[1], default=("und", 0.0))
 

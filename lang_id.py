@@ -33,9 +33,10 @@ def trie_depth(nextmove, rowbase):
 
 
 class ArrayLangid:
-    """rank(text) of a py3langid LanguageIdentifier built with norm_probs=True, computed with array operations."""
+    """rank(text) of a py3langid LanguageIdentifier built with norm_probs=True, computed with array operations;
+    best(text) with `aliases` ({label: the label it counts as}) merged."""
 
-    def __init__(self, identifier):
+    def __init__(self, identifier, aliases=None):
         self.nextmove = np.frombuffer(identifier.tk_nextmove, dtype=np.uint32)
         self.rowbase = np.asarray(identifier.tk_row, dtype=np.int64) << 8
         self.output = np.asarray(identifier.tk_output, dtype=np.int64)
@@ -44,6 +45,9 @@ class ArrayLangid:
         # float32 rather than the model's float16: numpy converts float16 slowly, and gathers sorted rows fastest
         self.nb_ptc, self.nb_pc = identifier.nb_ptc.astype(np.float32), identifier.nb_pc
         self.classes, self.alias_pairs = identifier.nb_classes, identifier._alias_pairs
+        merged = [(aliases or {}).get(label, label) for label in self.classes]
+        self.merged_labels = list(dict.fromkeys(merged))
+        self.column_label = np.array([self.merged_labels.index(label) for label in merged])
 
     def features(self, data):
         """The feature of the state after each byte of `data` (bytes), -1 where the state has none."""
@@ -53,8 +57,8 @@ class ArrayLangid:
             state[back:] = self.nextmove[self.rowbase[state[back:]] + a[:len(a) - back]]
         return self.output[state]
 
-    def rank(self, text):
-        """[(label, probability)] for every label, best first: py3langid's rank(text)."""
+    def probabilities(self, text):
+        """py3langid's probability per column of its model, a label's second column folded into its first."""
         if text.isupper():
             text = text.lower()
         data = unicodedata.normalize("NFC", text).encode("utf-8", errors="surrogatepass")
@@ -72,7 +76,17 @@ class ArrayLangid:
         for i, j in self.alias_pairs:  # a label with two columns (scripts) gets their sum in its first
             scores[i] += scores[j]
             scores[j] = 0.0
+        return scores
+
+    def rank(self, text):
+        """[(label, probability)] for every label, best first: py3langid's rank(text)."""
         merged = {}
-        for label, score in zip(self.classes, scores.tolist()):
+        for label, score in zip(self.classes, self.probabilities(text).tolist()):
             merged.setdefault(label, score)
         return sorted(merged.items(), key=lambda kv: kv[1], reverse=True)
+
+    def best(self, text):
+        """(label, probability) of the most likely label, the probabilities of aliases added to their label's."""
+        merged = np.bincount(self.column_label, weights=self.probabilities(text).astype(np.float64))
+        i = int(merged.argmax())
+        return self.merged_labels[i], float(merged[i])

@@ -230,6 +230,12 @@ def test_array_langid_ranks_every_text_exactly_as_py3langid():
     texts += ["".join(chr(rng.randrange(32, 0x3100)) for _ in range(rng.randrange(1, 40))) for _ in range(200)]
     for text in texts:
         assert fast.rank(text) == identifier.rank(text), text[:80]
+    merged = ArrayLangid(identifier, {"wuu": "zh"})  # best(): aliases' probabilities added, as a Counter would
+    for text in texts[:60] + ["上海话", "侬好，今朝天气老好个"]:
+        scores = collections.Counter()
+        for label, p in identifier.rank(text):
+            scores[{"wuu": "zh"}.get(label, label)] += p
+        assert merged.best(text) == max(scores.items(), key=lambda kv: kv[1])
 
 
 def test_the_shipped_py3langid_automaton_has_the_depth_we_assume():

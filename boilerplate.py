@@ -43,21 +43,35 @@ def remove_template_lines(text, templates, min_chars=TEMPLATE_MIN_CHARS):
 def repeated_spans_mask(texts, min_bytes=SUBSTRING_MIN_BYTES):
     """For texts in corpus order, a boolean array over the UTF-8 bytes of "\\xff".join(texts) + "\\xff": True where a
     byte lies in a span of >= min_bytes that occurred earlier (earlier document, or earlier in the same one).
-    The longest previous factor of each position (from a suffix array, pydivsufsort) is that span's length."""
+    Such a span of L bytes is the union of its L - min_bytes + 1 windows of exactly min_bytes, each of which occurred
+    earlier too, so it is enough to find the windows (inside one document) that also start at an earlier position:
+    from a suffix array (pydivsufsort) and its LCP array, without the longest previous factor of every position."""
     suffix_arrays = need("pydivsufsort", "pydivsufsort", "exact-substring dedup (substring_dedup=True)")
     data = np.frombuffer(SEPARATOR.join(t.encode("utf-8", "surrogatepass") for t in texts) + SEPARATOR, np.uint8).copy()
     if len(data) >= 2**31 - 1:
         raise ValueError(f"{len(data):,} bytes is past the suffix array's 2 GiB limit: lower substring_chunk_mb")
-    previous = suffix_arrays.longest_previous_factor(data).astype(np.int64)
-    # a match may not run past its document's end (a separator is identical in every document)
+    suffixes = suffix_arrays.divsufsort(data)
+    same_window = suffix_arrays.kasai(data, suffixes) >= min_bytes  # [r]: ranks r, r + 1 share a window
+    starts = later_occurrences(suffixes, same_window)
+    # a window may not run past its document's end (a separator is identical in every document)
     ends = np.flatnonzero(data == SEPARATOR[0])
-    doc_end = np.repeat(ends, np.diff(np.concatenate([[-1], ends])))
-    length = np.minimum(previous, doc_end - np.arange(len(data)))
-    starts = np.flatnonzero(length >= min_bytes)
-    cover = np.zeros(len(data) + 1, np.int64)
-    np.add.at(cover, starts, 1)
-    np.add.at(cover, starts + length[starts], -1)
-    return np.cumsum(cover[:-1]) > 0, data
+    starts = starts[ends[np.searchsorted(ends, starts)] - starts >= min_bytes]
+    cover = np.zeros(len(data), np.int32)
+    cover[starts] += 1  # starts are distinct, and so are their ends
+    cover[starts + min_bytes] -= 1
+    return np.cumsum(cover, dtype=np.int32) > 0, data
+
+
+def later_occurrences(suffixes, same_window):
+    """The positions whose window also starts at an earlier position. The suffixes that begin with one window are
+    neighbours in the suffix array: a run of ranks where same_window (the longest common prefix of a suffix and the
+    next one, Kasai et al.'s LCP array, is >= the window) holds; every position of a run but the smallest repeats."""
+    after = np.concatenate([[False], same_window[:-1]])  # the suffix ranked just before shares the window
+    ranks = np.flatnonzero(same_window | after)  # the ranks in a run of two suffixes or more
+    first = np.flatnonzero(~after[ranks])  # where each run begins in ranks
+    positions = suffixes[ranks]
+    earliest = np.repeat(np.minimum.reduceat(positions, first), np.diff(np.append(first, len(ranks))))
+    return positions[positions != earliest]
 
 
 def remove_repeated_substrings(texts, min_bytes=SUBSTRING_MIN_BYTES):

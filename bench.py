@@ -62,6 +62,7 @@ DEFAULTS = dict(train.DEFAULTS) | dict(
     data_mb="50,200,800",           # data_scale: sizes of the crawl-like corpora, MB
     data_ranks="1,2",               # data_scale: numbers of ranks to curate each with
     data_shard_mb=8.0,              # data_scale: prepare.py's shard_mb (enough shards to share among the ranks)
+    data_dedup_memory_mb=256.0,     # data_scale: prepare.py's dedup_memory_mb (past it, dedup keys spill to disk)
     # transfer: learning curves of finetune.py (README, "Transfer learning"); several CPU-hours
     transfer_tasks="sst2,trec",     # built-in classification recipes (finetune.CLASSIFY_RECIPES)
     transfer_sizes="100,300,1000,3000,all",  # labelled training examples per run (all = the whole train split)
@@ -744,7 +745,8 @@ def bench_data_scale(cfg, system):
             size = os.path.getsize(corpus) / 1e6
             for ranks in map(int, str(cfg.data_ranks).split(",")):
                 load = os.getloadavg()[0]
-                report = curate_with_ranks(corpus, tmp, ranks, lang="auto", tokenizer="gpt2", shard_mb=cfg.data_shard_mb)
+                report = curate_with_ranks(corpus, tmp, ranks, lang="auto", tokenizer="gpt2", shard_mb=cfg.data_shard_mb,
+                                            dedup_memory_mb=cfg.data_dedup_memory_mb)
                 caught, judged = planted_caught(os.path.join(tmp, "scale"), planted)
                 name = f"curate {mb:g} MB crawl-like, {ranks} rank{'s' * (ranks > 1)} (load {load:.1f})"
                 rows += [dict(benchmark=name, metric="MB/s/proc", value=size / report["seconds"] / ranks),

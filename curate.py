@@ -211,9 +211,8 @@ def rejoin(text):
     cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     sep = (cp == 32) | (cp == 10) | (cp == 9)
     first = sep & ~np.concatenate(([False], sep[:-1]))  # where each run starts
-    run = np.cumsum(first)[sep] - 1  # the run of each separator
-    kind = np.zeros(int(first.sum()), dtype=np.uint32)  # per run: 32, or 9 with a tab, or 10 with a newline
-    np.maximum.at(kind, run, np.select([cp[sep] == 10, cp[sep] == 9], [2, 1], 0).astype(np.uint32))
+    level = np.where(cp[sep] == 10, 2, cp[sep] == 9)  # per separator: 2 newline, 1 tab, 0 space
+    kind = np.maximum.reduceat(level, np.flatnonzero(first[sep])) if len(level) else level  # per run, the highest
     out = cp.copy()
     out[first] = np.array([32, 9, 10], dtype=np.uint32)[kind]
     out = out[~sep | first]

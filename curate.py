@@ -528,6 +528,23 @@ PII_PATTERNS = {  # on overlapping matches the earlier start wins, then the long
     "USER": re.compile(r"(?<![\w@.+-])@(\w(?:[\w.-]*\w)?)(?![\w@])"),
 }
 PII_KINDS = ("EMAIL", "IP_ADDRESS", "KEY", "USER")  # ROOTS' four; PHONE is opt-in
+# Where find_pii runs each pattern. A match consists of its kind's SOFT characters, so it lies in one stretch of them
+# and its look-ahead reads no further than the hard character ending the stretch (one character past the match, two
+# after a soft '.', ' ' or '-'); only stretches holding an ANCHOR are searched. Anchors are read off the patterns (a
+# numeric KEY has a capital next to a digit, or else is 3 groups of 3+ digits), but for KEY's code form, which is
+# read off _is_pii: 4+ letter/digit switches mean a digit, then a letter after nothing but _+/=-, then a digit; a
+# code without one is no key, and it hides no other match. Keep these in step with the patterns and _is_pii
+# (test_find_pii_scans_every_stretch_a_match_can_lie_in fails otherwise).
+PII_SCAN = {  # kind: (anchor, soft characters as a class body)
+    "EMAIL": ("@", r"\w.%+@-"),
+    "IP_ADDRESS": (r"\.(?<=\d\.)(?=\d{1,3}\.\d)|:(?=[0-9A-Fa-f]{0,4}:)", r"\dA-Fa-f.:"),
+    "PHONE": (r"\d(?=\)?[ .-]\d{3,4}[ .-]\d{3})", r"\d+() .-"),
+    "KEY": (r"\d(?:(?<=[A-Z]\d)|(?=[A-Z]|\d{2,}[ -]?\d{3,}[ -]?\d{3}|[_+/=-]*[A-Za-z][A-Za-z_+/=-]*[0-9]))",
+            r"A-Za-z\d_+/= -"),
+    "USER": ("@", r"\w.@-"),
+}
+PII_SCAN = {kind: (re.compile(anchor), re.compile(f"[^{soft}]"), re.compile(f".*[^{soft}]", re.S))
+            for kind, (anchor, soft) in PII_SCAN.items()}
 # `@word` that is code, not a handle: CSS at-rules, decorators, doc-comment and BibTeX tags (ROOTS redacted these)
 CODE_AT_WORDS = {"media", "import", "font", "keyframes", "charset", "supports", "page", "namespace", "layer",
                  "property", "container", "document", "viewport", "counter", "staticmethod", "classmethod",
@@ -571,11 +588,24 @@ def _is_pii(kind, match, text):
     return True
 
 
+def pii_matches(kind, text):
+    """PII_PATTERNS[kind].finditer(text) in the stretches of soft characters that hold an anchor (PII_SCAN), each
+    searched whole: endpos just past its hard character lets look-aheads read what they read in the whole text,
+    and look-behinds read before pos anyway. A regex that begins with a look-behind is tried at every position,
+    a cost the anchors, which begin with a rare character, avoid."""
+    anchor, hard, last_hard = PII_SCAN[kind]
+    done = 0
+    while found := anchor.search(text, done):
+        head, tail = last_hard.match(text, done, found.start()), hard.search(text, found.start())
+        start, done = head.end() if head else done, tail.end() if tail else len(text)
+        yield from PII_PATTERNS[kind].finditer(text, start, done)
+
+
 def find_pii(text, kinds=PII_KINDS):
     """Non-overlapping (start, end, kind) spans of personal data, in text order."""
-    kinds = [k for k in PII_PATTERNS if k in kinds and (k not in ("EMAIL", "USER") or "@" in text)]
+    kinds = [k for k in PII_PATTERNS if k in kinds]
     spans = sorted((m.start(), -m.end(), priority, kind) for priority, kind in enumerate(kinds)
-                   for m in PII_PATTERNS[kind].finditer(text) if _is_pii(kind, m, text))
+                   for m in pii_matches(kind, text) if _is_pii(kind, m, text))
     chosen, end = [], 0
     for start, neg_end, _, kind in spans:
         if start >= end:

@@ -314,6 +314,40 @@ def test_redaction_is_by_span_right_to_left_and_phone_is_opt_in():
     assert C.redact_pii(card, ("PHONE",))[0] == card
 
 
+def whole_text_pii(text, kinds):
+    """find_pii without PII_SCAN: each pattern's finditer over the whole text, the reference its anchors must keep."""
+    kinds = [k for k in C.PII_PATTERNS if k in kinds]
+    spans = sorted((m.start(), -m.end(), priority, kind) for priority, kind in enumerate(kinds)
+                   for m in C.PII_PATTERNS[kind].finditer(text) if C._is_pii(kind, m, text))
+    chosen, end = [], 0
+    for start, neg_end, _, kind in spans:
+        if start >= end:
+            chosen.append((start, -neg_end, kind))
+            end = -neg_end
+    return chosen
+
+
+# each kind's smallest forms, the anchor's condition only just met (any-script digits, a code key's single
+# digit-letter-digit, a number's third digit, a phone's parenthesised area code)
+BARE_PII = ["a@b.co", "a+b%c@d-e.co", "@abc", "1.2.3.4", "٣.٤.٥.٦", "::1", "fe80::1:2", "555 123 4567", "(55) 123.4567", "+1-55-123-4567",
+            "A1 B2 C3", "A1B2C3", "123 456 789", "١٢٣ ٤٥٦ ٧٨٩", "abcdefghijklmnop1q2r", "abcdefghijklmno1_q-2r"]
+
+
+@pytest.mark.parametrize("bare", BARE_PII)
+def test_find_pii_scans_every_stretch_a_match_can_lie_in(bare):
+    kinds = tuple(C.PII_PATTERNS)
+    assert whole_text_pii(bare, kinds)
+    for text in [bare, f"x {bare}.", f"({bare})", f"{bare}\n{bare}", f"v {bare} and {bare}-{bare}", f"a{bare}b", f"1{bare}1",
+                 f"@{bare}@", f"{bare} {bare}"]:
+        for k in (C.PII_KINDS, kinds):
+            assert C.find_pii(text, k) == whole_text_pii(text, k), text
+    rng = random.Random(0)
+    pieces = [bare, *"1a.:@- (A_\n9٣"]
+    for _ in range(300):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        assert C.find_pii(text, kinds) == whole_text_pii(text, kinds), text
+
+
 # --- deduplication ----------------------------------------------------------------------------------------------
 
 def random_docs(n, words=200, seed=0):

@@ -82,7 +82,7 @@ def params_for(res, lang):
 # document.lower() with newlines as spaces)
 
 # characters identified per document: measured on the crawl sample, the first 2,000 give the label of the whole
-# document for 658 of 670 documents at 2-3x its speed (py3langid walks every byte in Python, ~1 MB/s)
+# document for 658 of 670 documents at 2-3x its speed
 LANG_ID_CHARS = 2000
 # py3langid splits Mandarin between zh and wuu (Wu Chinese, whose Wikipedia is written in the same characters): on
 # the Chinese Wikipedia sample, zh alone reaches ROOTS' 0.85 for 49% of the paragraphs, zh + wuu for all 848

@@ -5,7 +5,7 @@ py3langid counts byte n-gram features by walking an Aho-Corasick automaton one b
 which is most of its cost. The automaton's state after a byte is the longest suffix of the text so far that is a
 node of its trie, so it depends only on the last `depth` bytes (the trie's depth, 6 for the shipped model). Here
 the state after every byte comes from walking those few preceding bytes from the root, for all positions at
-once, and the naive Bayes scores are py3langid's own arithmetic: the ranking is the same, ~2.5x faster.
+once, and the naive Bayes scores are py3langid's own arithmetic: the ranking is the same, 2-2.5x faster.
 """
 
 import math
@@ -53,7 +53,7 @@ class ArrayLangid:
         """The feature of the state after each byte of `data` (bytes), -1 where the state has none."""
         a = np.frombuffer(data, dtype=np.uint8).astype(np.int64)
         state = np.zeros(len(a), dtype=np.int64)
-        for back in range(min(self.depth, len(a)) - 1, -1, -1):  # position i reads byte i - back; before the text, stay at the root
+        for back in range(min(self.depth, len(a)) - 1, -1, -1):  # position i reads byte i - back (none before 0)
             state[back:] = self.nextmove[self.rowbase[state[back:]] + a[:len(a) - back]]
         return self.output[state]
 

@@ -463,11 +463,10 @@ def write_shards(cfg, tok, shard, drops, plan, shown, data_dir, scratch, run_id,
             end = following[2] if following and following[0] == u else (u + 1) * DOC_BASE
             label = f"{u:05d}-{k:05d}"  # renumbered in input order when rank 0 commits
             writer = BinWriter(data_dir, tok.vocab_size, shard=label, run_id=run_id) if tok else None  # None: nothing kept
-            dups, batch, size = [], [], 0
+            dups, kept, batch, size = [], [], [], 0
             try:
                 with contextlib.ExitStack() as files:
                     clean = cfg.keep_text and files.enter_context(gzip_member(os.path.join(scratch, f"clean-{label}.jsonl.gz")))
-                    kept = []
                     for record, duplicate in staged.upto(end):
                         if record["i"] in shown:
                             tally.cluster_text[record["i"]] = record["text"][:SNIPPET]

@@ -11,7 +11,8 @@ import os
 import numpy as np
 
 from curate import (EMPTIED, FILTERS, HIST_EDGES, REASON_STAGE, SOURCE_FIELDS, filter_bounds, params_for,
-                    perplexity_settings, redact_pii, roots_resources)
+                    perplexity_settings, roots_resources)
+from pii import redact_pii
 from dataset import atomic_write_text
 
 # the config keys (prepare.py's) that decide curation, recorded in the report

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from configurator import NanorootsError
-from curate import PII_KINDS, PII_LOOKBEHIND, find_pii, lang_id_keeps, language_identifier, roots_resources
+from curate import lang_id_keeps, language_identifier, roots_resources
+from pii import PII_KINDS, PII_LOOKBEHIND, find_pii
 
 HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK Unified Ideographs: Extension A, the main block, Compatibility
 HAN_CHAR = re.compile(f"[{HAN}]")
@@ -314,7 +315,7 @@ class FlaggedWordFilter:
 # -----------------------------------------------------------------------------
 # personal data, redacted as the text streams
 
-# Which part of a growing text is settled, read off curate.PII_PATTERNS (a change there must keep these sets
+# Which part of a growing text is settled, read off pii.PII_PATTERNS (a change there must keep these sets
 # in step; test_streaming_redaction_equals_redacting_the_whole_text fails otherwise). Every character of a match
 # is in MATCH_CHARS (EMAIL, IP_ADDRESS, USER, KEY's code form), NUMBER_CHARS (KEY's numeric form: groups of
 # digits and capitals with spaces or hyphens between) or PHONE_CHARS; a character in none of the kinds' sets
@@ -360,7 +361,7 @@ def settled_pii(text, done, kinds=PII_KINDS, final=False):
 
 class PiiRedactor:
     """Text in, redacted text out, piece by piece: `feed` returns what is settled (settled_pii), so
-    the printed text is exactly curate.redact_pii of the whole; `finish` returns the rest. `found` counts spans by kind."""
+    the printed text is exactly pii.redact_pii of the whole; `finish` returns the rest. `found` counts spans by kind."""
 
     def __init__(self, kinds=PII_KINDS):
         self.kinds, self.raw, self.done, self.found = kinds, "", 0, Counter()

@@ -21,6 +21,7 @@ import torch
 import bench
 import curate as C
 import dedup
+import pii
 import prepare as P
 import readers as R
 from dataset import DataError, read_bin
@@ -297,28 +298,28 @@ def test_unknown_language_codes_are_refused_with_the_identifiable_ones():
     ("ok @jo and @x.", None),  # ROOTS: 3 or more characters after the @
 ])
 def test_redact_pii_positives_and_negatives(text, redacted):
-    out, found = C.redact_pii(text)
+    out, found = pii.redact_pii(text)
     assert out == (redacted or text)
     assert sum(found.values()) == (0 if redacted is None else redacted.count("PI:"))
 
 
 def test_redaction_is_by_span_right_to_left_and_phone_is_opt_in():
     text = "a@b.org wrote to a@b.org.uk and a@b.org"  # a global str.replace would corrupt the middle address
-    assert C.redact_pii(text)[0] == "PI:EMAIL wrote to PI:EMAIL and PI:EMAIL"
-    spans = C.find_pii(text)
+    assert pii.redact_pii(text)[0] == "PI:EMAIL wrote to PI:EMAIL and PI:EMAIL"
+    spans = pii.find_pii(text)
     assert [s[:2] for s in spans] == [(0, 7), (17, 27), (32, 39)]
-    assert C.redact_pii("call 555-123-4567 now", C.PII_PATTERNS.keys())[0] == "call PI:PHONE now"
+    assert pii.redact_pii("call 555-123-4567 now", pii.PII_PATTERNS.keys())[0] == "call PI:PHONE now"
     # a card number is one key, never a phone number followed by "1111"
     card = "card 4111 1111 1111 1111 expires"
-    assert C.redact_pii(card, C.PII_PATTERNS.keys())[0] == "card PI:KEY expires"
-    assert C.redact_pii(card, ("PHONE",))[0] == card
+    assert pii.redact_pii(card, pii.PII_PATTERNS.keys())[0] == "card PI:KEY expires"
+    assert pii.redact_pii(card, ("PHONE",))[0] == card
 
 
 def whole_text_pii(text, kinds):
     """find_pii without PII_SCAN: each pattern's finditer over the whole text, the reference its anchors must keep."""
-    kinds = [k for k in C.PII_PATTERNS if k in kinds]
+    kinds = [k for k in pii.PII_PATTERNS if k in kinds]
     spans = sorted((m.start(), -m.end(), priority, kind) for priority, kind in enumerate(kinds)
-                   for m in C.PII_PATTERNS[kind].finditer(text) if C._is_pii(kind, m, text))
+                   for m in pii.PII_PATTERNS[kind].finditer(text) if pii._is_pii(kind, m, text))
     chosen, end = [], 0
     for start, neg_end, _, kind in spans:
         if start >= end:
@@ -335,17 +336,17 @@ BARE_PII = ["a@b.co", "a+b%c@d-e.co", "@abc", "1.2.3.4", "٣.٤.٥.٦", "::1", "
 
 @pytest.mark.parametrize("bare", BARE_PII)
 def test_find_pii_scans_every_stretch_a_match_can_lie_in(bare):
-    kinds = tuple(C.PII_PATTERNS)
+    kinds = tuple(pii.PII_PATTERNS)
     assert whole_text_pii(bare, kinds)
     for text in [bare, f"x {bare}.", f"({bare})", f"{bare}\n{bare}", f"v {bare} and {bare}-{bare}", f"a{bare}b", f"1{bare}1",
                  f"@{bare}@", f"{bare} {bare}"]:
-        for k in (C.PII_KINDS, kinds):
-            assert C.find_pii(text, k) == whole_text_pii(text, k), text
+        for k in (pii.PII_KINDS, kinds):
+            assert pii.find_pii(text, k) == whole_text_pii(text, k), text
     rng = random.Random(0)
     pieces = [bare, *"1a.:@- (A_\n9٣"]
     for _ in range(300):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
-        assert C.find_pii(text, kinds) == whole_text_pii(text, kinds), text
+        assert pii.find_pii(text, kinds) == whole_text_pii(text, kinds), text
 
 
 # --- deduplication ----------------------------------------------------------------------------------------------

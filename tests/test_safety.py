@@ -12,7 +12,8 @@ import safety
 import sample
 import train
 from configurator import configure
-from curate import redact_pii, roots_resources, words_of
+from curate import roots_resources, words_of
+from pii import redact_pii
 from test_train import TINY
 from model import GPTConfig, build_model
 from safety import HAN

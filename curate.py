@@ -291,7 +291,8 @@ def lowered_word_keys(text, res):
     """string_keys(words_of(text, res, lower=True)), without making the words."""
     text = text.lower()
     starts, ends = word_spans(text, res.is_special)
-    return word_hashes(np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64), starts, ends)
+    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    return word_hashes(cp, starts, ends)
 
 
 def count_words(text, res, chinese=False):

@@ -317,15 +317,7 @@ def test_redaction_is_by_span_right_to_left_and_phone_is_opt_in():
 
 def whole_text_pii(text, kinds):
     """find_pii without PII_SCAN: each pattern's finditer over the whole text, the reference its anchors must keep."""
-    kinds = [k for k in pii.PII_PATTERNS if k in kinds]
-    spans = sorted((m.start(), -m.end(), priority, kind) for priority, kind in enumerate(kinds)
-                   for m in pii.PII_PATTERNS[kind].finditer(text) if pii._is_pii(kind, m, text))
-    chosen, end = [], 0
-    for start, neg_end, _, kind in spans:
-        if start >= end:
-            chosen.append((start, -neg_end, kind))
-            end = -neg_end
-    return chosen
+    return pii.find_pii(text, kinds, matches=lambda kind, text: pii.PII_PATTERNS[kind].finditer(text))
 
 
 # each kind's smallest forms, the anchor's condition only just met (any-script digits, a code key's single

@@ -5,7 +5,7 @@ py3langid counts byte n-gram features by walking an Aho-Corasick automaton one b
 which is most of its cost. The automaton's state after a byte is the longest suffix of the text so far that is a
 node of its trie, so it depends only on the last `depth` bytes (the trie's depth, 6 for the shipped model). Here
 the state after every byte comes from walking those few preceding bytes from the root, for all positions at
-once, and the naive Bayes scores are py3langid's own arithmetic: the ranking is the same, 2-2.5x faster.
+once, and the naive Bayes scores are py3langid's own arithmetic: the ranking is the same, about 3x faster.
 """
 
 import math
@@ -48,6 +48,16 @@ class ArrayLangid:
         merged = [(aliases or {}).get(label, label) for label in self.classes]
         self.merged_labels = list(dict.fromkeys(merged))
         self.column_label = np.array([self.merged_labels.index(label) for label in merged])
+        self.first = np.full(len(self.nb_ptc), np.iinfo(np.int64).max)  # scratch of first_occurrences, kept all-max
+
+    def first_occurrences(self, found):
+        """(the features of `found` in the order they first occur, how often each occurs), without sorting: each
+        feature's first position lands in a per-feature scratch array, reset afterwards."""
+        positions = np.arange(len(found))
+        np.minimum.at(self.first, found, positions)
+        ids = found[self.first[found] == positions]
+        self.first[ids] = np.iinfo(np.int64).max
+        return ids, np.bincount(found, minlength=len(self.first))[ids]
 
     def features(self, data):
         """The feature of the state after each byte of `data` (bytes), -1 where the state has none."""
@@ -65,9 +75,8 @@ class ArrayLangid:
         found = self.features(data)
         found = found[found >= 0]
         if len(found):  # py3langid sums the features in the order they first occur
-            ids, first, counts = np.unique(found, return_index=True, return_counts=True)
-            order = np.argsort(first, kind="stable")
-            scores = np.log1p(counts[order].astype(np.float32)) @ self.nb_ptc[ids][order] + self.nb_pc
+            ids, counts = self.first_occurrences(found)
+            scores = np.log1p(counts.astype(np.float32)) @ self.nb_ptc[ids] + self.nb_pc
         else:  # no feature: every language equally likely
             scores = np.zeros(len(self.classes), dtype=np.float32)
         scores *= 1.0 / math.sqrt(len(data) or 1)  # py3langid's calibration by length

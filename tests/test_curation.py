@@ -239,6 +239,17 @@ def test_array_langid_ranks_every_text_exactly_as_py3langid():
         assert merged.best(text) == max(scores.items(), key=lambda kv: kv[1])
 
 
+def test_first_occurrences_counts_features_in_the_order_they_first_occur():
+    langid = pytest.importorskip("py3langid.langid")
+    fast = ArrayLangid(langid.LanguageIdentifier.from_model_file(langid.MODEL_FILE, norm_probs=True))
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 300, 300):  # the same scratch array serves every call: a stale first position would show
+        found = rng.integers(0, 40, size=n) * 97
+        ids, counts = fast.first_occurrences(found)
+        expected = collections.Counter(found.tolist())  # a Counter keeps its keys in the order they first came
+        assert (ids.tolist(), counts.tolist()) == (list(expected), list(expected.values()))
+
+
 def test_the_shipped_py3langid_automaton_has_the_depth_we_assume():
     langid = pytest.importorskip("py3langid.langid")
     fast = ArrayLangid(langid.LanguageIdentifier.from_model_file(langid.MODEL_FILE, norm_probs=True))

@@ -5,8 +5,8 @@ order a document meets it:
     language ID -> cleaning -> quality filters (+ perplexity) -> exact dedup key -> MinHash near-dedup bands
     -> PII redaction
 
-`curate_document` runs the per-document stages on one document; `curate_shard` streams a rank's share of
-the corpus through it, staging the survivors, writing their dedup keys to disk and tallying every decision.
+`curate_documents` runs the per-document stages on a batch of documents; `curate_shard` streams a rank's share
+of the corpus through it, staging the survivors, writing their dedup keys to disk and tallying every decision.
 Duplicates are decided over the whole corpus from the keys alone: dedup.py partitions that decision over the
 ranks, `find_duplicates` takes it in memory. The report (report.json, report.md, plots/) shows
 documents and bytes per stage, removals with examples, filter histograms, clusters and PII counts.
@@ -610,8 +610,9 @@ class Tally:
         self.remove(EMPTIED[stage], record["i"], record["lang"], after, {}, what, record.get("meta"))
         return False
 
-    def count_document(self, doc, size, text, result, filters, removed):
-        """Pass 1's tally of one document (curate_document's result); a removal also goes to `removed` as a line."""
+    def count_document(self, doc, text, result, filters, removed):
+        """Pass 1's tally of one document (`text`, a curate_documents result); a removal also goes to `removed` as a
+        line. A filtered document is shown as the filters read it, any other removal as it came in."""
         self.seconds.update(result["seconds"])
         self.work.update(result["bytes_in"])
         if result["removed"] != "empty":
@@ -620,8 +621,8 @@ class Tally:
         if result["removed"] in FILTERS or (result["removed"] is None and filters):
             self.observe(result["lang"], result["values"])
         if result["removed"]:
-            meta = getattr(text, "meta", None)
-            self.remove(result["removed"], doc, result["lang"], result["size"], result["values"], result.get("text", text), meta)
+            meta, shown = getattr(text, "meta", None), result["text"] if result["removed"] in FILTERS else text
+            self.remove(result["removed"], doc, result["lang"], result["size"], result["values"], shown, meta)
             removed.write(json.dumps({"doc": doc, "reason": result["removed"], "lang": result["lang"], "values": result["values"],
                                       **({"meta": meta} if meta else {})}, ensure_ascii=False, default=str) + "\n")
 
@@ -659,80 +660,112 @@ def curation_settings(cfg):
         pii_kinds=PII_KINDS + (("PHONE",) if cfg.pii_phone else ()))
 
 
-def clean_and_identify(text, run, step):
-    """(text, language, probability or None without identification): ROOTS' language-neutral cleaning (default
-    parameters: strip, uniform spaces), identification of the cleaned text as ROOTS, then, for a document that is
-    kept, its language's own cleaning (URL-like and long words; before identification an English long-word cut-off
-    would delete a whole unspaced Chinese sentence). `step` is curate_document's clock."""
-    cfg, res = run.cfg, run.res
-    lang, raw, score = run.fixed_lang, text, None
-    if cfg.clean:
-        text = step("clean", clean_document(text, params_for(res, "default" if run.identify else lang), res, cfg.nfc))
+CURATE_BATCH_BYTES = 1 << 20  # documents go through the per-document stages a batch of this much input at a time
+
+
+def step(doc, stage, new_text=None):
+    """Close `stage` of one document (a curate_documents entry): its seconds, the bytes it read, and the bytes it
+    changed when it rewrote the text (then the document's text)."""
+    now, size = time.perf_counter(), doc["size"]
+    doc["seconds"][stage] += now - doc["clock"]
+    doc["bytes_in"][stage] += size
+    if new_text is not None:
+        doc["size"] = len(new_text.encode("utf-8"))
+        doc["changed"][stage] += doc["size"] - size
+        doc["text"] = new_text
+    doc["clock"] = now
+
+
+def start_document(doc, run):
+    """Empty documents out; an HTML page replaced by its main text; ROOTS' language-neutral cleaning (default
+    parameters: strip, uniform spaces) when the language is still to be identified, else the language's own."""
+    if not doc["text"].strip():
+        doc.update(lang="und", removed="empty")
+        return
+    if run.cfg.html and is_html(doc["text"]):
+        step(doc, "html", html_main_text(doc["text"]))
+        doc["html_text"] = doc["raw"] = doc["text"]
+        if not doc["text"].strip():
+            doc.update(lang="und", removed="html_empty")
+            return
+    if run.cfg.clean:
+        step(doc, "clean", clean_document(doc["text"], params_for(run.res, "default" if run.identify else doc["lang"]),
+                                          run.res, run.cfg.nfc))
+
+
+def identify_language(doc, run):
+    """The cleaned text's language and its probability (when identification is on)."""
     if run.identify:
-        lang, score = run.identify(text)
-        step("lang")
-        own = params_for(res, lang)
-        if cfg.clean and lang_id_keeps(lang, score, run.wanted, res) and own is not params_for(res, "default"):
-            text = step("clean", clean_document(raw, own, res, cfg.nfc))
-    return text, lang, score
+        doc["lang"], doc["score"] = run.identify(doc["text"])
+        step(doc, "lang")
 
 
-def curate_document(text, run):
-    """
-    One document through the per-document stages of `run` (curation_settings). Returns a dict: "lang", "removed"
-    (the reason, or None), "values" (what the deciding stage measured), "size" (UTF-8 bytes of the text as the last
-    stage saw it), "changed" (bytes each stage added or removed), "seconds" and "bytes_in" per stage; for a survivor
-    "text" (cleaned, PII redacted), "pii" (spans by kind), "exact_key" and "bands" (None when off or too short).
-    """
-    cfg, res = run.cfg, run.res
-    out = {"lang": run.fixed_lang, "removed": None, "values": {}, "size": len(text.encode("utf-8")),
-           "changed": Counter(), "seconds": Counter(), "bytes_in": Counter()}
-    clock = time.perf_counter()
+def check_language(doc, run):
+    """ROOTS' language rule; a kept document gets its language's own cleaning of the uncleaned text (URL-like and
+    long words: before identification an English long-word cut-off would delete a whole unspaced Chinese sentence)."""
+    if not run.identify:
+        return
+    lang, score, res = doc["lang"], doc["score"], run.res
+    if not lang_id_keeps(lang, score, run.wanted, res):
+        doc.update(removed="lang", values={"lang_score": round(score, 4)})
+    elif run.cfg.clean and params_for(res, lang) is not params_for(res, "default"):
+        step(doc, "clean", clean_document(doc["raw"], params_for(res, lang), res, run.cfg.nfc))
 
-    def step(stage, new_text=None):
-        """Close `stage`: its seconds, the bytes it read, and the bytes it changed when it rewrote the text."""
-        nonlocal clock
-        now, size = time.perf_counter(), out["size"]
-        out["seconds"][stage] += now - clock
-        out["bytes_in"][stage] += size
-        if new_text is not None:
-            out["size"] = len(new_text.encode("utf-8"))
-            out["changed"][stage] += out["size"] - size
-        clock = now
-        return new_text
 
-    if not text.strip():
-        return out | {"lang": "und", "removed": "empty"}
-    if cfg.html and is_html(text):
-        text = out["html_text"] = step("html", html_main_text(text))
-        if not text.strip():
-            return out | {"lang": "und", "removed": "html_empty"}
-    text, lang, score = clean_and_identify(text, run, step)
-    out["lang"] = lang
-    if score is not None and not lang_id_keeps(lang, score, run.wanted, res):
-        return out | {"removed": "lang", "values": {"lang_score": round(score, 4)}}
-    if cfg.filters:
-        scorer, ppl_max = run.scorers.get(lang, run.scorers.get("*")), run.ppl_max.get(lang, run.ppl_max.get("*", 0.0))
-        failed, out["values"] = quality_filters(text, lang, res, cfg.char_rep_k, cfg.short_circuit, scorer, ppl_max)
-        step("filters")
-        if failed:
-            return out | {"removed": failed, "text": text}
-    out["exact_key"] = out["bands"] = None
+def filter_quality(doc, run):
+    """ROOTS' quality filters (and perplexity, where a model is set) in the document's language."""
+    if not run.cfg.filters:
+        return
+    lang, cfg = doc["lang"], run.cfg
+    scorer, ppl_max = run.scorers.get(lang, run.scorers.get("*")), run.ppl_max.get(lang, run.ppl_max.get("*", 0.0))
+    failed, doc["values"] = quality_filters(doc["text"], lang, run.res, cfg.char_rep_k, cfg.short_circuit, scorer, ppl_max)
+    step(doc, "filters")
+    if failed:
+        doc["removed"] = failed
+
+
+def dedup_keys(doc, run):
+    """The exact-dedup key and the MinHash band keys (None when off; bands None too for a text too short to shingle,
+    never a near-duplicate: datatrove skips these too)."""
+    cfg = run.cfg
     if cfg.dedup:
-        out["exact_key"] = exact_dedup_key(text)
-        step("exact_dedup")
+        doc["exact_key"] = exact_dedup_key(doc["text"])
+        step(doc, "exact_dedup")
     if cfg.near_dedup:
-        shingles = shingle_hashes(text, unspaced=lang in UNSPACED_LANGS)
-        if len(shingles):  # too short to shingle: never a near-duplicate (datatrove skips these too)
-            out["bands"] = band_hashes(minhash_signature(shingles, cfg.minhash_bands * cfg.minhash_rows),
+        shingles = shingle_hashes(doc["text"], unspaced=doc["lang"] in UNSPACED_LANGS)
+        if len(shingles):
+            doc["bands"] = band_hashes(minhash_signature(shingles, cfg.minhash_bands * cfg.minhash_rows),
                                        cfg.minhash_bands, cfg.minhash_rows)
-        step("near_dedup")
-    out["text"], out["pii"] = text, {}
-    if cfg.pii:  # redacted now, counted later for the documents that dedup keeps
-        out["text"], found = redact_pii(text, run.pii_kinds)
-        out["pii"] = dict(found)
-        step("pii")
-    return out
+        step(doc, "near_dedup")
+
+
+def redact(doc, run):
+    """PII redacted now; counted later, for the documents that dedup keeps."""
+    if run.cfg.pii:  # "size" stays the size before redaction: pass 2 counts the bytes redaction changed
+        doc["text"], found = redact_pii(doc["text"], run.pii_kinds)
+        doc["pii"] = dict(found)
+        step(doc, "pii")
+
+
+def curate_documents(texts, run):
+    """
+    Documents through the per-document stages of `run` (curation_settings), stage by stage over the whole batch:
+    each stage's code and tables (the language model's automaton, word lists, regexes) then stay in the CPU's
+    caches from one document to the next, which makes language ID twice as fast as one document at a time. Returns
+    a dict per text: "lang", "removed" (the reason, or None), "values" (what the deciding stage measured), "size"
+    (UTF-8 bytes of the text as the last stage saw it), "changed" (bytes each stage added or removed), "seconds" and
+    "bytes_in" per stage, "text" (as the last stage left it: cleaned, PII redacted), "html_text" for an HTML page;
+    for a survivor "pii" (spans by kind), "exact_key" and "bands" (None when off or too short).
+    """
+    docs = [{"text": text, "raw": text, "lang": run.fixed_lang, "score": None, "removed": None, "values": {},
+             "size": len(text.encode("utf-8")), "changed": Counter(), "seconds": Counter(), "bytes_in": Counter(),
+             "exact_key": None, "bands": None, "pii": {}} for text in texts]
+    for stage in (start_document, identify_language, check_language, filter_quality, dedup_keys, redact):
+        for doc in docs:
+            if not doc["removed"]:
+                doc["clock"] = time.perf_counter()
+                stage(doc, run)
+    return docs
 
 
 def template_cuts(texts):
@@ -777,10 +810,9 @@ def curate_shard(sources, rank, world, by_source, cfg, scratch):
     Pass 1 over this rank's share of the corpus. `sources`: (source number, its documents, or None where this
     rank does not read it). Each source is cut, in order, into shards of cfg.shard_mb MB of input; every rank
     cuts the same way, so shards do not depend on the number of ranks. Shard k of source u is rank u % world's
-    when ranks read whole sources (`by_source`), else rank (u + k) % world's. curate_document on each of this
-    rank's documents: survivors are staged to scratch/staged-<rank>.jsonl as {"i", "lang", "text", "bytes",
-    "pii"} lines in index order (bytes: the size before PII redaction), removals go to removed-<rank>.jsonl,
-    dedup keys to {exact,near}-<rank>.bin. Returns a namespace: tally, shards ([source, k, first document,
+    when ranks read whole sources (`by_source`), else rank (u + k) % world's. curate_documents on this rank's
+    documents, CURATE_BATCH_BYTES of input at a time: survivors are staged to scratch/staged-<rank>.jsonl
+    (staged_line) in index order, removals go to removed-<rank>.jsonl, dedup keys to {exact,near}-<rank>.bin. Returns a namespace: tally, shards ([source, k, first document,
     owner] of every shard this rank saw), staged (the staged documents), the paths.
     """
     run, tally = curation_settings(cfg), Tally()
@@ -789,6 +821,21 @@ def curate_shard(sources, rank, world, by_source, cfg, scratch):
         for name, ext in (("staged", "jsonl"), ("removed", "jsonl"), ("exact", "bin"), ("near", "bin"))})
     exact = KeyWriter(out.exact_path) if cfg.dedup else None
     near = KeyWriter(out.near_path) if cfg.near_dedup else None
+    batch, batch_bytes = [], 0  # (doc, text) of this rank's documents not yet curated
+
+    def flush():
+        nonlocal batch, batch_bytes
+        for (doc, text), result in zip(batch, curate_documents([text for _, text in batch], run)):
+            tally.count_document(doc, text, result, cfg.filters, removed)
+            if not result["removed"]:
+                if exact and result["exact_key"] is not None:
+                    exact.add(doc, result["exact_key"])
+                if near and result["bands"] is not None:
+                    near.add_bands(doc, result["bands"])
+                out.staged.append(doc)
+                staged.write(staged_line(doc, text, result))
+        batch, batch_bytes = [], 0
+
     with open(out.staged_path, "w", encoding="utf-8") as staged, open(out.removed_path, "w", encoding="utf-8") as removed:
         for u, documents in sources:
             filled, clock, bar = math.inf, time.perf_counter(), tqdm(unit=" docs", desc="curating", mininterval=2, disable=rank or None)
@@ -805,21 +852,22 @@ def curate_shard(sources, rank, world, by_source, cfg, scratch):
                     continue
                 tally.docs["read"] += 1
                 tally.bytes["read"] += size
-                tally.lap("read", clock, size)
-                result = curate_document(text, run)
-                tally.count_document(doc, size, text, result, cfg.filters, removed)
-                if not result["removed"]:
-                    if exact and result["exact_key"] is not None:
-                        exact.add(doc, result["exact_key"])
-                    if near and result["bands"] is not None:
-                        near.add_bands(doc, result["bands"])
-                    out.staged.append(doc)
-                    meta = getattr(text, "meta", None)  # the input record's other fields (readers.Text)
-                    staged.write(json.dumps({"i": doc, "lang": result["lang"], "text": result["text"], "bytes": result["size"],
-                                             "pii": result["pii"], **({"meta": meta} if meta else {})},
-                                            ensure_ascii=False, default=str) + "\n")
-                clock = time.perf_counter()
+                batch.append((doc, text))
+                batch_bytes += size
+                clock = tally.lap("read", clock, size)
+                if batch_bytes >= CURATE_BATCH_BYTES:
+                    flush()
+                    clock = time.perf_counter()
+            flush()
             bar.close()
     out.exact_path, out.near_path = exact and exact.close(), near and near.close()
     tally.peak_rss_mb[rank] = peak_rss_mb()
     return out
+
+
+def staged_line(doc, text, result):
+    """The staged record of a survivor: {"i", "lang", "text", "bytes" (its size before PII redaction), "pii"},
+    "meta" (the input record's other fields, readers.Text) where there are any."""
+    meta = getattr(text, "meta", None)
+    return json.dumps({"i": doc, "lang": result["lang"], "text": result["text"], "bytes": result["size"],
+                       "pii": result["pii"], **({"meta": meta} if meta else {})}, ensure_ascii=False, default=str) + "\n"

@@ -209,7 +209,7 @@ def lang_id_accuracy(decide):
 
 
 def test_lang_id_accuracy_on_the_labelled_set(res):
-    def decide(text):  # what curate_document does with --lang=auto
+    def decide(text):  # what curate_documents does with --lang=auto
         label, score = C.language_identifier()(C.clean_document(text, res.params["default"], res))
         return label if C.lang_id_keeps(label, score, None, res) else "und"
 

@@ -67,8 +67,22 @@ def roots_resources(roots_dir=ROOTS_DIR):
     flagged = {lang: frozenset(words) for lang, words in load("flagged_words.json").items()}
     return SimpleNamespace(params=load("parameters_filtering.json"), stopwords=stopwords, flagged=flagged,
                            special=frozenset(special), is_special=is_special,
+                           lower_keeps_words=lower_keeps_words(is_special),
                            stopword_keys={lang: np.sort(string_keys(sorted(ws))) for lang, ws in stopwords.items()},
                            flagged_keys={lang: np.sort(string_keys(sorted(ws))) for lang, ws in flagged.items()})
+
+
+def lower_keeps_words(is_special):
+    """By code point: whether str.lower() leaves the character one character, special exactly when it was (Ø is
+    special, its lower case ø is not): a text of such characters has its words where its lower case has them."""
+    every = np.arange(0x110000, dtype=np.uint32)
+    every[0xD800:0xE000] = 0  # surrogates are left alone by lower()
+    keeps = np.ones(0x110000, dtype=bool)
+    for c, char in enumerate(every.tobytes().decode("utf-32-le")):
+        low = char.lower()
+        if low != char:
+            keeps[c] = len(low) == 1 and is_special[ord(low)] == is_special[c]
+    return keeps
 
 
 def params_for(res, lang):
@@ -275,7 +289,7 @@ def words_of(text, res, lower=False, chinese=False):
         text = " ".join(chinese_words(DIGITS.sub("0", CONTROL_CHARS.sub("", text)).lower()))
     elif lower:
         text = text.lower()
-    starts, ends = word_spans(text, res.is_special)
+    starts, ends = word_spans(code_points(text), res.is_special)
     return [text[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
 
 
@@ -287,26 +301,25 @@ def string_keys(words):
     return word_hashes(cp, np.cumsum(lengths) - lengths, np.cumsum(lengths))
 
 
-def lowered_word_keys(text, res):
-    """string_keys(words_of(text, res, lower=True)), without making the words."""
-    text = text.lower()
-    starts, ends = word_spans(text, res.is_special)
-    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
-    return word_hashes(cp, starts, ends)
+def lowered_word_keys(text, res, cp=None, spans=None):
+    """string_keys(words_of(text, res, lower=True)), without making the words. Given the text's code points and
+    word spans, the lower-cased words have the same spans when lower-casing leaves every character one character,
+    special exactly when it was (res.lower_keeps_words; nearly always), and then they are not looked for again."""
+    lowered = code_points(text.lower())
+    if spans is None or not res.lower_keeps_words[cp].all():
+        spans = word_spans(lowered, res.is_special)
+    return word_hashes(lowered.astype(np.uint64), *spans)
 
 
-def count_words(text, res, chinese=False):
-    """len(words_of(text, res, chinese=chinese)), without making the words."""
-    if chinese:
-        return len(words_of(text, res, chinese=True))
-    return len(word_spans(text, res.is_special)[0])
+def code_points(text):
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
-def word_spans(text, is_special):
+def word_spans(cp, is_special):
     """(starts, ends) of ROOTS' words: its split on " ", "\\n", "\\t" and strip of special characters from both
     ends, as array operations: a word is the span from its first to its last non-special character (the
-    separators are special), and a word without one is dropped. (Tests check it equals the split/strip.)"""
-    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    separators are special), and a word without one is dropped. `cp`: the text's code points. (Tests check it
+    equals the split/strip.)"""
     kept = np.flatnonzero(~is_special[cp])  # the characters a strip keeps, when they are inside a word
     word = ((cp == 32) | (cp == 10) | (cp == 9)).cumsum()[kept]  # which word each belongs to
     new = np.flatnonzero(word[1:] != word[:-1]) + 1
@@ -322,11 +335,11 @@ def augment_words(words, params):
                     for i in range(len(words) - g + 1)]
 
 
-def char_ngram_counts(text, n):
-    """Counts of the distinct overlapping character n-grams, in no order. An n-gram is keyed by a polynomial
-    of its code points: exact for n <= 3 (21 bits each), a 64-bit hash beyond (two n-grams of a 1 MB document
-    share a key with probability ~3e-8)."""
-    cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+def char_ngram_counts(cp, n):
+    """Counts of the distinct overlapping character n-grams of a text (its code points), in no order. An n-gram is
+    keyed by a polynomial of its code points: exact for n <= 3 (21 bits each), a 64-bit hash beyond (two n-grams
+    of a 1 MB document share a key with probability ~3e-8)."""
+    cp = cp.astype(np.uint64)
     m = len(cp) - n + 1
     if m <= 0:
         return np.zeros(0, dtype=np.int64)
@@ -339,11 +352,11 @@ def char_ngram_counts(text, n):
     return np.diff(np.append(starts, m))
 
 
-def char_repetition_ratio(text, n, k_rule="code"):
+def char_repetition_ratio(cp, n, k_rule="code"):
     """Share of all character n-grams taken by the k most frequent distinct ones (ROOTS
     compute_character_repetition_ratio). k = floor(sqrt(#distinct)) in the paper (App. C); the code that ran
     also caps k at the number of n-grams seen twice or more, so a text without repeats scores 0."""
-    counts = char_ngram_counts(text, n)
+    counts = char_ngram_counts(cp, n)
     if len(counts) == 0:
         return 0.0
     k = math.isqrt(len(counts))
@@ -365,9 +378,10 @@ def word_repetition_ratio(keys, n):
     return int(counts[counts > 1].sum()) / m
 
 
-def special_characters_ratio(text, is_special):
-    """Share of the characters that are in ROOTS' special set (punctuation, digits, whitespace, symbols, emoji)."""
-    return float(is_special[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)].mean()) if text else 0.0
+def special_characters_ratio(cp, is_special):
+    """Share of a text's characters (code points) in ROOTS' special set (punctuation, digits, whitespace, symbols,
+    emoji)."""
+    return float(is_special[cp].mean()) if len(cp) else 0.0
 
 
 def word_list_ratio(keys, candidates, listed):
@@ -410,14 +424,16 @@ def quality_filters(text, lang, res, char_rep_k="code", short_circuit=True, perp
     p = params_for(res, lang)
     chinese = p["tokenization"]  # zh: ROOTS took SentencePiece words
     by_string = chinese or p["cond_words_augmentation"]  # words from jieba, or word groups joined as strings
+    cp = code_points(text)
+    spans = functools.cache(lambda: word_spans(cp, res.is_special))
     lowered = functools.cache(lambda: words_of(text, res, lower=True, chinese=chinese))
-    keys = functools.cache(lambda: string_keys(lowered()) if by_string else lowered_word_keys(text, res))
+    keys = functools.cache(lambda: string_keys(lowered()) if by_string else lowered_word_keys(text, res, cp, spans()))
     candidates = functools.cache(lambda: string_keys(augment_words(lowered(), p)) if by_string else keys())
     measure = {
-        "words": lambda: count_words(text, res, chinese=chinese),
-        "char_rep": lambda: char_repetition_ratio(text, p["character_repetition_length"], char_rep_k),
+        "words": lambda: len(lowered() if chinese else spans()[0]),  # Chinese words are lower-cased anyway
+        "char_rep": lambda: char_repetition_ratio(cp, p["character_repetition_length"], char_rep_k),
         "word_rep": lambda: word_repetition_ratio(keys(), p["word_repetition_length"]),
-        "special": lambda: special_characters_ratio(text, res.is_special),
+        "special": lambda: special_characters_ratio(cp, res.is_special),
         "closed_class": lambda: word_list_ratio(keys(), candidates(), res.stopword_keys[lang]),
         "flagged": lambda: word_list_ratio(keys(), candidates(), res.flagged_keys[lang]),
         "ppl": lambda: perplexity(text),

@@ -55,11 +55,11 @@ def read_jsonl_gz(path):
 def test_char_repetition_ratio_reproduces_roots_example_with_code_and_paper_k():
     # ROOTS paper App. C: "ok_ok_good_ok", n = 3 -> 5/11 with k = floor(sqrt(distinct)); the code caps k at the
     # number of repeated n-grams -> 4/11
-    assert C.char_repetition_ratio("ok_ok_good_ok", 3, "code") == pytest.approx(4 / 11)
-    assert C.char_repetition_ratio("ok_ok_good_ok", 3, "paper") == pytest.approx(5 / 11)
-    assert C.char_repetition_ratio("abcdefghij", 3, "code") == 0.0  # nothing repeats
-    assert C.char_repetition_ratio("abcdefghij", 3, "paper") == pytest.approx(2 / 8)
-    assert C.char_repetition_ratio("ab", 3) == 0.0
+    assert C.char_repetition_ratio(C.code_points("ok_ok_good_ok"), 3, "code") == pytest.approx(4 / 11)
+    assert C.char_repetition_ratio(C.code_points("ok_ok_good_ok"), 3, "paper") == pytest.approx(5 / 11)
+    assert C.char_repetition_ratio(C.code_points("abcdefghij"), 3, "code") == 0.0  # nothing repeats
+    assert C.char_repetition_ratio(C.code_points("abcdefghij"), 3, "paper") == pytest.approx(2 / 8)
+    assert C.char_repetition_ratio(C.code_points("ab"), 3) == 0.0
 
 
 def test_char_ngram_counts_equal_a_counter_of_substrings():
@@ -68,7 +68,7 @@ def test_char_ngram_counts_equal_a_counter_of_substrings():
         for _ in range(50):
             text = "".join(rng.choice("ab cd中文😀\n") for _ in range(rng.randint(0, 60)))
             expected = sorted(collections.Counter(text[i:i + n] for i in range(len(text) - n + 1)).values())
-            assert sorted(C.char_ngram_counts(text, n).tolist()) == expected
+            assert sorted(C.char_ngram_counts(C.code_points(text), n).tolist()) == expected
 
 
 def test_word_repetition_ratio_of_the_cat_sat_on_the_mat_is_one_half(res):
@@ -103,6 +103,8 @@ def test_words_and_rejoin_equal_roots_split_strip_and_join(res):
             assert C.words_of(text, res, lower=lower) == roots_words(text, res.special, lower), repr(text)
         words = roots_words(text, res.special, True)
         assert np.array_equal(C.lowered_word_keys(text, res), C.string_keys(words))
+        cp = C.code_points(text)  # the filters' path: the text's own word spans, reused where lower case keeps them
+        assert np.array_equal(C.lowered_word_keys(text, res, cp, C.word_spans(cp, res.is_special)), C.string_keys(words))
         grams = collections.Counter(zip(words, words[1:]))  # compute_word_repetition_ratio, spelled out
         roots_ratio = sum(c for c in grams.values() if c > 1) / (len(words) - 1) if grams else 0.0
         assert C.word_repetition_ratio(C.string_keys(words), 2) == roots_ratio
@@ -111,9 +113,9 @@ def test_words_and_rejoin_equal_roots_split_strip_and_join(res):
 
 def test_special_characters_include_digits_whitespace_and_single_emoji(res):
     assert len(res.special) == 1599  # 237 ASCII/curated + 1,366 single-code-point emoji, minus 4 in both
-    assert C.special_characters_ratio("ab 12", res.is_special) == pytest.approx(3 / 5)
-    assert C.special_characters_ratio("ok😀", res.is_special) == pytest.approx(1 / 3)
-    assert C.special_characters_ratio("", res.is_special) == 0.0
+    assert C.special_characters_ratio(C.code_points("ab 12"), res.is_special) == pytest.approx(3 / 5)
+    assert C.special_characters_ratio(C.code_points("ok😀"), res.is_special) == pytest.approx(1 / 3)
+    assert C.special_characters_ratio(C.code_points(""), res.is_special) == 0.0
 
 
 def test_cleaning_drops_url_words_and_long_words_per_language(res):

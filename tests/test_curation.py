@@ -477,6 +477,19 @@ def test_report_plots_are_real_pngs_for_every_filter_with_thresholds(english_run
     assert "| char_rep | filters | 1 |" in md and "doc 6 [id `fixture-6`] (en): words=126" in md  # with its record's id
 
 
+def test_a_batch_curates_each_document_as_it_would_alone():
+    # curate_documents runs stage by stage over a batch: no document may see another's state
+    with open(FIXTURE, encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    texts.append("<html><body><p>" + "A page about the river walk and its birds, written as HTML. " * 4 + "</p></body></html>")
+    run = C.curation_settings(types.SimpleNamespace(**(P.DEFAULTS | dict(lang="auto"))))
+    timing = ("seconds", "clock")
+    batch = [{k: v for k, v in doc.items() if k not in timing} for doc in C.curate_documents(texts, run)]
+    alone = [{k: v for k, v in C.curate_documents([text], run)[0].items() if k not in timing} for text in texts]
+    assert batch == alone
+    assert {doc["removed"] for doc in batch} >= {None, "empty", "char_rep", "special"} and "html_text" in batch[-1]
+
+
 def test_auto_language_keeps_french_and_chinese_with_their_own_thresholds(tmp_path):
     _, out = run(tmp_path, input=FIXTURE, lang="auto")
     removed = {r["doc"]: r["reason"] for r in read_jsonl_gz(out / "removed.jsonl.gz")}

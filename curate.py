@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from dataset import HERE, DataError, need
 from boilerplate import TEMPLATE_MIN_COUNT, remove_repeated_substrings, remove_template_lines, template_keys
-from dedup import (DIGITS, DOC_BASE, KeyWriter, band_hashes, exact_dedup_key, minhash_signature, shingle_hashes,
-                   word_hashes)
+from dedup import (DIGITS, DOC_BASE, KeyWriter, band_hashes, code_points, exact_dedup_key, minhash_signature,
+                   shingle_hashes, word_hashes)
 from lang_id import ArrayLangid
 from pii import PII_KINDS, redact_pii
 from model import CheckpointError, checkpoint_tokenizer, load_checkpoint, model_from_checkpoint
@@ -75,10 +75,9 @@ def roots_resources(roots_dir=ROOTS_DIR):
 def lower_keeps_words(is_special):
     """By code point: whether str.lower() leaves the character one character, special exactly when it was (Ø is
     special, its lower case ø is not): a text of such characters has its words where its lower case has them."""
-    every = np.arange(0x110000, dtype=np.uint32)
-    every[0xD800:0xE000] = 0  # surrogates are left alone by lower()
+    every = np.arange(0x110000, dtype=np.uint32).tobytes().decode("utf-32-le", "surrogatepass")
     keeps = np.ones(0x110000, dtype=bool)
-    for c, char in enumerate(every.tobytes().decode("utf-32-le")):
+    for c, char in enumerate(every):
         low = char.lower()
         if low != char:
             keeps[c] = len(low) == 1 and is_special[ord(low)] == is_special[c]
@@ -201,7 +200,7 @@ def drop_suspect_words(text, bad, cutoff, keep):
     """`text` without the words (runs between spaces, tabs, newlines) that contain a bad substring or are longer
     than cutoff, unless keep(word). The words are found as array operations on the code points, the bad
     substrings by one scan for all of them (none holds a separator, so each lies inside one word)."""
-    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    cp = code_points(text)
     edges = np.flatnonzero(np.diff(np.concatenate(([False], (cp != 32) & (cp != 10) & (cp != 9), [False]))))
     starts, ends = edges[::2], edges[1::2]
     suspect = ends - starts > cutoff if cutoff is not None else np.zeros(len(starts), dtype=bool)
@@ -222,7 +221,7 @@ def rejoin(text):
     empty words, tab cells and lines vanish: a run of " ", "\\t", "\\n" becomes "\\n" if it holds one, else "\\t"
     if it holds one, else " ", and the ends are stripped. (Array operations on the code points; tests check it
     equals the split/join.)"""
-    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    cp = code_points(text)
     sep = (cp == 32) | (cp == 10) | (cp == 9)
     first = sep & ~np.concatenate(([False], sep[:-1]))  # where each run starts
     level = np.where(cp[sep] == 10, 2, cp[sep] == 9)  # per separator: 2 newline, 1 tab, 0 space
@@ -297,7 +296,7 @@ def string_keys(words):
     """A 64-bit key per word (dedup.word_hashes of its code points): equal words, equal keys, and two different
     words of a document share one with probability ~1e-17 per pair."""
     lengths = np.array([len(w) for w in words], dtype=np.int64)
-    cp = np.frombuffer("".join(words).encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    cp = code_points("".join(words)).astype(np.uint64)
     return word_hashes(cp, np.cumsum(lengths) - lengths, np.cumsum(lengths))
 
 
@@ -309,11 +308,6 @@ def lowered_word_keys(text, res, cp=None, spans=None):
     if spans is None or not res.lower_keeps_words[cp].all():
         spans = word_spans(lowered, res.is_special)
     return word_hashes(lowered.astype(np.uint64), *spans)
-
-
-def code_points(text):
-    """The text as a uint32 array of its code points (lone surrogates included)."""
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
 def word_spans(cp, is_special):

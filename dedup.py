@@ -50,10 +50,15 @@ def char_table(pattern):
     return table
 
 
+def code_points(text):
+    """The text as a uint32 array of its code points (lone surrogates included), read-only."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
 def exact_dedup_key(text):
     """Signed 64-bit key of the text without whitespace, digits and ASCII punctuation: ROOTS hashed that string
     with MD5 (first copy wins); we keep MD5's first 8 bytes."""
-    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    cp = code_points(text)
     kept = cp[~char_table(EXACT_IGNORED)[cp]].tobytes().decode("utf-32-le", "surrogatepass")
     digest = hashlib.md5(kept.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little", signed=True)
@@ -66,7 +71,7 @@ WORD_CHAR = re.compile(r"\w")
 def simplified_code_points(text):
     """datatrove's simplification as code points: lower case, digits -> 0; and which of them are word characters
     (Python's \\w), so runs of those are the words of re.findall(r"\\w+", DIGITS.sub("0", text.lower()))."""
-    cp = np.frombuffer(text.lower().encode("utf-32-le", "surrogatepass"), dtype=np.uint32).copy()
+    cp = code_points(text.lower()).copy()
     cp[char_table(DIGITS)[cp]] = ord("0")
     return cp.astype(np.uint64), char_table(WORD_CHAR)[cp]
 

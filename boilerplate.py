@@ -83,18 +83,15 @@ def remove_repeated_substrings(texts, min_bytes=SUBSTRING_MIN_BYTES):
     covered, data = repeated_spans_mask(texts, min_bytes)
     lead = np.flatnonzero((data & 0xC0) != 0x80)  # first byte of every character
     char_gone = np.minimum.reduceat(covered, lead)
-    keep = np.repeat(~char_gone, np.diff(np.append(lead, len(data))))
-    out, removed, examples, start = [], [], [], 0
-    for text in texts:
-        end = start + len(text.encode("utf-8", "surrogatepass"))
-        kept = keep[start:end]
-        out.append(data[start:end][kept].tobytes().decode("utf-8", "surrogatepass") if not kept.all() else text)
-        removed.append(int((~kept).sum()))
-        gone = np.flatnonzero(~kept)
-        if len(gone):  # the first removed run, as an example for the report
-            run_end = gone[0] + int(np.argmax(np.append(np.diff(gone) > 1, True)))
-            examples.append(data[start + gone[0]:start + run_end + 1].tobytes().decode("utf-8", "replace"))
-        else:
-            examples.append("")
-        start = end + 1
-    return out, removed, examples
+    gone = np.repeat(char_gone, np.diff(np.append(lead, len(data))))  # never a separator: no window covers one
+    ends = np.flatnonzero(data == SEPARATOR[0])
+    starts = np.append(0, ends[:-1] + 1)
+    removed = np.add.reduceat(gone, starts, dtype=np.int64)
+    out, examples = list(texts), [""] * len(texts)
+    for i in np.flatnonzero(removed):  # only the texts that lose bytes are cut and decoded again
+        text_gone = gone[starts[i]:ends[i]]
+        out[i] = data[starts[i]:ends[i]][~text_gone].tobytes().decode("utf-8", "surrogatepass")
+        first = int(np.argmax(text_gone))  # the first removed run, as an example for the report
+        run = int(np.argmin(np.append(text_gone[first:], False)))
+        examples[i] = data[starts[i] + first:starts[i] + first + run].tobytes().decode("utf-8", "replace")
+    return out, removed.tolist(), examples

@@ -86,8 +86,8 @@ def mix64(x):
 
 
 WORD_BASE = 0x100000001B3  # FNV-1's 64-bit prime: odd, so it has an inverse modulo 2^64
-POWERS_KEPT = 1 << 20  # powers of WORD_BASE kept between calls (16 MB, word_hashes 1.8x as fast); a longer text
-#                        computes its own
+# powers of WORD_BASE kept between calls (16 MB; word_hashes 1.8x as fast); a longer text computes its own
+POWERS_KEPT = 1 << 20
 
 
 @functools.cache
